@@ -1,0 +1,200 @@
+"""The Python API: ``Embedder(model).encode(texts)`` and ``encode_contextual(docs)``.
+
+Data flows one way: text → token ids (here) → engine batches → backend forward + pooling →
+Matryoshka truncation → quantization (``model.quantization``).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Literal
+
+import numpy as np
+
+from pplx_embed.engine.batching import Sequence
+from pplx_embed.engine.engine import Engine
+from pplx_embed.model.checkpoint import Checkpoint, load_checkpoint
+from pplx_embed.model.late_chunking import join_chunks, macro_windows
+from pplx_embed.model.quantization import check_dimensions, check_quantization, quantize, similarity
+
+Truncation = Literal["right", "left"] | None
+
+
+def _check_texts(texts: object, what: str = "texts") -> list[str]:
+    if isinstance(texts, str):
+        texts = [texts]
+    if not isinstance(texts, (list, tuple)):
+        raise TypeError(f"{what} must be a string or a list of strings, got {type(texts).__name__}")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"{what}[{i}] must be a string, got {type(text).__name__}")
+    return list(texts)
+
+
+class Embedder:
+    """An embedding model ready to encode: checkpoint, tokenizer and engine.
+
+    ``model`` is an alias (``pplx-embed-v1-0.6b``, ``pplx-embed-context-v1-4b``, ``minilm`` …), a
+    checkpoint directory or a hub id; ``None`` picks the default (``PPLX_EMBED_MODEL``, else
+    pplx-embed-v1-0.6b when cached, else the bundled all-MiniLM-L6-v2).
+    """
+
+    def __init__(self, model: str | os.PathLike | None = None, *, device: str | None = None,
+                 dtype: str | None = None, backend: str = "torch",
+                 max_batch_tokens: int = 16384, max_batch_size: int = 256):
+        from transformers import AutoTokenizer
+
+        from pplx_embed.engine.torch_backend import TorchBackend, pick_device, pick_dtype
+        from pplx_embed.model.encoder import load_transformer
+
+        if backend != "torch":
+            raise ValueError(f"unknown backend {backend!r}; choose torch")
+        self.checkpoint: Checkpoint = load_checkpoint(model)
+        self.device = pick_device(device)
+        self.dtype = pick_dtype(dtype, self.device)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.checkpoint.path, trust_remote_code=False)
+        self._prefix, self._suffix = self._special_tokens()
+        self.model = load_transformer(self.checkpoint.path, self.checkpoint.config, self.dtype, self.device)
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        self.engine = Engine(TorchBackend(self.model, self.device), self.dimension, pad_id,
+                             self.checkpoint.pooling, max_batch_tokens, max_batch_size)
+
+    # ---- facts -------------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        """The model's recorded name (alias, hub id or directory); every result carries it."""
+        return self.checkpoint.name
+
+    @property
+    def dimension(self) -> int:
+        return self.checkpoint.dimension
+
+    @property
+    def max_length(self) -> int:
+        """Longest input in tokens, special tokens included."""
+        return self.checkpoint.max_length
+
+    @property
+    def sep_token_id(self) -> int:
+        sep = self.tokenizer.sep_token_id
+        return sep if sep is not None else self.tokenizer.eos_token_id
+
+    def info(self) -> dict:
+        """Dimensions, context, parameter count, dtype and pooling of the loaded model."""
+        return {
+            "model": self.name, "path": str(self.checkpoint.path), "dimension": self.dimension,
+            "max_length": self.max_length, "parameters": sum(p.numel() for p in self.model.parameters()),
+            "dtype": str(self.dtype).removeprefix("torch."), "device": self.device,
+            "pooling": self.checkpoint.pooling, "normalize": self.checkpoint.normalize,
+            "architecture": self.checkpoint.config.get("model_type"),
+            "bidirectional": self.checkpoint.is_pplx or None,
+        }
+
+    # ---- tokens ------------------------------------------------------------------------------
+    def _special_tokens(self) -> tuple[list[int], list[int]]:
+        """The ids the tokenizer puts before and after a text (``[CLS]``/``[SEP]`` for BERT, none for Qwen)."""
+        bare = self.tokenizer("a", add_special_tokens=False)["input_ids"]
+        full = self.tokenizer("a", add_special_tokens=True)["input_ids"]
+        for start in range(len(full) - len(bare) + 1):
+            if full[start : start + len(bare)] == bare:
+                return full[:start], full[start + len(bare) :]
+        return [], []
+
+    def _body_ids(self, texts: list[str]) -> list[list[int]]:
+        if not texts:
+            return []
+        return [e.ids for e in self.tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False)]
+
+    def _fit(self, ids: list[int], room: int, truncation: Truncation, where: str) -> list[int]:
+        if len(ids) <= room:
+            return ids
+        if truncation == "right":
+            return ids[:room]
+        if truncation == "left":
+            return ids[len(ids) - room :]
+        raise ValueError(
+            f"{where} has {len(ids)} tokens, more than the model's limit of {room}; "
+            "shorten it or pass truncation='right' (or 'left')"
+        )
+
+    def tokenize(self, texts: str | list[str], truncation: Truncation = None) -> list[list[int]]:
+        """Model input ids for each text (special tokens included), checked against the context."""
+        texts = _check_texts(texts)
+        if truncation not in (None, "right", "left"):
+            raise ValueError(f"truncation must be None, 'right' or 'left', got {truncation!r}")
+        room = self.max_length - len(self._prefix) - len(self._suffix)
+        return [
+            self._prefix + self._fit(ids, room, truncation, f"text {i}") + self._suffix
+            for i, ids in enumerate(self._body_ids(texts))
+        ]
+
+    def count_tokens(self, texts: str | list[str]) -> list[int]:
+        """Tokens each text costs as a model input (before any truncation)."""
+        extra = len(self._prefix) + len(self._suffix)
+        return [len(ids) + extra for ids in self._body_ids(_check_texts(texts))]
+
+    # ---- embeddings --------------------------------------------------------------------------
+    def _finish(self, pooled: np.ndarray, quantization: str, dimensions: int | None) -> np.ndarray:
+        if quantization == "float" and self.checkpoint.normalize:
+            pooled = pooled / np.maximum(np.linalg.norm(pooled, axis=-1, keepdims=True), 1e-12)
+        return quantize(pooled, quantization, None if dimensions == self.dimension else dimensions)
+
+    def encode(self, texts: str | list[str], quantization: str = "float", dimensions: int | None = None,
+               batch_size: int | None = None, show_progress_bar: bool = False,
+               truncation: Truncation = None) -> np.ndarray:
+        """Embed texts → ``[n, dim]`` float32, int8, packed binary uint8 (``[n, dim/8]``) or ±1 int8.
+
+        ``dimensions`` keeps the first d coordinates (Matryoshka) before quantizing. ``batch_size``
+        caps sequences per batch; batches are also bounded by the engine's token budget. A single
+        string returns a single vector.
+        """
+        single = isinstance(texts, str)
+        texts = _check_texts(texts)
+        check_quantization(quantization)
+        dimensions = check_dimensions(dimensions, self.dimension)
+        for i, text in enumerate(texts):
+            if not text.strip():
+                raise ValueError(f"texts[{i}] is empty; every text needs some content")
+        sequences = [Sequence(ids) for ids in self.tokenize(texts, truncation)]
+        pooled = self.engine.run(sequences, batch_size, show_progress_bar)
+        matrix = np.concatenate(pooled) if pooled else np.zeros((0, self.dimension), np.float32)
+        out = self._finish(matrix, quantization, dimensions)
+        return out[0] if single else out
+
+    def encode_contextual(self, documents: list[list[str]], quantization: str = "float",
+                          dimensions: int | None = None, batch_size: int | None = None,
+                          show_progress_bar: bool = False, truncation: Truncation = None) -> list[np.ndarray]:
+        """Late chunking: one array ``[n_chunks, dim]`` per document, chunks in order.
+
+        Each document's chunks are joined with the separator token and embedded in one forward pass
+        (macro-windows beyond the context window, see ``model.late_chunking``); each chunk's vector
+        is the mean of its own tokens' states. An empty chunk gives a zero vector.
+        """
+        if not isinstance(documents, (list, tuple)):
+            raise TypeError("documents must be a list of documents, each a list of chunk strings")
+        check_quantization(quantization)
+        dimensions = check_dimensions(dimensions, self.dimension)
+        chunk_ids: list[list[list[int]]] = []
+        for d, doc in enumerate(documents):
+            chunks = _check_texts(doc, f"documents[{d}]") if not isinstance(doc, str) else None
+            if not chunks:
+                raise ValueError(f"documents[{d}] must be a non-empty list of chunk strings")
+            room = self.max_length - len(self._prefix) - len(self._suffix)
+            chunk_ids.append([self._fit(ids, room, truncation, f"documents[{d}] chunk {k}")
+                              for k, ids in enumerate(self._body_ids(chunks))])
+        sequences, cores = [], []
+        budget = self.max_length - len(self._prefix) - len(self._suffix)
+        for d, chunks in enumerate(chunk_ids):
+            for core, window in macro_windows([len(c) for c in chunks], budget):
+                seq = join_chunks([chunks[k] for k in window], self.sep_token_id, self._prefix, self._suffix)
+                offset = core.start - window.start
+                seq.spans = seq.spans[offset : offset + len(core)]
+                sequences.append(seq)
+                cores.append(d)
+        pooled = self.engine.run(sequences, batch_size, show_progress_bar, desc="documents")
+        out: list[list[np.ndarray]] = [[] for _ in documents]
+        for d, vectors in zip(cores, pooled):
+            out[d].append(vectors)
+        return [self._finish(np.concatenate(parts), quantization, dimensions) for parts in out]
+
+    similarity = staticmethod(similarity)

@@ -1,0 +1,43 @@
+"""Token-budget batching: sort by length, pack batches whose padded size fits a budget.
+
+Like TEI's ``--max-batch-tokens``: a batch of ``n`` sequences padded to the longest costs
+``n × longest`` tokens of compute; packing length-sorted sequences keeps padding small, and the
+budget keeps memory bounded whatever the input mix. A sequence longer than the budget runs alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pplx_embed.model.pooling import Span
+
+
+@dataclass
+class Sequence:
+    """Token ids of one model input and the spans to pool from it (one per output vector)."""
+
+    ids: list[int]
+    spans: list[Span] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.spans:
+            self.spans = [(0, len(self.ids))]
+
+
+def plan_batches(lengths: list[int], max_batch_tokens: int, max_batch_size: int) -> list[list[int]]:
+    """Group indices of ``lengths`` into batches, longest first, with padded size ≤ the budget."""
+    if max_batch_tokens < 1 or max_batch_size < 1:
+        raise ValueError("max_batch_tokens and max_batch_size must be positive")
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
+    for i in order:
+        current = batches[-1] if batches else None
+        if (
+            current is None
+            or len(current) >= max_batch_size
+            or max(lengths[current[0]], 1) * (len(current) + 1) > max_batch_tokens
+        ):
+            batches.append([i])
+        else:
+            current.append(i)
+    return batches

