@@ -117,6 +117,13 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from pplx_embed import demo
+
+    demo.run(args.model)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pplx-embed", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -137,6 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("model_name", nargs="?", default=None, metavar="MODEL")
     add_model_args(info)
     info.set_defaults(func=cmd_info)
+
+    demo = sub.add_parser("demo", help="embed, compare precisions and late-chunk on the default model")
+    demo.add_argument("--model", "-m", default=None, help="model to demo (default: the built-in default)")
+    demo.set_defaults(func=cmd_demo)
 
     for module in SUBSYSTEMS:
         try:

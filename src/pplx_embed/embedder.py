@@ -36,28 +36,31 @@ class Embedder:
 
     ``model`` is an alias (``pplx-embed-v1-0.6b``, ``pplx-embed-context-v1-4b``, ``minilm`` …), a
     checkpoint directory or a hub id; ``None`` picks the default (``PPLX_EMBED_MODEL``, else
-    pplx-embed-v1-0.6b when cached, else the bundled all-MiniLM-L6-v2).
+    pplx-embed-v1-0.6b when cached, else the bundled all-MiniLM-L6-v2). ``backend`` is ``auto``
+    (``$PPLX_EMBED_BACKEND``, else ``torch``), ``torch``, or on CPU ``onnx`` / ``onnx-int8`` (ONNX
+    Runtime, exported once and cached; see ``pplx_embed.engine.backends``).
     """
 
     def __init__(self, model: str | os.PathLike | None = None, *, device: str | None = None,
-                 dtype: str | None = None, backend: str = "torch",
+                 dtype: str | None = None, backend: str = "auto",
                  max_batch_tokens: int = 16384, max_batch_size: int = 256):
         from transformers import AutoTokenizer
 
-        from pplx_embed.engine.torch_backend import TorchBackend, pick_device, pick_dtype
+        from pplx_embed.engine.backends import create_backend, resolve_backend
+        from pplx_embed.engine.torch_backend import pick_device, pick_dtype
         from pplx_embed.model.encoder import load_transformer
 
-        if backend != "torch":
-            raise ValueError(f"unknown backend {backend!r}; choose torch")
-        self.checkpoint: Checkpoint = load_checkpoint(model)
         self.device = pick_device(device)
         self.dtype = pick_dtype(dtype, self.device)
+        self.backend = resolve_backend(backend, self.device, self.dtype)
+        self.checkpoint: Checkpoint = load_checkpoint(model)
         self.tokenizer = AutoTokenizer.from_pretrained(self.checkpoint.path, trust_remote_code=False)
         self._prefix, self._suffix = self._special_tokens()
         self.model = load_transformer(self.checkpoint.path, self.checkpoint.config, self.dtype, self.device)
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        self.engine = Engine(TorchBackend(self.model, self.device), self.dimension, pad_id,
-                             self.checkpoint.pooling, max_batch_tokens, max_batch_size)
+        runner = create_backend(self.backend, self.model, self.device, self.checkpoint.path,
+                                self.checkpoint.pooling, self.name)
+        self.engine = Engine(runner, self.dimension, pad_id, self.checkpoint.pooling, max_batch_tokens, max_batch_size)
 
     # ---- facts -------------------------------------------------------------------------------
     @property

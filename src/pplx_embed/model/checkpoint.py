@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,7 +90,7 @@ def resolve(name: str | os.PathLike | None = None) -> tuple[str, Path]:
             raise ModelNotFoundError(f"{path} is a directory but has no config.json: not a model checkpoint")
         return name, path.resolve()
     repo_id = HUB_ALIASES.get(name.lower(), name)
-    if repo_id.count("/") != 1 or path.suffix:
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", repo_id):
         known = ", ".join([*HUB_ALIASES, MINILM])
         raise ModelNotFoundError(
             f"unknown model {name!r}: not a checkpoint directory, an alias ({known}) or a hub id (org/name)"

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 from transformers import AutoConfig, AutoModel, Qwen3Config, Qwen3Model
+from transformers.utils import logging as hf_logging
 
 PPLX_MODEL_TYPE = "bidirectional_pplx_qwen3"
 
@@ -60,6 +61,7 @@ def load_transformer(path: Path, config: dict, dtype: torch.dtype, device: str) 
     pplx-embed / bidirectional Qwen3 checkpoints load as :class:`PPLXQwen3Model`; any other encoder
     (BERT family, sentence-transformers checkpoints) through ``AutoModel`` without remote code.
     """
+    hf_logging.disable_progress_bar()  # one "Loading weights" bar per load is noise in CLI output
     kwargs = {"dtype": dtype, "attn_implementation": "sdpa"}
     if is_pplx_config(config):
         cfg = PPLXQwen3Config.from_pretrained(path, use_bidirectional_attention=True)

@@ -1,0 +1,149 @@
+"""Python client of the pplx-embed server (sync :class:`Client` and async :class:`AsyncClient`).
+
+Vectors come back as numpy arrays exactly as ``Embedder.encode`` returns them: ``int8`` → int8
+``[n, d]``, ``binary`` → packed uint8 ``[n, d/8]``, ``float`` → float32 ``[n, d]``::
+
+    from pplx_embed.client import Client
+    with Client("http://127.0.0.1:8000", api_key="sk-...") as client:
+        vectors = client.embed(["a query", "a document"], model="query", quantization="int8")
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import httpx
+import numpy as np
+
+# quantization → (wire encoding_format, numpy dtype of the decoded bytes)
+WIRE: dict[str, tuple[str, str]] = {"int8": ("base64_int8", "i1"), "binary": ("base64_binary", "u1"),
+                                    "ubinary": ("base64_binary", "u1"), "float": ("base64", "<f4")}
+
+
+class ServerError(RuntimeError):
+    """An error answered by the server: HTTP ``status`` plus the ``type``/``code``/``message`` it sent."""
+
+    def __init__(self, status: int, message: str, type: str = "", code: str = "", retry_after: str | None = None):
+        super().__init__(f"{status} {code or type}: {message}")
+        self.status, self.message, self.type, self.code, self.retry_after = status, message, type, code, retry_after
+
+
+def decode_embedding(value: str | list[float], encoding_format: str) -> np.ndarray:
+    """One embedding from the wire: base64 int8 / packed bits / float32, or a JSON float list."""
+    if encoding_format == "float":
+        return np.asarray(value, dtype=np.float32)
+    dtype = {"base64_int8": "i1", "base64_binary": "u1", "base64": "<f4"}[encoding_format]
+    return np.frombuffer(base64.b64decode(value), dtype=dtype).copy()
+
+
+def _wire(quantization: str) -> str:
+    if quantization not in WIRE:
+        raise ValueError(f"quantization must be one of {', '.join(WIRE)}, got {quantization!r}")
+    return WIRE[quantization][0]
+
+
+def _body(inputs: Any, model: str | None, dimensions: int | None, quantization: str) -> dict:
+    body = {"input": inputs, "encoding_format": _wire(quantization)}
+    if model is not None:
+        body["model"] = model
+    if dimensions is not None:
+        body["dimensions"] = dimensions
+    return body
+
+
+def _json(response: httpx.Response) -> Any:
+    if response.status_code >= 400:
+        try:
+            error = response.json()["error"]
+            raise ServerError(response.status_code, error["message"], error.get("type", ""), error.get("code", ""),
+                              response.headers.get("retry-after"))
+        except (ValueError, KeyError, TypeError):
+            raise ServerError(response.status_code, response.text[:500]) from None
+    return response.json()
+
+
+def _matrix(items: list[dict], encoding_format: str) -> np.ndarray:
+    return np.stack([decode_embedding(item["embedding"], encoding_format)
+                     for item in sorted(items, key=lambda item: item["index"])])
+
+
+def _embeddings(payload: dict, quantization: str, single: bool) -> np.ndarray:
+    matrix = _matrix(payload["data"], _wire(quantization))
+    return matrix[0] if single else matrix
+
+
+def _contextual(payload: dict, quantization: str) -> list[np.ndarray]:
+    docs = sorted(payload["data"], key=lambda doc: doc["index"])
+    return [_matrix(doc["data"], _wire(quantization)) for doc in docs]
+
+
+def _headers(api_key: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+class Client:
+    """Blocking client; ``embed`` / ``embed_contextual`` mirror ``Embedder.encode`` / ``encode_contextual``."""
+
+    def __init__(self, base_url: str = "http://127.0.0.1:8000", api_key: str | None = None, timeout: float = 120.0):
+        self._http = httpx.Client(base_url=base_url, headers=_headers(api_key), timeout=timeout)
+
+    def embed(self, texts: str | list[str], model: str | None = None, quantization: str = "int8",
+              dimensions: int | None = None) -> np.ndarray:
+        """``[n, d]`` vectors (one vector for a single string) in the requested precision."""
+        payload = _json(self._http.post("/v1/embeddings", json=_body(texts, model, dimensions, quantization)))
+        return _embeddings(payload, quantization, isinstance(texts, str))
+
+    def embed_contextual(self, documents: list[list[str]], model: str | None = None, quantization: str = "int8",
+                         dimensions: int | None = None) -> list[np.ndarray]:
+        """One ``[n_chunks, d]`` array per document (late chunking)."""
+        body = _body(documents, model, dimensions, quantization)
+        return _contextual(_json(self._http.post("/v1/contextualizedembeddings", json=body)), quantization)
+
+    def models(self) -> list[dict]:
+        return _json(self._http.get("/v1/models"))["data"]
+
+    def health(self) -> dict:
+        return _json(self._http.get("/health"))
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class AsyncClient:
+    """The same as :class:`Client`, with ``await``."""
+
+    def __init__(self, base_url: str = "http://127.0.0.1:8000", api_key: str | None = None, timeout: float = 120.0):
+        self._http = httpx.AsyncClient(base_url=base_url, headers=_headers(api_key), timeout=timeout)
+
+    async def embed(self, texts: str | list[str], model: str | None = None, quantization: str = "int8",
+                    dimensions: int | None = None) -> np.ndarray:
+        response = await self._http.post("/v1/embeddings", json=_body(texts, model, dimensions, quantization))
+        return _embeddings(_json(response), quantization, isinstance(texts, str))
+
+    async def embed_contextual(self, documents: list[list[str]], model: str | None = None,
+                               quantization: str = "int8", dimensions: int | None = None) -> list[np.ndarray]:
+        body = _body(documents, model, dimensions, quantization)
+        response = await self._http.post("/v1/contextualizedembeddings", json=body)
+        return _contextual(_json(response), quantization)
+
+    async def models(self) -> list[dict]:
+        return _json(await self._http.get("/v1/models"))["data"]
+
+    async def health(self) -> dict:
+        return _json(await self._http.get("/health"))
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.aclose()

@@ -1,0 +1,173 @@
+"""ONNX Runtime (CPU) backend: export the encoder once, optimize it, optionally INT8-quantize it.
+
+The exported graph takes ``input_ids``, ``attention_mask`` (and ``token_type_ids`` for BERT-style
+encoders) and returns, like the official pplx-embed ONNX export, ``[0] last_hidden_state``,
+``[1] pooled`` (masked mean), ``[2] int8`` (``clamp(round(tanh(pooled)·127))``) and ``[3] binary``
+(±1) — the last three only for mean-pooling models. The engine reads ``last_hidden_state`` and pools
+spans itself (late chunking needs per-chunk spans).
+
+Variants: ``onnx`` (fp32, graph-optimized) and ``onnx-int8`` (dynamic INT8 weight quantization with
+per-channel scales: MatMul weights and the embedding table stored as int8, activations quantized
+on the fly). Exports are cached under ``$PPLX_EMBED_CACHE/onnx`` (default
+``~/.cache/pplx-embed/onnx``) keyed by checkpoint path, weight files' size and mtime, variant and
+library versions; a cache entry appears atomically, so a crash mid-export leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pplx_embed.engine.threads import physical_cores
+from pplx_embed.model.pooling import Span, pool_spans
+
+VARIANTS = ("onnx", "onnx-int8")
+EXPORT_FORMAT = 1  # bump when the exported graph changes
+LARGE_MODEL_BYTES = 1 << 30  # above this, weights go to an external data file (protobuf's 2 GB limit)
+OUTPUTS = ("last_hidden_state", "pooled", "int8", "binary")
+
+
+def cache_root() -> Path:
+    """``$PPLX_EMBED_CACHE/onnx``, default ``~/.cache/pplx-embed/onnx``."""
+    base = os.environ.get("PPLX_EMBED_CACHE") or Path.home() / ".cache" / "pplx-embed"
+    return Path(base).expanduser() / "onnx"
+
+
+def _uses_token_types(model: torch.nn.Module) -> bool:
+    return "token_type_ids" in inspect.signature(model.forward).parameters
+
+
+class ExportedEncoder(torch.nn.Module):
+    """The encoder plus the official export's extra outputs (pooled, int8, ±1 binary)."""
+
+    def __init__(self, model: torch.nn.Module, pooled_outputs: bool):
+        super().__init__()
+        self.model = model
+        self.pooled_outputs = pooled_outputs
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None):
+        extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
+        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
+        if not self.pooled_outputs:
+            return (hidden,)
+        weights = attention_mask.to(torch.float32).unsqueeze(-1)
+        pooled = (hidden.float() * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+        int8 = torch.clamp(torch.round(torch.tanh(pooled) * 127.0), -128, 127).to(torch.int8)
+        binary = torch.where(pooled >= 0, 1, -1).to(torch.int8)
+        return hidden, pooled, int8, binary
+
+
+def cache_key(checkpoint_path: Path, variant: str, pooling: str) -> str:
+    """Hash of what determines an export: checkpoint files (size, mtime), variant, versions."""
+    import onnxruntime
+
+    path = Path(checkpoint_path).resolve()
+    files = sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".bin", ".json") and p.is_file())
+    facts = {
+        "path": str(path), "variant": variant, "pooling": pooling, "format": EXPORT_FORMAT,
+        "files": [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files],
+        "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
+    }
+    return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def export_onnx(model: torch.nn.Module, target: Path, pooled_outputs: bool) -> Path:
+    """Export ``model`` (a float32 transformers encoder) to ``target`` with dynamic batch and length."""
+    if next(model.parameters()).dtype != torch.float32:
+        raise ValueError("ONNX export needs the float32 model; load it with dtype='float32'")
+    wrapper = ExportedEncoder(model, pooled_outputs).eval()
+    ids = torch.full((2, 8), 100, dtype=torch.long)
+    mask = torch.ones_like(ids)
+    mask[1, 5:] = 0  # trace the padded path: the mask must stay an input, never a constant
+    inputs = {"input_ids": ids, "attention_mask": mask}
+    if _uses_token_types(model):
+        inputs["token_type_ids"] = torch.zeros_like(ids)
+    batch, length = torch.export.Dim("batch"), torch.export.Dim("sequence")
+    size = sum(p.numel() * p.element_size() for p in model.parameters())
+    with torch.inference_mode(False), torch.no_grad():
+        torch.onnx.export(
+            wrapper, (), str(target), kwargs=inputs, dynamo=True,
+            input_names=list(inputs), output_names=list(OUTPUTS if pooled_outputs else OUTPUTS[:1]),
+            dynamic_shapes={name: {0: batch, 1: length} for name in inputs},
+            external_data=size > LARGE_MODEL_BYTES,
+        )
+    return target
+
+
+def quantize_int8(source: Path, target: Path) -> Path:
+    """Dynamic INT8 weight quantization (per-channel scales, signed int8 weights)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(source, target, weight_type=QuantType.QInt8, per_channel=True,
+                     use_external_data_format=source.stat().st_size + _external_bytes(source) > LARGE_MODEL_BYTES)
+    return target
+
+
+def _external_bytes(model_file: Path) -> int:
+    return sum(p.stat().st_size for p in model_file.parent.glob(model_file.name + ".data"))
+
+
+def prepare_onnx(model: torch.nn.Module, checkpoint_path: Path, variant: str = "onnx", pooling: str = "mean",
+                 name: str | None = None) -> Path:
+    """The cached ONNX file for this checkpoint and variant, exporting (and quantizing) it first if needed."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown ONNX variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+    slug = "".join(c if c.isalnum() or c in "-_." else "-" for c in (name or Path(checkpoint_path).name))[-60:]
+    entry = cache_root() / f"{slug}-{variant}-{cache_key(checkpoint_path, variant, pooling)}"
+    model_file = entry / "model.onnx"
+    if model_file.is_file():
+        return model_file
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".export-", dir=entry.parent))
+    try:
+        (work / "fp32").mkdir()
+        exported = export_onnx(model, work / "fp32" / "model.onnx", pooled_outputs=pooling == "mean")
+        if variant == "onnx-int8":
+            quantize_int8(exported, work / "model.onnx")
+            shutil.rmtree(work / "fp32")
+        else:
+            for part in (work / "fp32").iterdir():
+                part.rename(work / part.name)
+            (work / "fp32").rmdir()
+        (work / "export.json").write_text(json.dumps({"checkpoint": str(checkpoint_path), "variant": variant,
+                                                      "outputs": OUTPUTS if pooling == "mean" else OUTPUTS[:1]}))
+        try:
+            work.rename(entry)
+        except OSError:  # another process finished the same export first
+            if not model_file.is_file():
+                raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return model_file
+
+
+class OnnxBackend:
+    """Runs an exported encoder with ONNX Runtime on CPU (all graph optimizations, physical-core threads)."""
+
+    def __init__(self, model_file: Path, variant: str = "onnx", threads: int | None = None):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = threads or physical_cores()
+        options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
+        self.input_names = {i.name for i in self.session.get_inputs()}
+        self.name = variant
+        self.model_file = Path(model_file)
+
+    def pool(self, input_ids: np.ndarray, attention_mask: np.ndarray, spans: list[list[Span]], mode: str) -> np.ndarray:
+        """Pooled float32 vectors ``[total spans, dim]`` for one right-padded batch."""
+        feeds = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if "token_type_ids" in self.input_names:
+            feeds["token_type_ids"] = np.zeros_like(input_ids)
+        hidden = self.session.run(["last_hidden_state"], feeds)[0]
+        return pool_spans(torch.from_numpy(hidden), spans, mode).numpy()

@@ -1,0 +1,1 @@
+"""Evaluation suite: BEIR / contextual / STS loaders, metrics, tasks, embedding cache and reports."""

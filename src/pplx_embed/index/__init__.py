@@ -1,0 +1,13 @@
+"""Retrieval indexes for pplx-embed vectors: binary first stage, int8 rescoring, one interface.
+
+>>> from pplx_embed.index import Index
+>>> ix = Index.create("my-index", "minilm", embedder=emb)     # or Index.open("my-index")
+>>> ix.add(["a text", ...], ids=["a", ...], metadata=[{"lang": "en"}, ...])
+>>> ix.search("a query", k=10, filter={"lang": "en"})          # -> [Hit(id, score, text, metadata, ...)]
+"""
+
+from pplx_embed.index.store import Hit, IndexNotFoundError, VectorStore
+
+Index = VectorStore
+
+__all__ = ["Index", "VectorStore", "Hit", "IndexNotFoundError"]

@@ -1,0 +1,60 @@
+"""Every failure as ``{"error": {"message", "type", "code"}}`` with the right HTTP status."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("pplx_embed.serve")
+
+
+class APIError(Exception):
+    """An error answered to the client as JSON."""
+
+    def __init__(self, status: int, message: str, type: str = "invalid_request_error", code: str = "invalid_request",
+                 headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.code, self.headers = status, message, type, code, headers
+
+
+def error_response(status: int, message: str, type: str, code: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": type, "code": code}}, status, headers=headers)
+
+
+def _describe(errors: list[dict]) -> str:
+    parts = []
+    for err in errors[:5]:
+        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
+        detail = err.get("ctx", {}).get("error") if err.get("type") == "json_invalid" else None
+        parts.append(f"{where}: {detail or err.get('msg', 'invalid')}")
+    more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+    return "; ".join(parts) + more
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, exc: APIError) -> JSONResponse:
+        return error_response(exc.status, exc.message, exc.type, exc.code, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = list(exc.errors())
+        if any(e.get("type") == "json_invalid" for e in errors):
+            return error_response(400, f"request body is not valid JSON: {_describe(errors)}",
+                                  "invalid_request_error", "invalid_json")
+        return error_response(422, f"invalid request: {_describe(errors)}", "invalid_request_error", "invalid_schema")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        codes = {404: "not_found", 405: "method_not_allowed"}
+        return error_response(exc.status_code, str(exc.detail), "invalid_request_error",
+                              codes.get(exc.status_code, "http_error"), getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return error_response(500, f"internal error: {type(exc).__name__}", "server_error", "internal_error")

@@ -1,0 +1,78 @@
+"""SLERP merge of two checkpoints, parameter by parameter (the final pplx-embed-v1 step).
+
+Each parameter tensor is treated as one vector: ``slerp(a, b, t) = sin((1-t)Ω)/sin Ω · a +
+sin(tΩ)/sin Ω · b`` with Ω the angle between ``a`` and ``b``; nearly parallel tensors fall back to
+linear interpolation. ``t=0`` gives ``a``, ``t=1`` gives ``b``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+
+def slerp(a: torch.Tensor, b: torch.Tensor, t: float, eps: float = 1e-6) -> torch.Tensor:
+    """Spherical interpolation of two same-shaped tensors (computed in float32, returned in ``a``'s dtype)."""
+    if a.shape != b.shape:
+        raise ValueError(f"cannot merge tensors of shapes {tuple(a.shape)} and {tuple(b.shape)}")
+    if not a.is_floating_point():
+        return a.clone()
+    if t == 0:
+        return a.clone()
+    if t == 1:
+        return b.clone()
+    x, y = a.double().flatten(), b.double().flatten()
+    cos = torch.dot(x, y) / (x.norm() * y.norm()).clamp(min=1e-12)
+    omega = torch.arccos(cos.clamp(-1.0, 1.0))
+    if omega.abs() < eps or torch.sin(omega).abs() < eps:
+        out = (1 - t) * x + t * y
+    else:
+        out = (torch.sin((1 - t) * omega) * x + torch.sin(t * omega) * y) / torch.sin(omega)
+    return out.reshape(a.shape).to(a.dtype)
+
+
+def slerp_state_dicts(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], t: float) -> dict[str, torch.Tensor]:
+    """SLERP every parameter of two state dicts with the same keys and shapes."""
+    if not 0.0 <= t <= 1.0:
+        raise ValueError(f"t must be between 0 and 1, got {t}")
+    if a.keys() != b.keys():
+        diff = sorted(set(a) ^ set(b))[:5]
+        raise ValueError(f"checkpoints have different parameters (e.g. {', '.join(diff)}); merge same-architecture models")
+    return {name: slerp(a[name], b[name], t) for name in a}
+
+
+def _weight_files(directory: Path) -> list[Path]:
+    files = sorted(directory.glob("*.safetensors"))
+    if not files:
+        raise ValueError(f"{directory} holds no .safetensors weights")
+    return files
+
+
+def merge_checkpoints(a: str | Path, b: str | Path, out: str | Path, t: float = 0.5) -> Path:
+    """Write ``slerp(A, B, t)`` to ``out``: A's files (config, tokenizer, modules) with merged weights."""
+    a, b, out = Path(a), Path(b), Path(out)
+    for path in (a, b):
+        if not (path / "config.json").is_file():
+            raise ValueError(f"{path} is not a checkpoint directory (no config.json)")
+    if out.resolve() in (a.resolve(), b.resolve()):
+        raise ValueError("the output directory must differ from both inputs")
+    weights_a = {f.name: load_file(f) for f in _weight_files(a)}
+    tensors_b: dict[str, torch.Tensor] = {}
+    for f in _weight_files(b):
+        tensors_b.update(load_file(f))
+    tensors_a = {k: v for part in weights_a.values() for k, v in part.items()}
+    merged = slerp_state_dicts(tensors_a, tensors_b, t)
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(a, tmp, ignore=shutil.ignore_patterns("*.safetensors", "trainer_state*", "optimizer*"))
+    for name, part in weights_a.items():
+        save_file({k: merged[k].contiguous() for k in part}, str(tmp / name), metadata={"format": "pt"})
+    (tmp / "merge.json").write_text(json.dumps({"method": "slerp", "t": t, "a": str(a), "b": str(b)}, indent=2))
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)  # complete or absent: a crash never leaves a half-written checkpoint at ``out``
+    return out

@@ -1,0 +1,166 @@
+"""The embedded index: add / upsert / delete / filters / compaction / persistence / errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pplx_embed.index import Index, IndexNotFoundError
+from pplx_embed.model.quantization import to_binary, to_int8
+
+DIM = 256
+
+
+def clustered(n: int, seed: int = 0, dim: int = DIM) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((max(1, n // 50), dim)).astype(np.float32)
+    x = centers[rng.integers(0, len(centers), n)] + 0.5 * rng.standard_normal((n, dim)).astype(np.float32)
+    return 0.3 * x  # the scale of pooled pplx vectors: tanh (int8) does not saturate
+
+
+@pytest.fixture
+def index(tmp_path):
+    ix = Index.create(str(tmp_path / "ix"), "synthetic-model", DIM, store_float=True)
+    yield ix
+    ix.close()
+
+
+def ids(prefix: str, n: int) -> list[str]:
+    return [f"{prefix}{i}" for i in range(n)]
+
+
+def test_add_search_and_reopen(tmp_path, index):
+    x = clustered(3000)
+    meta = [{"group": i % 3, "lang": "en" if i % 2 else "de"} for i in range(3000)]
+    assert index.add(ids=ids("v", 3000), vectors=x, texts=[f"text {i}" for i in range(3000)], metadata=meta) == 3000
+    hits = index.search(x[42], k=5)
+    assert hits[0].id == "v42" and hits[0].text == "text 42" and hits[0].metadata == meta[42]
+    assert hits[0].score == pytest.approx(1.0, abs=1e-5)
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    stored = index.get(["v42"], "int8")["v42"]
+    assert np.array_equal(stored, to_int8(x[42])) and np.array_equal(index.get(["v42"], "binary")["v42"], to_binary(x[42]))
+    index.close()
+    again = Index.open(str(tmp_path / "ix"))
+    assert len(again) == 3000 and again.search(x[42], k=1)[0].id == "v42"
+    stats = again.stats()
+    assert stats["model"] == "synthetic-model" and stats["dimensions"] == DIM and stats["items"] == 3000
+    assert stats["bytes_per_vector"] == {"binary": DIM // 8, "int8": DIM, "float": 4 * DIM}
+    again.close()
+
+
+def test_rescoring_modes_agree_with_exact_search(index):
+    x = clustered(2000, seed=1)
+    index.add(ids=ids("v", 2000), vectors=x)
+    q = x[:20] + 0.1 * np.random.default_rng(2).standard_normal((20, DIM)).astype(np.float32)
+    xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+    exact = np.argsort(-(q @ xn.T), axis=1)[:, :10]
+    for mode, floor in (("float", 0.98), ("int8", 0.95)):
+        rows, scores = index.search_rows(q, 10, rescore=mode)
+        recall = np.mean([len(set(r.tolist()) & set(e.tolist())) / 10 for r, e in zip(rows, exact)])
+        assert recall >= floor, (mode, recall)
+    hamming = index.search_many(q[:2], 3, rescore="none")
+    assert all(-1 <= h.score <= 1 for hits in hamming for h in hits)
+
+
+def test_add_refuses_existing_ids_and_upsert_replaces(index):
+    x = clustered(100)
+    index.add(ids=ids("v", 100), vectors=x, metadata=[{"n": i} for i in range(100)])
+    with pytest.raises(ValueError, match="already in the index.*upsert"):
+        index.add(ids=["new", "v3"], vectors=x[:2])
+    assert len(index) == 100 and not index.get(["new"])  # the failed batch wrote nothing
+    y = clustered(2, seed=9)
+    index.upsert(ids=["v3", "fresh"], vectors=y, metadata=[{"n": -3}, {"n": 1000}])
+    assert len(index) == 101
+    assert index.search(y[0], 1)[0].id == "v3" and index.search(y[0], 1)[0].metadata == {"n": -3}
+    assert index.search(x[3], 1)[0].id != "v3" or index.search(x[3], 1)[0].score < 0.99
+    assert index.stats()["tombstones"] == 1
+
+
+def test_delete_filter_and_compact(index):
+    x = clustered(600)
+    meta = [{"color": ["red", "green", "blue"][i % 3], "even": i % 2 == 0, "n": i} for i in range(600)]
+    index.add(ids=ids("v", 600), vectors=x, metadata=meta)
+    assert index.delete(["v1", "v2", "missing"]) == 2
+    assert "v1" not in {h.id for h in index.search(x[1], 50)}
+    red = index.search(x[4], 20, filter={"color": "red"})
+    assert red and all(h.metadata["color"] == "red" for h in red) and len(red) == 20
+    both = index.search(x[4], 20, filter={"color": "red", "even": True})
+    assert both and all(h.metadata["color"] == "red" and h.metadata["even"] is True for h in both)
+    assert index.search(x[7], 5, filter={"n": 7})[0].id == "v7"
+    assert index.search(x[7], 5, filter={"color": "purple"}) == []
+    assert index.compact() == 2
+    assert index.stats()["tombstones"] == 0 and len(index) == 598
+    assert index.search(x[300], 1)[0].id == "v300"
+    assert np.array_equal(index.get(["v599"], "int8")["v599"], to_int8(x[599]))
+    with pytest.raises(ValueError, match="filter key"):
+        index.search(x[0], 5, filter={"bad key'": 1})
+    with pytest.raises(ValueError, match="filter value"):
+        index.search(x[0], 5, filter={"color": ["red"]})
+
+
+def test_matryoshka_dims_and_int8_input(tmp_path):
+    ix = Index.create(str(tmp_path / "mrl"), "synthetic-model", 128, full_dimension=DIM)
+    x = clustered(300)
+    ix.add(ids=ids("v", 300), vectors=x)  # full-dimension vectors are truncated to 128
+    assert np.array_equal(ix.get(["v5"])["v5"], to_int8(x[5, :128]))
+    assert ix.search(x[5, :128], 1)[0].id == "v5"
+    ix.add(ids=["q"], vectors=to_int8(x[6:7]))  # int8 input (what the hosted API returns)
+    assert ix.search(to_int8(x[6]), 2)[0].score == pytest.approx(1.0, abs=1e-5)
+    with pytest.raises(ValueError, match="have 64 dimensions.*takes 128 or 256"):
+        ix.search(x[0, :64], 1)
+    ix.close()
+
+
+def test_bad_input_and_model_mismatch_give_clear_errors(tmp_path, index, tiny_pplx, minilm):
+    x = clustered(10)
+    index.add(ids=ids("v", 10), vectors=x)
+    with pytest.raises(ValueError, match="model 'other'.*'synthetic-model'"):
+        index.add(ids=["z"], vectors=x[:1], model="other")
+    with pytest.raises(ValueError, match="model 'other'"):
+        index.search(x[0], 3, model="other")
+    with pytest.raises(ValueError, match="k must be a positive integer"):
+        index.search(x[0], 0)
+    with pytest.raises(ValueError, match="NaN"):
+        index.search(np.full(DIM, np.nan, np.float32), 3)
+    with pytest.raises(ValueError, match="2 ids but 1 vectors"):
+        index.add(ids=["a", "b"], vectors=x[:1])
+    with pytest.raises(ValueError, match="ids repeat"):
+        index.add(ids=["a", "a"], vectors=x[:2])
+    with pytest.raises(IndexNotFoundError, match="no index at"):
+        Index.open(str(tmp_path / "nowhere"))
+    with pytest.raises(FileExistsError):
+        Index.create(str(tmp_path / "ix"), "synthetic-model", DIM)
+    with pytest.raises(ValueError, match="multiple of 8"):
+        Index.create(str(tmp_path / "odd"), "m", 100)
+    # an index remembers its model: another model's embedder is refused, for writing and for queries
+    path = str(tmp_path / "tiny")
+    Index.create(path, tiny_pplx.name, embedder=tiny_pplx).close()
+    with pytest.raises(ValueError, match="cannot use the embedder"):
+        Index.open(path, embedder=minilm)
+    ix = Index.open(path, embedder=tiny_pplx)
+    ix.add(["alpha beta", "gamma delta"], ids=["a", "g"])
+    assert ix.search("alpha beta", 1)[0].id == "a"
+    with pytest.raises(ValueError, match="have 384 dimensions"):
+        ix.search(minilm.encode("alpha beta"), 1)
+    with pytest.raises(ValueError, match="queries\\[0\\] is empty"):
+        ix.search("   ", 1)
+    with pytest.raises(ValueError, match="no queries"):
+        ix.search_many([], 1)
+    ix.close()
+
+
+def test_contextual_documents(tmp_path, tiny_pplx):
+    ix = Index.create(str(tmp_path / "ctx"), tiny_pplx.name, embedder=tiny_pplx, contextual=True)
+    docs = [["The cat sat.", "It was on the mat.", "Then it slept."], ["Rockets fly.", "They burn fuel."]]
+    assert ix.add_documents(docs, ["d1", "d2"], metadata=[{"src": "a"}, {"src": "b"}]) == 5
+    expected = tiny_pplx.encode_contextual(docs)
+    hit = ix.search(expected[0][1], 1)[0]
+    assert (hit.id, hit.doc_id, hit.position, hit.text, hit.metadata) == ("d1#1", "d1", 1, "It was on the mat.", {"src": "a"})
+    assert ix.search(expected[1][0], 1)[0].doc_id == "d2"
+    hits = ix.search("Rockets fly.", 5)
+    assert {h.doc_id for h in hits} == {"d1", "d2"} and all(h.position is not None for h in hits)
+    # re-adding a document replaces all of its chunks
+    ix.add_documents([["A new first chunk.", "And a second."]], ["d1"])
+    assert len(ix) == 4 and ix.stats()["documents"] == 2
+    assert {h.id for h in ix.search("Rockets fly.", 10)} == {"d1#0", "d1#1", "d2#0", "d2#1"}
+    ix.close()
