@@ -243,3 +243,22 @@ def test_empty_list_and_unknown_models(tiny_pplx, tmp_path):
         Embedder("perplexity-ai/pplx-embed-v1-0.6b")
     with pytest.raises(ModelNotFoundError, match="no config.json"):
         Embedder(str(tmp_path))
+
+
+def test_default_model_resolution(tiny_pplx_dir, tmp_path, monkeypatch, capsys):
+    from pplx_embed.model.checkpoint import default_model, resolve
+
+    monkeypatch.setenv("PPLX_EMBED_MODEL", str(tiny_pplx_dir))
+    assert resolve(None) == (str(tiny_pplx_dir), tiny_pplx_dir.resolve())
+    monkeypatch.delenv("PPLX_EMBED_MODEL")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    assert default_model() == "minilm"
+    assert "using the bundled all-MiniLM-L6-v2" in capsys.readouterr().err
+    # a cached pplx-embed-v1-0.6b snapshot becomes the default
+    snapshot = tmp_path / "empty-cache" / "models--perplexity-ai--pplx-embed-v1-0.6b" / "snapshots" / "abc"
+    shutil.copytree(tiny_pplx_dir, snapshot)
+    refs = snapshot.parents[1] / "refs"
+    refs.mkdir()
+    (refs / "main").write_text("abc")
+    assert default_model() == "pplx-embed-v1-0.6b"
+    assert resolve(None) == ("perplexity-ai/pplx-embed-v1-0.6b", snapshot)

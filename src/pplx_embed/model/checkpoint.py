@@ -59,7 +59,8 @@ def _hub_snapshot(repo_id: str, local_only: bool) -> Path | None:
         from huggingface_hub import snapshot_download
 
         offline = local_only or os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
-        return Path(snapshot_download(repo_id, local_files_only=offline))
+        cache_dir = os.environ.get("HF_HUB_CACHE") or None  # read now, not at import
+        return Path(snapshot_download(repo_id, local_files_only=offline, cache_dir=cache_dir))
     except Exception:  # not cached / hub unreachable / no such repo: reported by the caller
         return None
 
