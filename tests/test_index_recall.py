@@ -35,3 +35,6 @@ def test_recall_at_10_of_binary_plus_int8_rescoring(tmp_path, minilm, shared_dat
     hit = ix.search(queries[0], 1)[0]
     assert hit.id == str(exact[0][0]) or hit.text in [corpus[i] for i in exact[0][:3]]
     ix.close()
+    reopened = Index.open(str(tmp_path / "ix"))  # loads its model from the recorded name
+    assert reopened.search(queries[0], 1)[0].id == hit.id and reopened.embedder.name == minilm.name
+    reopened.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -33,8 +34,8 @@ def server(minilm, tiny_pplx):
 
 def post(url: str, path: str, body, **kw) -> httpx.Response:
     if isinstance(body, (bytes, str)):
-        return httpx.post(url + path, content=body, headers={"content-type": "application/json", **kw.pop("headers", {})},
-                          timeout=60, **kw)
+        headers = {"content-type": "application/json", **kw.pop("headers", {})}
+        return httpx.post(url + path, content=body, headers=headers, timeout=60, **kw)
     return httpx.post(url + path, json=body, timeout=60, **kw)
 
 
@@ -177,6 +178,12 @@ def test_request_errors(server):
     assert_error(post(server, "/v1/embeddings", {"input": ["word " * 300]}), 413, "too_many_tokens", "256")
     many = ["token " * 240] * 512  # 512 texts x 242 tokens > 120,000
     assert_error(post(server, "/v1/embeddings", {"input": many}), 413, "too_many_tokens", "120000")
+    assert_error(post(server, "/v1/embeddings", {"input": "a", "dimensions": 10**30}), 400, "invalid_value")
+    assert_error(post(server, "/v1/embeddings", {"input": {"text": "a"}}), 422, "invalid_schema")
+    assert_error(post(server, "/v1/embeddings", b"[1, 2, 3]"), 422, "invalid_schema")
+    assert_error(post(server, "/v1/embeddings", b"\xff\xfe garbage"), 400, "invalid_json")
+    lone_surrogate = post(server, "/v1/embeddings", b'{"input": "broken \\ud800 text", "model": "tiny"}')
+    assert lone_surrogate.status_code in (200, 400), lone_surrogate.text  # answered, never a crash
     assert_error(httpx.get(server + "/v2/nothing"), 404, "not_found")
     assert_error(httpx.get(server + "/v1/embeddings"), 405, "method_not_allowed")
     assert httpx.get(server + "/health").status_code == 200  # still alive
@@ -191,7 +198,8 @@ def test_contextual_errors(server):
     assert_error(post(server, path, {"input": [["a"] * 8001, ["b"] * 8000]}), 413, "too_many_inputs", "16000")
     big_doc = ["token " * 250] * 140  # ~35,000 tokens in one document
     assert_error(post(server, path, {"input": [big_doc], "model": "tiny"}), 413, "too_many_tokens", "32768")
-    assert_error(post(server, path, {"input": [["word " * 300]], "model": "minilm"}), 400, "invalid_value", "limit of 254")
+    too_long_chunk = post(server, path, {"input": [["word " * 300]], "model": "minilm"})
+    assert_error(too_long_chunk, 400, "invalid_value", "limit of 254")
     assert_error(post(server, path, {"input": [["a"]], "dimensions": 7}), 400, "invalid_value")
 
 
@@ -216,7 +224,8 @@ def wait_metric(url: str, name: str, minimum: float, **labels) -> float:
 
 def test_shadow_records_agreement(server):
     labels = {"primary": "tiny", "candidate": "tiny-b"}
-    count, total = metric(server, "pplx_shadow_cosine_count", **labels), metric(server, "pplx_shadow_cosine_sum", **labels)
+    count = metric(server, "pplx_shadow_cosine_count", **labels)
+    total = metric(server, "pplx_shadow_cosine_sum", **labels)
     r = post(server, "/v1/embeddings", {"input": TEXTS, "model": "tiny", "encoding_format": "float"})
     assert r.status_code == 200 and r.json()["model"] == "tiny"
     assert wait_metric(server, "pplx_shadow_cosine_count", count + 1, **labels) == count + 1
@@ -232,8 +241,8 @@ def test_shadow_records_agreement(server):
 
 # ---- concurrency, back-pressure, timeouts, disconnects, shutdown ------------------------------
 def test_concurrent_requests_each_get_their_own_answer(server, minilm, tiny_pplx):
-    jobs = [("minilm" if i % 3 else "tiny", [f"request {i} asks about topic {i * 7}", f"and {i} more words " * (i % 5 + 1)])
-            for i in range(24)]
+    jobs = [("minilm" if i % 3 else "tiny",
+             [f"request {i} asks about topic {i * 7}", f"and {i} more words " * (i % 5 + 1)]) for i in range(24)]
     calls = metric(server, "pplx_batch_requests_count", model="minilm")
     with ThreadPoolExecutor(12) as pool:
         responses = list(pool.map(lambda job: post(server, "/v1/embeddings", {"input": job[1], "model": job[0],
@@ -283,14 +292,20 @@ def test_timeout_answers_504(minilm):
 
 def test_client_disconnect_drops_queued_work(minilm):
     with serve_in_thread(ServeConfig(models=[("minilm", minilm)], warmup=False)) as (url, _):
-        busy = ["keeps the worker busy " * 40] * 48
+        busy = ["keeps the worker busy " * 40] * 20
         first = ThreadPoolExecutor(1).submit(post, url, "/v1/embeddings", {"input": busy})
-        while metric(url, "pplx_requests_in_flight", model="minilm") < 1:
-            time.sleep(0.01)
-        with pytest.raises(httpx.TimeoutException):  # gives up while queued behind the busy request
-            httpx.post(url + "/v1/embeddings", json={"input": ["abandoned"]}, timeout=0.3)
+        while metric(url, "pplx_requests_running", model="minilm") < 1:  # the worker is busy with it
+            time.sleep(0.005)
+        host, port = url.removeprefix("http://").split(":")
+        body = json.dumps({"input": ["abandoned while queued"]}).encode()
+        with socket.create_connection((host, int(port))) as sock:  # queued behind the busy request, then gone
+            sock.sendall(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+            while metric(url, "pplx_queue_depth", model="minilm") < 1:
+                time.sleep(0.005)
         assert first.result().status_code == 200
         assert wait_metric(url, "pplx_cancelled_requests_total", 1, model="minilm", reason="disconnect") == 1
+        # only the busy request's tokens ever reached the model
         assert metric(url, "pplx_tokens_total", model="minilm") == first.result().json()["usage"]["total_tokens"]
 
 
@@ -305,6 +320,43 @@ def test_graceful_shutdown_finishes_in_flight_requests(minilm):
         server.should_exit = True
         worker.join(60)
     assert result["r"].status_code == 200 and len(result["r"].json()["data"]) == 32
+
+
+def test_health_is_503_until_models_are_loaded(tiny_pplx_dir):
+    import uvicorn
+
+    from pplx_embed.serve.app import create_app
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.bind(("127.0.0.1", 0))
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    server = uvicorn.Server(uvicorn.Config(create_app(ServeConfig(models=[("tiny", str(tiny_pplx_dir))])),
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        while True:  # loading a checkpoint takes far longer than a round trip: the first answers are 503
+            try:
+                early = post(url, "/v1/embeddings", {"input": "early"})
+                break
+            except httpx.TransportError:
+                time.sleep(0.01)
+        assert_error(early, 503, "not_ready", "loading")
+        assert early.headers["retry-after"]
+        health = httpx.get(url + "/health")
+        assert health.status_code == 503 and health.json() == {"status": "loading"}
+        while httpx.get(url + "/health").status_code != 200:
+            time.sleep(0.02)
+        assert post(url, "/v1/embeddings", {"input": "ready now"}).status_code == 200
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+def test_failed_model_load_is_reported(tmp_path):
+    with pytest.raises(RuntimeError, match="failed"):
+        with serve_in_thread(ServeConfig(models=[("broken", str(tmp_path / "no-such-model"))])):
+            pass
 
 
 # ---- auth -----------------------------------------------------------------------------------------

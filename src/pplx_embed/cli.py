@@ -120,7 +120,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from pplx_embed import demo
 
-    demo.run(args.model)
+    demo.run(args.model, Path(args.output), Path(args.eval_data))
     return 0
 
 
@@ -147,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="embed, compare precisions and late-chunk on the default model")
     demo.add_argument("--model", "-m", default=None, help="model to demo (default: the built-in default)")
+    demo.add_argument("--output", default="out/demo", help="where the index and eval report go (default out/demo)")
+    demo.add_argument("--eval-data", default="../shared/data/xquad/en",
+                      help="BEIR data set for the eval report (default ../shared/data/xquad/en; skipped if absent)")
     demo.set_defaults(func=cmd_demo)
 
     for module in SUBSYSTEMS:

@@ -16,9 +16,9 @@ from typing import Any
 import httpx
 import numpy as np
 
-# quantization → (wire encoding_format, numpy dtype of the decoded bytes)
-WIRE: dict[str, tuple[str, str]] = {"int8": ("base64_int8", "i1"), "binary": ("base64_binary", "u1"),
-                                    "ubinary": ("base64_binary", "u1"), "float": ("base64", "<f4")}
+# quantization (as in ``Embedder.encode``) → the encoding_format that carries it
+WIRE: dict[str, str] = {"int8": "base64_int8", "binary": "base64_binary", "ubinary": "base64_binary",
+                        "float": "base64"}
 
 
 class ServerError(RuntimeError):
@@ -40,7 +40,7 @@ def decode_embedding(value: str | list[float], encoding_format: str) -> np.ndarr
 def _wire(quantization: str) -> str:
     if quantization not in WIRE:
         raise ValueError(f"quantization must be one of {', '.join(WIRE)}, got {quantization!r}")
-    return WIRE[quantization][0]
+    return WIRE[quantization]
 
 
 def _body(inputs: Any, model: str | None, dimensions: int | None, quantization: str) -> dict:

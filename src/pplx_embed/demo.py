@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import numpy as np
 
 DOCUMENTS = [
@@ -21,11 +24,16 @@ CONTEXT_DOCS = [
 ]
 
 
-def run(model: str | None = None) -> None:
-    """Embed, compare precisions and late-chunk a document with the default (or given) model."""
+XQUAD_EN = Path("../shared/data/xquad/en")  # the team's shared data, beside the repository
+
+
+def run(model: str | None = None, out: Path = Path("out/demo"), eval_data: Path | None = XQUAD_EN) -> None:
+    """Embeddings, a searchable index, the server and an eval report, on the default (or given) model."""
     from pplx_embed import Embedder
 
     embedder = Embedder(model)
+    out.mkdir(parents=True, exist_ok=True)
+    print("== 1. embeddings ==")
     print(f"model: {embedder.name}  dim={embedder.dimension}  context={embedder.max_length} tokens  device={embedder.device}")
     print(f"\nquery: {QUERY!r}")
     print(f"{'precision':<10}{'bytes/vector':>14}  ranking of the documents (best first)")
@@ -41,3 +49,47 @@ def run(model: str | None = None) -> None:
         print(f"  #{i} {text}")
     chunks = embedder.encode_contextual(CONTEXT_DOCS, quantization="int8")
     print(f"\nlate chunking: {len(CONTEXT_DOCS)} documents -> {[c.shape for c in chunks]} int8 chunk embeddings")
+    search_index(embedder, out / "index")
+    serve_once(embedder)
+    if eval_data is not None and eval_data.is_dir():
+        evaluate(embedder, eval_data, out / "eval")
+    else:
+        print(f"\n== 4. eval report == skipped: no data set at {eval_data} (see docs/eval.md)")
+
+
+def search_index(embedder, path: Path) -> None:
+    """Build a persistent binary+int8 index of the sample texts and search it."""
+    from pplx_embed.index import Index
+
+    print(f"\n== 2. searchable index at {path} ==")
+    shutil.rmtree(path, ignore_errors=True)
+    index = Index.create(path, embedder.name, embedder=embedder)
+    index.add(DOCUMENTS, ids=[f"doc{i}" for i in range(len(DOCUMENTS))], metadata=[{"kind": "sentence"}] * len(DOCUMENTS))
+    for hit in index.search(QUERY, k=3):
+        print(f"  {hit.score:.3f}  {hit.id}  {hit.text}")
+    print(f"  stats: {index.stats()}")
+    index.close()
+
+
+def serve_once(embedder) -> None:
+    """Start the Perplexity-compatible server on loopback, embed through it, stop it."""
+    from pplx_embed.client import Client
+    from pplx_embed.serve.app import ServeConfig
+    from pplx_embed.serve.background import serve_in_thread
+
+    print("\n== 3. Perplexity-compatible server ==")
+    with serve_in_thread(ServeConfig(models=[(None, embedder)])) as (url, _), Client(url) as client:
+        wire = client.embed(DOCUMENTS, quantization="int8")
+        same = np.array_equal(wire, embedder.encode(DOCUMENTS, quantization="int8"))
+        print(f"  POST {url}/v1/embeddings (base64_int8): {wire.shape} int8, identical to the Python API: {same}")
+    print("  keep one running with: pplx-embed serve --model minilm --port 8000   (docs/server.md)")
+
+
+def evaluate(embedder, data: Path, out: Path) -> None:
+    """Retrieval quality at every precision on a BEIR set, written as JSON + Markdown + plots."""
+    from pplx_embed.cli import main
+
+    print(f"\n== 4. eval report on {data.name} ==")
+    main(["eval", "--model", embedder.name, "--data", str(data), "--truncation", "right",
+          "--quiet", "--output", str(out)])
+    print(f"  report: {out / 'report.md'}")

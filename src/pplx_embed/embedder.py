@@ -82,6 +82,11 @@ class Embedder:
         sep = self.tokenizer.sep_token_id
         return sep if sep is not None else self.tokenizer.eos_token_id
 
+    @property
+    def special_tokens(self) -> tuple[list[int], list[int]]:
+        """Ids the tokenizer puts before / after every text (``[CLS]``/``[SEP]`` for BERT, none for Qwen)."""
+        return self._prefix, self._suffix
+
     def info(self) -> dict:
         """Dimensions, context, parameter count, dtype and pooling of the loaded model."""
         return {

@@ -117,28 +117,28 @@ def _external_bytes(model_file: Path) -> int:
 
 def prepare_onnx(model: torch.nn.Module, checkpoint_path: Path, variant: str = "onnx", pooling: str = "mean",
                  name: str | None = None) -> Path:
-    """The cached ONNX file for this checkpoint and variant, exporting (and quantizing) it first if needed."""
+    """The cached ONNX file for this checkpoint and variant, exporting (and quantizing) it first if needed.
+
+    ``onnx-int8`` is quantized from the cached fp32 export, so both variants cost one export.
+    """
     if variant not in VARIANTS:
         raise ValueError(f"unknown ONNX variant {variant!r}; choose one of {', '.join(VARIANTS)}")
-    slug = "".join(c if c.isalnum() or c in "-_." else "-" for c in (name or Path(checkpoint_path).name))[-60:]
-    entry = cache_root() / f"{slug}-{variant}-{cache_key(checkpoint_path, variant, pooling)}"
+    slug = "".join(c if c.isalnum() or c in "-_." else "-" for c in (name or Path(checkpoint_path).name))
+    entry = cache_root() / f"{slug[-60:].strip('-.')}-{variant}-{cache_key(checkpoint_path, variant, pooling)}"
     model_file = entry / "model.onnx"
     if model_file.is_file():
         return model_file
+    fp32 = prepare_onnx(model, checkpoint_path, "onnx", pooling, name) if variant == "onnx-int8" else None
     entry.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".export-", dir=entry.parent))
     try:
-        (work / "fp32").mkdir()
-        exported = export_onnx(model, work / "fp32" / "model.onnx", pooled_outputs=pooling == "mean")
-        if variant == "onnx-int8":
-            quantize_int8(exported, work / "model.onnx")
-            shutil.rmtree(work / "fp32")
+        if fp32 is None:
+            export_onnx(model, work / "model.onnx", pooled_outputs=pooling == "mean")
         else:
-            for part in (work / "fp32").iterdir():
-                part.rename(work / part.name)
-            (work / "fp32").rmdir()
+            quantize_int8(fp32, work / "model.onnx")
+        outputs = OUTPUTS if pooling == "mean" else OUTPUTS[:1]
         (work / "export.json").write_text(json.dumps({"checkpoint": str(checkpoint_path), "variant": variant,
-                                                      "outputs": OUTPUTS if pooling == "mean" else OUTPUTS[:1]}))
+                                                      "outputs": outputs}, indent=2))
         try:
             work.rename(entry)
         except OSError:  # another process finished the same export first

@@ -4,6 +4,7 @@ Markdown report with plots)."""
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -42,55 +43,64 @@ def _load_other(args: argparse.Namespace, model: str):
     return Embedder(model, device=args.device, dtype=args.dtype, max_batch_tokens=args.max_batch_tokens)
 
 
-def run_eval(args: argparse.Namespace) -> tuple[list[dict], object]:
-    """Load the data, pick the tasks it supports, run them; returns (records, embedder)."""
+def run_eval(args: argparse.Namespace) -> tuple[list[dict], object, EmbeddingCache]:
+    """Load the data, pick the tasks it supports, run them; returns (records, embedder, cache)."""
     data = Path(args.data)
     if not data.exists():
         raise CLIError(f"data not found: {data}")
+    cache = EmbeddingCache(None if args.no_cache else args.cache)
     settings = tasks.Settings(precisions=tuple(args.quantization), dimensions=tuple(args.dimensions),
-                              truncation=args.truncation, rescore=args.rescore,
-                              cache=EmbeddingCache(None if args.no_cache else args.cache),
+                              truncation=args.truncation, rescore=args.rescore, cache=cache,
                               show_progress_bar=not args.quiet)
     embedder = load_embedder(args)
     query_embedder = _load_other(args, args.query_model) if args.query_model else None
     settings.dims(embedder.dimension)  # validate before any work
     if data.is_file():
-        return tasks.sts(embedder, datasets.load_sts(data), settings), embedder
+        return tasks.sts(embedder, datasets.load_sts(data), settings), embedder, cache
     if datasets.is_beir(data):
         ds = datasets.load_beir(data, args.split)
+        if args.sample_corpus:
+            ds = datasets.sample_corpus(ds, args.sample_corpus)
         if args.contextual:
-            return tasks.contextual(embedder, ds, settings, query_embedder), embedder
-        return tasks.query_to_doc(embedder, ds, settings, query_embedder), embedder
+            return tasks.contextual(embedder, ds, settings, query_embedder), embedder, cache
+        return tasks.query_to_doc(embedder, ds, settings, query_embedder), embedder, cache
     if args.contextual:
         raise CLIError(f"{data}: --contextual needs a BEIR directory whose corpus rows carry doc_id and chunk_index")
     parallel = datasets.parallel_sets(data)
+    if parallel and args.sets:
+        unknown = [name for name in args.sets if name not in parallel]
+        if unknown:
+            raise CLIError(f"{data} has no set {unknown[0]!r}; it has {', '.join(parallel)}")
+        parallel = {name: parallel[name] for name in args.sets}
     if parallel:
         sets = {name: datasets.load_beir(path, args.split, f"{data.name}/{name}") for name, path in parallel.items()}
-        records = tasks.cross_lingual(embedder, sets, settings, data.name, query_embedder)
+        records = tasks.cross_lingual(embedder, sets, settings, data.name, query_embedder, matrix=args.cross_lingual)
         if args.cross_lingual and len(sets) > 1:
             pivot = args.pivot if args.pivot in sets else next(iter(sets))
-            records += tasks.query_to_query(embedder, sets, settings, data.name, pivot)
-        else:
-            records = [r for r in records if r["task"] != "cross-lingual"]
-        return records, embedder
+            records += tasks.query_to_query(embedder, sets, settings, data.name, pivot, query_embedder)
+        return records, embedder, cache
     sts_files = sorted(data.glob(f"*{args.split}.tsv")) or sorted(data.glob("*.tsv"))
     if sts_files:
-        return [r for f in sts_files for r in tasks.sts(embedder, datasets.load_sts(f), settings)], embedder
+        return [r for f in sts_files for r in tasks.sts(embedder, datasets.load_sts(f), settings)], embedder, cache
     raise CLIError(f"{data}: not a BEIR directory (corpus.jsonl + queries.jsonl + qrels/), a folder of BEIR sets, "
                    "nor an STS .tsv file or folder of them")
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     start = time.perf_counter()
-    records, embedder = run_eval(args)
+    records, embedder, cache = run_eval(args)
     if args.cross_lingual and not any(r["task"] == "cross-lingual" for r in records):
         print("pplx-embed eval: --cross-lingual needs a folder of parallel BEIR sets; ignored", file=sys.stderr)
-    argv = ["pplx-embed", "eval", *sys.argv[2:]] if sys.argv[1:2] == ["eval"] else None
-    meta = report.run_meta(embedder, argv, time.perf_counter() - start, data=str(args.data))
+    argv = shlex.join(["pplx-embed", "eval", *sys.argv[2:]]) if sys.argv[1:2] == ["eval"] else None
+    meta = report.run_meta(embedder, argv, time.perf_counter() - start, data=str(args.data),
+                           cache={"hits": cache.hits, "misses": cache.misses})
     out = Path(args.output)
     path = report.save(out / "results.json", [meta], records)
-    report.render([meta], records, out, out / "report.md", title=f"Evaluation of {embedder.name} on {args.data}", generator="pplx-embed eval")
+    report.render([meta], records, out, out / "report.md", title=f"Evaluation of {embedder.name} on {args.data}",
+                  generator="pplx-embed eval")
     for r in records:
+        if r["task"] in ("cross-lingual", "query-to-query"):
+            continue  # a matrix: see report.md
         main = r["metrics"].get("ndcg@10", r["metrics"].get("spearman", 0.0))
         name = "spearman" if r["task"] == "sts" else "nDCG@10"
         main = main if r["task"] == "sts" else 100 * main
@@ -108,8 +118,10 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise CLIError("the results files hold no results")
     md = Path(args.output)
     figures = Path(args.figures) if args.figures else md.with_suffix("")
-    report.render(runs, results, figures, md, title=args.title)
-    print(f"wrote {md} and plots in {figures}", file=sys.stderr)
+    command = shlex.join(["pplx-embed", *sys.argv[1:]]) if sys.argv[1:2] == ["report"] else "pplx-embed report"
+    report.render(runs, results, figures, md, title=args.title, generator=command)
+    report.save(figures / "results.json", runs, results)
+    print(f"wrote {md}, plots and results.json in {figures}", file=sys.stderr)
     return 0
 
 
@@ -129,12 +141,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--cross-lingual", action="store_true",
                     help="folder of parallel sets: also every query language against every corpus language, "
                          "and query-to-query retrieval from --pivot")
+    ev.add_argument("--sets", type=_list, default=None,
+                    help="folder of parallel sets: only these, e.g. en,de,zh (default: all)")
     ev.add_argument("--pivot", default="en", help="query language for query-to-query retrieval (default en)")
     ev.add_argument("--query-model", default=None, help="embed queries with this model (e.g. v1 queries, context-v1 chunks)")
     ev.add_argument("--truncation", choices=("right", "left"), default=None,
                     help="cut texts longer than the model's context (default: refuse them)")
     ev.add_argument("--rescore", type=int, default=DEFAULT_RESCORE,
                     help=f"binary+rescore: candidates re-ordered with int8 (default {DEFAULT_RESCORE})")
+    ev.add_argument("--sample-corpus", type=int, default=None, metavar="N",
+                    help="quick run on a big corpus: keep every judged row plus random others, N rows in all "
+                         "(seed 0; recorded in the results)")
     ev.add_argument("--split", default="test", help="qrels split / STS file suffix (default test)")
     ev.add_argument("--output", "-o", default="eval-results", help="output folder (results.json, report.md, plots)")
     ev.add_argument("--cache", default=str(DEFAULT_DIR), help=f"embedding cache folder (default {DEFAULT_DIR})")

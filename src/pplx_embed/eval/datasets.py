@@ -10,6 +10,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pplx_embed.jsonl import iter_jsonl
+
 
 class DataError(ValueError):
     """A data file is missing or malformed; the message names the file and line."""
@@ -30,6 +32,7 @@ class RetrievalSet:
     query_texts: list[str]
     qrels: dict[str, dict[str, int]]
     documents: list[tuple[str, list[int]]] | None = None
+    sampled_from: int | None = None  # corpus size before ``sample_corpus``
 
     @property
     def contextual(self) -> bool:
@@ -47,20 +50,7 @@ class STSSet:
 
 
 def _jsonl(path: Path) -> list[tuple[int, dict]]:
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    rows = []
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}:{number}: expected a JSON object")
-            rows.append((number, row))
+    rows = list(iter_jsonl(path, DataError))
     if not rows:
         raise DataError(f"{path}: no rows")
     return rows
@@ -196,6 +186,29 @@ def load_beir(path: str | Path, split: str = "test", name: str | None = None) ->
     )
 
 
+def sample_corpus(ds: RetrievalSet, size: int, seed: int = 0) -> RetrievalSet:
+    """A smaller corpus for quick runs: every judged row plus seeded random others, in file order.
+
+    Scores on a sampled corpus are higher than on the full one (fewer distractors); results record
+    ``sampled_from`` so reports say so. Contextual sets cannot be sampled (documents must stay whole).
+    """
+    if ds.contextual:
+        raise ValueError(f"{ds.name} is contextual; its corpus cannot be sampled (documents must stay whole)")
+    if size >= len(ds.corpus_ids):
+        return ds
+    judged = {c for docs in ds.qrels.values() for c in docs}
+    keep = {i for i, c in enumerate(ds.corpus_ids) if c in judged}
+    if size < len(keep):
+        raise ValueError(f"cannot sample {size} rows: {ds.name} has {len(keep)} judged rows, all of which are kept")
+    import random
+
+    others = [i for i in range(len(ds.corpus_ids)) if i not in keep]
+    keep |= set(random.Random(seed).sample(others, size - len(keep)))
+    rows = sorted(keep)
+    return RetrievalSet(ds.name, [ds.corpus_ids[i] for i in rows], [ds.corpus_texts[i] for i in rows],
+                        ds.query_ids, ds.query_texts, ds.qrels, None, len(ds.corpus_ids))
+
+
 def _name(root: Path) -> str:
     """``covidqa-ctx``; ``medquad/dev`` for a split folder; ``xquad/en`` for one of several parallel sets."""
     siblings = [p for p in root.parent.iterdir() if p.is_dir() and p != root and is_beir(p)]
@@ -230,7 +243,7 @@ def load_sts(path: str | Path) -> STSSet:
             scores.append(score)
     if not scores:
         raise DataError(f"{path}: no sentence pairs")
-    return STSSet(path.stem, s1, s2, scores)
+    return STSSet(f"{path.parent.name}/{path.stem}", s1, s2, scores)
 
 
 def is_beir(path: Path) -> bool:

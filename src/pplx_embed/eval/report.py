@@ -22,7 +22,7 @@ RETRIEVAL_COLUMNS = (("ndcg@10", "nDCG@10"), ("recall@10", "R@10"), ("recall@100
 
 
 # ---- files -----------------------------------------------------------------------------------
-def run_meta(embedder, argv: list[str] | None = None, seconds: float | None = None, **extra) -> dict:
+def run_meta(embedder, command: str | None = None, seconds: float | None = None, **extra) -> dict:
     """Who/what/where of a run: model info, command, device, versions, date."""
     import numpy
     import torch
@@ -34,7 +34,7 @@ def run_meta(embedder, argv: list[str] | None = None, seconds: float | None = No
     except OSError:
         cpu = ""
     return {
-        "model": embedder.info(), "command": " ".join(argv) if argv is not None else None,
+        "model": embedder.info(), "command": command,
         "device": embedder.device, "cpu": cpu or platform.processor(), "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(), "seconds": None if seconds is None else round(seconds, 1),
         "versions": {"pplx_embed": pplx_embed.__version__, "torch": torch.__version__, "numpy": numpy.__version__,
@@ -85,6 +85,13 @@ def _main_metric(r: dict) -> float:
     return r["metrics"]["spearman"] if r["task"] == "sts" else r["metrics"]["ndcg@10"]
 
 
+def _headline(results: list[dict]) -> list[dict]:
+    """One series per data set: retrieval and STS, late chunking for contextual sets, and of parallel
+    languages only English (the language plot and the tables show the others)."""
+    return [r for r in results if (r["task"] in ("retrieval", "sts") and r.get("language") in (None, "en"))
+            or (r["task"] == "contextual" and r["mode"] == "late")]
+
+
 def _pct(x: float) -> str:
     return f"{100 * x:.1f}"
 
@@ -103,7 +110,10 @@ def _grid_table(rows: list[dict], with_mode: bool = False) -> list[str]:
 def _note(r: dict) -> str:
     over = r.get("over_limit") or {}
     parts = [f"{r.get('queries', r.get('pairs'))} {'queries' if 'queries' in r else 'pairs'}"]
-    if "corpus" in r:
+    if r.get("corpus_sampled_from"):
+        parts.append(f"**sampled corpus**: {r['corpus']} of {r['corpus_sampled_from']} rows (every judged row plus "
+                     "random others; scores are higher than on the full corpus)")
+    elif "corpus" in r:
         parts.append(f"{r['corpus']} corpus rows")
     if "documents" in r:
         parts.append(f"{r['documents']} documents")
@@ -162,14 +172,10 @@ def _plt():
 
 def plot_quality_vs_bytes(results: list[dict], path: Path) -> Path | None:
     """One panel per dataset: main metric vs bytes per vector (log scale), a line per precision."""
-    panels = _by([r for r in results if r["task"] in ("retrieval", "sts")
-                  or (r["task"] == "contextual" and r["mode"] == "late")], "dataset", "task", "model")
+    panels = _by(_headline(results), "dataset", "task", "model")
     panels = {k: v for k, v in panels.items() if len({r["dimensions"] for r in v}) + len({r["precision"] for r in v}) > 2}
     if not panels:
         return None
-    if len(panels) > 8:  # many languages: keep the main ones readable
-        panels = dict(sorted(panels.items(), key=lambda kv: (kv[0][0].count("/") and not kv[0][0].endswith("/en"),
-                                                             kv[0][0]))[:8])
     plt = _plt()
     cols = min(len(panels), 2)
     nrows = (len(panels) + cols - 1) // cols
@@ -181,11 +187,16 @@ def plot_quality_vs_bytes(results: list[dict], path: Path) -> Path | None:
             xs, ys = [r["bytes"] for r in prow], [_main_metric(r) * (1 if task == "sts" else 100) for r in prow]
             ax.plot(xs, ys, marker=markers.get(precision[0], "o"), label=PRECISION_LABEL[precision[0]])
             for r, x, y in zip(prow, xs, ys):
-                ax.annotate(str(r["dimensions"]), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+                below = precision[0] == "binary+rescore"  # sits next to int8: label it underneath
+                ax.annotate(str(r["dimensions"]), (x, y), textcoords="offset points",
+                            xytext=(4, -11 if below else 4), fontsize=8)
         ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda x, _: f"{x:g}"))
         ax.set_xlabel("bytes per vector (log scale); labels = dimensions")
         ax.set_ylabel("Spearman ×100" if task == "sts" else "nDCG@10 ×100")
         title = dataset + (" (late chunking)" if task == "contextual" else "")
+        if rows[0].get("corpus_sampled_from"):
+            title += f" ({rows[0]['corpus']} of {rows[0]['corpus_sampled_from']} docs)"
         ax.set_title(title, fontsize=11)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
@@ -217,7 +228,7 @@ def plot_contextual(results: list[dict], path: Path) -> Path | None:
         ax.bar_label(bars, fmt="%.1f", fontsize=8)
     ax.set_xticks(range(len(precisions)), [PRECISION_LABEL[p] for p in precisions])
     ax.set_ylabel("nDCG@10 ×100")
-    ax.set_title(f"{rows[0]['dataset']}: chunks alone vs late chunking ({rows[0]['model']}, {full} dims)", fontsize=10)
+    ax.set_title(f"{rows[0]['dataset']}: chunks alone vs late chunking\n{rows[0]['model']}, {full} dims", fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(True, axis="y", alpha=0.3)
     fig.tight_layout()
@@ -288,11 +299,17 @@ def _find(rows: list[dict], precision: str, dims: int) -> dict | None:
     return next((r for r in rows if r["precision"] == precision and r["dimensions"] == dims), None)
 
 
-def guidance(results: list[dict]) -> str:
+def guidance(results: list[dict], runs: list[dict] = ()) -> str:
     """What the numbers mean for someone choosing settings, with this run's figures filled in."""
     lines = ["## What the numbers mean for choosing settings", ""]
-    groups = _by([r for r in results if r["task"] in ("retrieval", "sts")
-                  or (r["task"] == "contextual" and r["mode"] == "late")], "task", "dataset", "model")
+    others = sorted({m["model"]["model"] for m in runs if m.get("model") and not m["model"].get("bidirectional")})
+    if others:
+        lines += [f"Measured with {', '.join(others)}, which is not a pplx-embed model: it was trained "
+                  "without quantization-aware or Matryoshka objectives. pplx-embed models are trained for both "
+                  "(their release reports binary costing 2-4 points at 0.6B and under 1.6 at 4B), so expect "
+                  "them to lose less at int8, binary and small dimensions than shown here; run the same "
+                  "commands with a pplx-embed checkpoint to measure it.", ""]
+    groups = _by(_headline(results), "task", "dataset", "model")
     bullets = []
     for (task, dataset, model), rows in groups.items():
         full = max(r["dimensions"] for r in rows)
@@ -310,7 +327,8 @@ def guidance(results: list[dict]) -> str:
                 delta = _main_metric(r) * scale - base
                 parts.append(f"{PRECISION_LABEL[precision]}@{dims} {delta:+.1f} ({_fmt_bytes(r['bytes'])} B)")
         if parts:
-            bullets.append(f"- **{dataset}**{' (late chunking)' if task == 'contextual' else ''}: "
+            sampled = f" (sampled corpus: {ref['corpus']} of {ref['corpus_sampled_from']})" if ref.get("corpus_sampled_from") else ""
+            bullets.append(f"- **{dataset}**{sampled}{' (late chunking)' if task == 'contextual' else ''}: "
                            f"float32@{full} {name} {base:.1f} ({_fmt_bytes(ref['bytes'])} B); " + ", ".join(parts) + ".")
     lines += ["Change against full-width float32, in points of the main metric (bytes stored per vector; "
               "binary + rescore counts the bits searched plus the int8 vector kept for rescoring):", ""]
@@ -335,6 +353,24 @@ def guidance(results: list[dict]) -> str:
                       "section headings far above); it can only help as far as the model's window reaches: a model "
                       "whose window holds one chunk (≈256 tokens) sees almost no neighbouring text, so the two modes "
                       "differ little. pplx-embed-context-v1 reads 32K tokens and was trained for this.", ""]
+    cross = [r for r in results if r["task"] == "cross-lingual"]
+    if cross:
+        same = [r["metrics"]["ndcg@10"] for r in results if r["task"] == "retrieval" and r.get("language")
+                and r["precision"] == cross[0]["precision"] and r["dimensions"] == cross[0]["dimensions"]]
+        other = [r["metrics"]["ndcg@10"] for r in cross]
+        from_en = [r["metrics"]["ndcg@10"] for r in cross if r["query_language"] == "en"]
+        text = (f"- **Across languages** ({cross[0]['dataset'].split('/')[0]}, {PRECISION_LABEL[cross[0]['precision']]}"
+                f"@{cross[0]['dimensions']}): same-language retrieval averages nDCG@10 {100 * sum(same) / max(len(same), 1):.1f} "
+                f"over {len(same)} languages; queries against a corpus in another language average "
+                f"{100 * sum(other) / len(other):.1f}")
+        if from_en:
+            text += f" (English queries: {100 * sum(from_en) / len(from_en):.1f})"
+        q2q = [r["metrics"]["mrr@10"] for r in results if r["task"] == "query-to-query"]
+        if q2q:
+            text += f"; finding a query's own translation among another language's queries: MRR@10 {100 * sum(q2q) / len(q2q):.1f}"
+        lines += [text + ". A large gap means the model matches surface words rather than meaning across "
+                  "languages: choose a multilingual model (pplx-embed was trained cross-lingually) if users "
+                  "search in one language and documents are in another.", ""]
     lines += [
         "How to read this:",
         "",
@@ -365,15 +401,20 @@ def render(runs: list[dict], results: list[dict], fig_dir: str | Path, md_path: 
     lines = [f"# {title}", "",
              f"Generated by `{generator}` from the results of `pplx-embed eval`; do not edit by hand.", ""]
     if runs:
-        lines += ["## Runs", "", "| command | model | device | threads | time | date |", "|---|---|---|---|---|---|"]
+        lines += ["## Runs", "", "Time is the wall clock of the whole run; embeddings served from the cache "
+                  "(hits) cost no forward pass.", "",
+                  "| command | model | device | threads | time | cache hits / misses | date |",
+                  "|---|---|---|---|---|---|---|"]
         for m in runs:
             model = m.get("model", {})
             lines.append(f"| `{m.get('command') or ''}` | {model.get('model', '')} ({model.get('dimension', '')} dims, "
                          f"context {model.get('max_length', '')}) | {m.get('device')} ({m.get('cpu', '')}) | "
-                         f"{m.get('torch_threads')} | {m.get('seconds')} s | {m.get('date')} |")
+                         f"{m.get('torch_threads')} | {m.get('seconds')} s | "
+                         f"{(m.get('cache') or {}).get('hits', '')} / {(m.get('cache') or {}).get('misses', '')} | "
+                         f"{m.get('date')} |")
         versions = runs[-1].get("versions", {})
         lines += ["", "Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()), ""]
-    lines += [guidance(results)]
+    lines += [guidance(results, runs)]
     if figs:
         lines += ["## Plots", ""]
         lines += [f"![{p.stem}]({os.path.relpath(p, md_path.parent)})" for p in figs] + [""]

@@ -38,19 +38,18 @@ class Embeddings:
     """
 
     float: np.ndarray
-    int8: np.ndarray
+    int8: np.ndarray | None
 
     def view(self, precision: str, dimensions: int) -> np.ndarray:
         if precision == "float":
             return quantize(self.float, "float", dimensions)
         if precision == "int8":
+            if self.int8 is None:
+                raise ValueError("these embeddings were computed without their int8 output")
             return np.ascontiguousarray(self.int8[:, :dimensions])
         if precision in ("binary", "binary+rescore"):
             return quantize(self.float, "binary", dimensions)
         raise ValueError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
-
-    def subset(self, rows: list[int] | np.ndarray) -> "Embeddings":
-        return Embeddings(self.float[rows], self.int8[rows])
 
 
 def _top_k(scores: np.ndarray, k: int) -> np.ndarray:

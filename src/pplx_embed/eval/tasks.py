@@ -34,6 +34,10 @@ class Settings:
     cache: EmbeddingCache = field(default_factory=lambda: EmbeddingCache(None))
     show_progress_bar: bool = False
 
+    @property
+    def needs_int8(self) -> bool:
+        return any(p in ("int8", "binary+rescore") for p in self.precisions)
+
     def __post_init__(self) -> None:
         for p in self.precisions:
             if p not in PRECISIONS:
@@ -67,7 +71,8 @@ def embed_documents(embedder, documents: list[list[str]], s: Settings) -> Embedd
     """Late-chunked embeddings of every chunk, documents and chunks in order (through the cache).
 
     A model with a Normalize module scales its float output, while int8 is tanh of the
-    *unnormalized* pooled vector, so such a model needs a second, int8 pass.
+    *unnormalized* pooled vector, so such a model needs a second, int8 pass (run only when an
+    int8 view is asked for).
     """
     _check_fit(embedder, [chunk for doc in documents for chunk in doc], s)
 
@@ -76,7 +81,9 @@ def embed_documents(embedder, documents: list[list[str]], s: Settings) -> Embedd
                                                         s.show_progress_bar))
 
     f = run("float")
-    return Embeddings(f, run("int8") if embedder.checkpoint.normalize else quantize(f, "int8"))
+    if embedder.checkpoint.normalize:
+        return Embeddings(f, run("int8") if s.needs_int8 else None)
+    return Embeddings(f, quantize(f, "int8"))
 
 
 def _over_limit(embedder, texts: list[str]) -> int:
@@ -106,7 +113,7 @@ def query_to_doc(embedder, ds: RetrievalSet, s: Settings, query_embedder=None) -
     qe = query_embedder or embedder
     queries, docs = embed_texts(qe, ds.query_texts, s), embed_texts(embedder, ds.corpus_texts, s)
     base = _base("retrieval", ds.name, embedder, query_embedder, s, queries=len(ds.query_ids),
-                 corpus=len(ds.corpus_ids), over_limit={"queries": _over_limit(qe, ds.query_texts),
+                 corpus=len(ds.corpus_ids), corpus_sampled_from=ds.sampled_from, over_limit={"queries": _over_limit(qe, ds.query_texts),
                                                         "corpus": _over_limit(embedder, ds.corpus_texts)})
     return _retrieve(queries, docs, ds, ds.corpus_ids, embedder.dimension, s, base)
 
@@ -141,10 +148,10 @@ def contextual(embedder, ds: RetrievalSet, s: Settings, query_embedder=None) -> 
 
 
 def cross_lingual(embedder, sets: dict[str, RetrievalSet], s: Settings, group: str,
-                  query_embedder=None) -> list[dict]:
-    """Every language on its own at every setting (task ``retrieval``), then every query language
-    against every other corpus language at the first precision and largest dimension
-    (task ``cross-lingual``). The sets must share corpus ids and qrels (parallel data)."""
+                  query_embedder=None, matrix: bool = True) -> list[dict]:
+    """Every language on its own at every setting (task ``retrieval``), then, with ``matrix``, every
+    query language against every other corpus language at the first precision and largest
+    dimension (task ``cross-lingual``). The sets must share corpus ids and qrels (parallel data)."""
     _check_pair(embedder, query_embedder)
     qe = query_embedder or embedder
     langs = list(sets)
@@ -163,7 +170,7 @@ def cross_lingual(embedder, sets: dict[str, RetrievalSet], s: Settings, group: s
                                  "corpus": _over_limit(embedder, ds.corpus_texts)})
         out += _retrieve(queries[lang], corpora[lang], ds, ds.corpus_ids, embedder.dimension, s, base)
     precision, dims = s.precisions[0], s.dims(embedder.dimension)[-1]
-    for ql in langs:
+    for ql in langs if matrix else []:
         for cl in langs:
             if ql == cl:
                 continue
@@ -175,23 +182,27 @@ def cross_lingual(embedder, sets: dict[str, RetrievalSet], s: Settings, group: s
     return out
 
 
-def query_to_query(embedder, sets: dict[str, RetrievalSet], s: Settings, group: str, pivot: str) -> list[dict]:
+def query_to_query(embedder, sets: dict[str, RetrievalSet], s: Settings, group: str, pivot: str,
+                   query_embedder=None) -> list[dict]:
     """Queries of ``pivot`` retrieve among the queries of each other language; the relevant one is the
-    query with the same id (its translation). First precision, largest dimension."""
+    query with the same id (its translation). First precision, largest dimension. Both sides are
+    queries, so the query model embeds them when one is given."""
     if pivot not in sets:
         raise ValueError(f"pivot language {pivot!r} not among {', '.join(sets)}")
+    qe = query_embedder or embedder
     src = sets[pivot]
-    queries = {lang: embed_texts(embedder, ds.query_texts, s) for lang, ds in sets.items()}
-    precision, dims = s.precisions[0], s.dims(embedder.dimension)[-1]
+    queries = {lang: embed_texts(qe, ds.query_texts, s) for lang, ds in sets.items()}
+    precision, dims = s.precisions[0], s.dims(qe.dimension)[-1]
     out = []
     for lang, ds in sets.items():
         if lang == pivot:
             continue
+        targets = set(ds.query_ids)
         pairs = RetrievalSet(f"{group}/{pivot}->{lang}", ds.query_ids, ds.query_texts, src.query_ids,
-                             src.query_texts, {q: {q: 1} for q in src.query_ids if q in set(ds.query_ids)})
-        base = _base("query-to-query", pairs.name, embedder, None, s, query_language=pivot, corpus_language=lang,
+                             src.query_texts, {q: {q: 1} for q in src.query_ids if q in targets})
+        base = _base("query-to-query", pairs.name, qe, None, s, query_language=pivot, corpus_language=lang,
                      queries=len(src.query_ids), corpus=len(ds.query_ids))
-        out += _retrieve(queries[pivot], queries[lang], pairs, ds.query_ids, embedder.dimension, s, base,
+        out += _retrieve(queries[pivot], queries[lang], pairs, ds.query_ids, qe.dimension, s, base,
                          [precision], [dims])
     return out
 

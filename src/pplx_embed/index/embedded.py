@@ -7,6 +7,7 @@ Layout of an index directory::
     vectors.<gen>.binary  packed sign bits, dims/8 bytes per row   (first stage, Hamming)
     vectors.<gen>.int8    int8 codes, dims bytes per row           (rescoring, cosine)
     vectors.<gen>.float32 float32, 4·dims bytes per row            (only with store_float)
+    ivf-centroids.npy     trained binary IVF centroids              (only with first_stage="ivf")
 
 Crash safety: an add appends its rows to each vector file *after* the committed row count
 (truncating any tail a killed writer left), fsyncs them, and only then commits the items and the
@@ -33,12 +34,16 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from pplx_embed.model.quantization import check_dimensions
 from pplx_embed.index.store import Batch, Hit, IndexNotFoundError, VectorStore
 
 FORMAT = "pplx-embed-index/1"
 DB = "index.sqlite"
 PRECISIONS = {"binary": np.uint8, "int8": np.int8, "float": np.float32}
 SUFFIX = {"binary": "binary", "int8": "int8", "float": "float32"}
+FIRST_STAGES = ("flat", "ivf")
+IVF_MIN_ROWS = 10_000
+CENTROIDS = "ivf-centroids.npy"
 _SQL_VARS = 900  # stay below SQLite's bound-parameter limit
 
 ITEMS = ("CREATE TABLE {name} (row INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, text TEXT, "
@@ -67,7 +72,11 @@ class EmbeddedIndex(VectorStore):
         self.full_dimension = int(manifest["full_dimension"])
         self.store_float = manifest["store_float"] == "1"
         self.contextual = manifest["contextual"] == "1"
+        self.first_stage = manifest.get("first_stage", "flat")
+        self.nprobe = 16  # IVF lists visited per query (first_stage="ivf")
         self._lock = threading.RLock()
+        self._faiss = None
+        self._indexed = 0
         self._check_model_args()
         self._load()
 
@@ -75,8 +84,14 @@ class EmbeddedIndex(VectorStore):
     @classmethod
     def create(cls, path: str | os.PathLike, model: str, dimensions: int | None = None, *,
                full_dimension: int | None = None, store_float: bool = False, contextual: bool = False,
-               embedder=None, exist_ok: bool = False) -> EmbeddedIndex:
-        """A new empty index directory at ``path`` for ``model`` vectors at ``dimensions``."""
+               first_stage: str = "flat", embedder=None, exist_ok: bool = False) -> EmbeddedIndex:
+        """A new empty index directory at ``path`` for ``model`` vectors at ``dimensions``.
+
+        ``first_stage`` is ``flat`` (exact Hamming, the default) or ``ivf`` (faiss ``IndexBinaryIVF``,
+        trained the first time the index is opened with at least 10,000 vectors; ``nprobe`` lists per query).
+        """
+        if first_stage not in FIRST_STAGES:
+            raise ValueError(f"first_stage must be one of {', '.join(FIRST_STAGES)}, got {first_stage!r}")
         path = Path(path)
         if (path / DB).exists():
             if exist_ok:
@@ -88,13 +103,14 @@ class EmbeddedIndex(VectorStore):
         if not isinstance(dimensions, int) or dimensions < 8:
             raise ValueError(f"dimensions must be a positive multiple of 8, got {dimensions!r}")
         full_dimension = full_dimension or dimensions
-        if dimensions % 8 or dimensions > full_dimension:
-            raise ValueError(f"dimensions must be a multiple of 8 and at most the model's {full_dimension}, "
-                             f"got {dimensions}")
+        check_dimensions(dimensions, full_dimension)
+        if dimensions % 8:
+            raise ValueError(f"dimensions must be a multiple of 8 for binary codes, got {dimensions}")
         path.mkdir(parents=True, exist_ok=True)
         manifest = {"format": FORMAT, "model": model, "dimensions": str(dimensions),
                     "full_dimension": str(full_dimension), "store_float": "1" if store_float else "0",
-                    "contextual": "1" if contextual else "0", "count": "0", "generation": "0",
+                    "contextual": "1" if contextual else "0", "first_stage": first_stage,
+                    "count": "0", "generation": "0",
                     "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         tmp = path / (DB + ".tmp")
         tmp.unlink(missing_ok=True)
@@ -152,11 +168,11 @@ class EmbeddedIndex(VectorStore):
 
     def _load(self) -> None:
         """(Re)read the committed state: row count, generation, live rows, maps, first-stage index."""
-        import faiss
-
         manifest = dict(self._conn.execute("SELECT key, value FROM manifest"))
+        generation = int(manifest["generation"])
+        rebuild = self._faiss is None or generation != getattr(self, "_generation", None)
         self._count = int(manifest["count"])
-        self._generation = int(manifest["generation"])
+        self._generation = generation
         for precision in self._precisions():
             f = self._file(precision)
             size = f.stat().st_size if f.exists() else 0
@@ -167,10 +183,45 @@ class EmbeddedIndex(VectorStore):
         self._live = np.zeros(self._count, dtype=bool)
         rows = np.fromiter((r for (r,) in self._conn.execute("SELECT row FROM items")), dtype=np.int64)
         self._live[rows] = True
-        self._faiss = faiss.IndexBinaryFlat(self.dimensions)
-        if self._count:
-            self._faiss.add(np.ascontiguousarray(self._maps["binary"]))
+        if rebuild or self._count < self._indexed:
+            self._build_first_stage()
+        elif self._count > self._indexed:
+            self._faiss.add(np.ascontiguousarray(self._maps["binary"][self._indexed :]))
+            self._indexed = self._count
         self._version = self._data_version()
+
+    def _build_first_stage(self) -> None:
+        """faiss over the binary codes: exact ``IndexBinaryFlat``, or ``IndexBinaryIVF`` when asked and big enough.
+
+        IVF centroids are trained once (on up to 40 codes per list) and kept in ``ivf-centroids.npy``,
+        so later opens only assign the codes to their lists.
+        """
+        import faiss
+
+        codes = np.ascontiguousarray(self._maps["binary"])
+        centroids_file = self.path / CENTROIDS
+        if self.first_stage == "ivf" and (centroids_file.exists() or self._count >= IVF_MIN_ROWS):
+            if centroids_file.exists():  # trained before: reuse the lists
+                centroids = np.load(centroids_file)
+            else:
+                nlist = int(2 * np.sqrt(self._count))
+                trainer = faiss.IndexBinaryIVF(faiss.IndexBinaryFlat(self.dimensions), self.dimensions, nlist)
+                trainer.cp.niter = 10
+                sample = np.random.default_rng(0).choice(self._count, min(self._count, 40 * nlist), replace=False)
+                trainer.train(codes[np.sort(sample)])
+                centroids = trainer.quantizer.reconstruct_n(0, nlist)
+                tmp = self.path / (CENTROIDS + ".tmp.npy")
+                np.save(tmp, centroids)
+                os.replace(tmp, centroids_file)  # a cache: complete or absent
+            self._quantizer = faiss.IndexBinaryFlat(self.dimensions)
+            self._quantizer.add(centroids)
+            index = faiss.IndexBinaryIVF(self._quantizer, self.dimensions, len(centroids))
+            index.is_trained = True
+        else:
+            index = faiss.IndexBinaryFlat(self.dimensions)
+        if self._count:
+            index.add(codes)
+        self._faiss, self._indexed = index, self._count
 
     def _data_version(self) -> int:
         return self._conn.execute("PRAGMA data_version").fetchone()[0]
@@ -241,6 +292,7 @@ class EmbeddedIndex(VectorStore):
             self._live = np.concatenate([self._live, np.ones(len(rows), dtype=bool)])
             self._live[existing] = False
             self._faiss.add(np.ascontiguousarray(batch.binary))
+            self._indexed = self._count
             self._version = self._data_version()
 
     def _remove_rows(self, rows: list[int]) -> int:
@@ -275,6 +327,9 @@ class EmbeddedIndex(VectorStore):
             if dropped == 0:
                 return 0
             old, new = self._generation, self._generation + 1
+            for stale in self.path.glob("vectors.*"):  # left by a compaction that was killed
+                if not stale.name.startswith(f"vectors.{old}."):
+                    stale.unlink()
             for precision in self._precisions():
                 with open(self._file(precision, new), "wb") as f:
                     for part in _chunks(live.tolist(), 65536):
@@ -305,9 +360,9 @@ class EmbeddedIndex(VectorStore):
 
     # ---- searching ----------------------------------------------------------------------------
     def _allowed(self, where: dict[str, Any]) -> np.ndarray | None:
-        """Bitmap (faiss order: LSB first) of rows a search may return; ``None`` = all rows."""
+        """Mask of rows a search may return (live, matching ``where``); ``None`` = every row."""
         if not where:
-            return None if self._live.all() else np.packbits(self._live, bitorder="little")
+            return None if self._live.all() else self._live
         clauses, params = [], []
         for key, value in where.items():
             path = f'$."{key}"'
@@ -322,13 +377,7 @@ class EmbeddedIndex(VectorStore):
         mask = np.zeros(self._count, dtype=bool)
         rows = [r for (r,) in self._conn.execute(f"SELECT row FROM items WHERE {' AND '.join(clauses)}", params)]
         mask[rows] = True
-        return np.packbits(mask, bitorder="little")
-
-    @contextmanager
-    def _reading(self) -> Iterator[None]:
-        with self._lock:
-            self._sync()
-            yield
+        return mask
 
     def _first_stage(self, binary: np.ndarray, n: int, where: dict[str, Any]) -> list[np.ndarray]:
         import faiss
@@ -336,24 +385,49 @@ class EmbeddedIndex(VectorStore):
         if self._count == 0:
             return [np.zeros(0, np.int64) for _ in binary]
         allowed = self._allowed(where)
-        params = None
-        if allowed is not None:
-            params = faiss.SearchParameters(sel=faiss.IDSelectorBitmap(self._count, faiss.swig_ptr(allowed)))
-        _, rows = self._faiss.search(np.ascontiguousarray(binary), min(n, self._count), params=params)
-        return list(rows)
+        n = min(n, self._count)
+        binary = np.ascontiguousarray(binary)
+        if isinstance(self._faiss, faiss.IndexBinaryFlat):
+            params = None
+            if allowed is not None:
+                bitmap = np.packbits(allowed, bitorder="little")
+                params = faiss.SearchParameters(sel=faiss.IDSelectorBitmap(self._count, faiss.swig_ptr(bitmap)))
+            return list(self._faiss.search(binary, n, params=params)[1])
+        # IVF: faiss has no selector for binary IVF, so over-fetch and drop disallowed rows; a query
+        # left short (a selective filter) gets an exact Hamming search over the allowed rows instead
+        params = faiss.SearchParametersIVF(nprobe=self.nprobe)
+        fetch = n if allowed is None else min(self._count, 2 * n)
+        found = self._faiss.search(binary, fetch, params=params)[1]
+        if allowed is None:
+            return list(found)
+        subset = np.flatnonzero(allowed)
+        out = []
+        for q, rows in zip(binary, found):
+            rows = rows[rows >= 0]
+            rows = rows[allowed[rows]][:n]
+            if len(rows) < min(n, len(subset)):
+                _, nearest = faiss.knn_hamming(q[None, :], np.ascontiguousarray(self._maps["binary"][subset]),
+                                               min(n, len(subset)))
+                rows = subset[nearest[0]]
+            out.append(rows)
+        return out
 
     def _codes(self, rows: np.ndarray, precision: str) -> np.ndarray:
         return self._maps[precision][np.asarray(rows)]
 
     def _fetch(self, rows: np.ndarray, scores: np.ndarray) -> list[Hit]:
-        keys = [int(r) for r in rows]
+        return self._fetch_many([rows], [scores])[0]
+
+    def _fetch_many(self, rows: list[np.ndarray], scores: list[np.ndarray]) -> list[list[Hit]]:
+        keys = sorted({int(r) for part in rows for r in part})
         found = {}
         for part in _chunks(keys):
             for row, id_, text, meta, doc, pos in self._conn.execute(
                     f"SELECT row, id, text, metadata, doc_id, position FROM items WHERE row IN "
                     f"({','.join('?' * len(part))})", part):
-                found[row] = (id_, text, json.loads(meta), doc, pos)
-        return [Hit(found[r][0], float(s), *found[r][1:]) for r, s in zip(keys, scores) if r in found]
+                found[row] = (id_, text, meta, doc, pos)
+        return [[Hit(found[r][0], float(s), found[r][1], json.loads(found[r][2]), *found[r][3:])
+                 for r, s in zip(map(int, part), sc) if r in found] for part, sc in zip(rows, scores)]
 
     # ---- facts --------------------------------------------------------------------------------
     def get(self, ids: list[str], precision: str = "int8") -> dict[str, np.ndarray]:
@@ -383,8 +457,15 @@ class EmbeddedIndex(VectorStore):
             return {**self.info(), "backend": "embedded", "path": str(self.path), "items": int(self._live.sum()),
                     "documents": docs, "vector_rows": self._count, "tombstones": int(self._count - self._live.sum()),
                     "bytes_per_vector": {p: self._row_bytes(p) for p in self._precisions()},
-                    "search_structure_bytes_per_vector": self._row_bytes("binary"),
-                    "first_stage": "faiss IndexBinaryFlat (exact Hamming)", "disk_bytes": disk}
+                    "search_structure_bytes_per_vector": self._structure_bytes(),
+                    "first_stage": type(self._faiss).__name__, "disk_bytes": disk}
+
+    def _structure_bytes(self) -> float:
+        """In-memory bytes per vector of the first stage (codes, plus list ids for IVF)."""
+        import faiss
+
+        code = self._row_bytes("binary")
+        return code if isinstance(self._faiss, faiss.IndexBinaryFlat) else code + 8
 
     def close(self) -> None:
         with self._lock:

@@ -15,6 +15,8 @@ directory).
 
 from __future__ import annotations
 
+import os
+
 import re
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
@@ -102,7 +104,7 @@ class VectorStore(ABC):
 
     # ---- opening ------------------------------------------------------------------------------
     @staticmethod
-    def create(location: str, model: str, dimensions: int | None = None, *, full_dimension: int | None = None,
+    def create(location: str | os.PathLike, model: str, dimensions: int | None = None, *, full_dimension: int | None = None,
                store_float: bool = False, contextual: bool = False, embedder=None, **options) -> VectorStore:
         """Create a new, empty store at ``location`` for vectors of ``model`` at ``dimensions``."""
         from pplx_embed.index.embedded import EmbeddedIndex
@@ -113,18 +115,18 @@ class VectorStore(ABC):
             full_dimension = full_dimension or embedder.dimension
         kwargs = dict(full_dimension=full_dimension, store_float=store_float, contextual=contextual,
                       embedder=embedder, **options)
-        if location.startswith("milvus:"):
+        if str(location).startswith("milvus:"):
             from pplx_embed.index.milvus import MilvusStore
 
             return MilvusStore.create(location, model, dimensions, **kwargs)
         return EmbeddedIndex.create(location, model, dimensions, **kwargs)
 
     @staticmethod
-    def open(location: str, embedder=None, **options) -> VectorStore:
+    def open(location: str | os.PathLike, embedder=None, **options) -> VectorStore:
         """Open an existing store; ``embedder`` (optional) must be the index's model."""
         from pplx_embed.index.embedded import EmbeddedIndex
 
-        if location.startswith("milvus:"):
+        if str(location).startswith("milvus:"):
             from pplx_embed.index.milvus import MilvusStore
 
             return MilvusStore.open(location, embedder=embedder, **options)
@@ -135,9 +137,8 @@ class VectorStore(ABC):
             raise ValueError(f"dimensions must be a multiple of 8 for binary codes, got {self.dimensions}")
         if self.full_dimension < self.dimensions:
             raise ValueError(f"dimensions {self.dimensions} exceed the model's {self.full_dimension}")
-        if self._embedder is not None and self._embedder.name != self.model:
-            raise ValueError(f"this index holds vectors of {self.model!r}; "
-                             f"it cannot use the embedder of {self._embedder.name!r}")
+        if self._embedder is not None:
+            self.use(self._embedder)
 
     def info(self) -> dict[str, Any]:
         """What the store records about its vectors."""
@@ -154,6 +155,13 @@ class VectorStore(ABC):
 
             self._embedder = Embedder(self.model)
         return self._embedder
+
+    def use(self, embedder) -> None:
+        """Embed texts and queries with ``embedder``; it must be the index's model."""
+        if embedder.name != self.model:
+            raise ValueError(f"this index holds vectors of {self.model!r}; "
+                             f"it cannot use the embedder of {embedder.name!r}")
+        self._embedder = embedder
 
     def _check_model(self, model: str | None) -> None:
         if model is not None and model != self.model:
@@ -214,20 +222,21 @@ class VectorStore(ABC):
     # ---- writing ------------------------------------------------------------------------------
     def add(self, texts: Sequence[str] | None = None, *, ids: Sequence[str], vectors: Any = None,
             metadata: Sequence[dict | None] | None = None, model: str | None = None,
-            show_progress_bar: bool = False) -> int:
+            show_progress_bar: bool = False, truncation: str | None = None) -> int:
         """Add new items (texts are embedded with the index's model unless ``vectors`` are given).
 
         Atomic: the whole batch is stored, or nothing (an id already present is an error).
+        ``truncation`` (``right``/``left``) shortens over-long texts instead of refusing them.
         """
-        return self._add(texts, ids, vectors, metadata, model, show_progress_bar, replace=False)
+        return self._add(texts, ids, vectors, metadata, model, show_progress_bar, truncation, replace=False)
 
     def upsert(self, texts: Sequence[str] | None = None, *, ids: Sequence[str], vectors: Any = None,
                metadata: Sequence[dict | None] | None = None, model: str | None = None,
-               show_progress_bar: bool = False) -> int:
+               show_progress_bar: bool = False, truncation: str | None = None) -> int:
         """Add items, replacing any with the same id. Atomic per call."""
-        return self._add(texts, ids, vectors, metadata, model, show_progress_bar, replace=True)
+        return self._add(texts, ids, vectors, metadata, model, show_progress_bar, truncation, replace=True)
 
-    def _add(self, texts, ids, vectors, metadata, model, show_progress_bar, replace: bool) -> int:
+    def _add(self, texts, ids, vectors, metadata, model, show_progress_bar, truncation, replace: bool) -> int:
         self._check_model(model)
         if texts is not None and (isinstance(texts, str) or not all(isinstance(t, str) for t in texts)):
             raise TypeError("texts must be a list of strings")
@@ -235,14 +244,14 @@ class VectorStore(ABC):
             if texts is None:
                 raise ValueError("give texts to embed, or vectors")
             vectors = self.embedder.encode(list(texts), dimensions=self.dimensions,
-                                           show_progress_bar=show_progress_bar)
+                                           show_progress_bar=show_progress_bar, truncation=truncation)
         batch = self._batch(ids, vectors, texts, metadata)
         self._write(batch, replace)
         return len(batch.ids)
 
     def add_documents(self, documents: Sequence[Sequence[str]], doc_ids: Sequence[str], *,
                       metadata: Sequence[dict | None] | None = None, replace: bool = True,
-                      show_progress_bar: bool = False) -> int:
+                      show_progress_bar: bool = False, truncation: str | None = None) -> int:
         """Index each document's chunks with late chunking (``encode_contextual``).
 
         Chunk ids are ``"{doc_id}#{position}"``; search hits carry ``doc_id`` and ``position``.
@@ -255,7 +264,7 @@ class VectorStore(ABC):
             raise ValueError("doc_ids repeat; each document may appear once per call")
         metadata = list(metadata) if metadata is not None else [None] * len(doc_ids)
         vectors = self.embedder.encode_contextual([list(d) for d in documents], dimensions=self.dimensions,
-                                                  show_progress_bar=show_progress_bar)
+                                                  show_progress_bar=show_progress_bar, truncation=truncation)
         ids, texts, metas, docs, positions = [], [], [], [], []
         for doc_id, chunks, meta in zip(doc_ids, documents, metadata):
             for position, chunk in enumerate(chunks):
@@ -311,7 +320,7 @@ class VectorStore(ABC):
         prepared = self._prepare(queries, k, filter, rescore, model)
         with self._reading():
             rows, scores = self._search_prepared(*prepared, candidates)
-            return [self._fetch(r, s) for r, s in zip(rows, scores)]
+            return self._fetch_many(rows, scores)
 
     def search_rows(self, queries: Sequence[str] | np.ndarray, k: int = 10, *, filter: dict[str, Any] | None = None,
                     candidates: int | None = None, rescore: str = "int8",
@@ -400,6 +409,9 @@ class VectorStore(ABC):
     @abstractmethod
     def _fetch(self, rows: np.ndarray, scores: np.ndarray) -> list[Hit]:
         """Hits (id, text, metadata …) for row keys in order."""
+
+    def _fetch_many(self, rows: list[np.ndarray], scores: list[np.ndarray]) -> list[list[Hit]]:
+        return [self._fetch(r, s) for r, s in zip(rows, scores)]
 
     @abstractmethod
     def stats(self) -> dict[str, Any]: ...

@@ -83,7 +83,7 @@ def default_model() -> str:
 def resolve(name: str | os.PathLike | None = None) -> tuple[str, Path]:
     """Turn a model name into ``(recorded name, checkpoint directory)``."""
     name = default_model() if name is None else str(name)
-    if name.lower() == MINILM:
+    if name.lower() in (MINILM, "sentence-transformers/all-minilm-l6-v2"):  # the recorded name reloads too
         return "sentence-transformers/all-MiniLM-L6-v2", minilm_path()
     path = Path(name).expanduser()
     if path.is_dir():

@@ -11,36 +11,42 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import CancelledError, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from pplx_embed.serve.auth import KeyRing
 from pplx_embed.serve.batcher import QueueFull, ShuttingDown, Ticket
 from pplx_embed.serve.errors import APIError, error_response, install_error_handlers
+from pplx_embed.serve.indexes import ServedIndex, close_indexes, open_indexes
 from pplx_embed.serve.limits import Limits, check_documents, check_texts
-from pplx_embed.serve.metrics import CONTENT_TYPE_LATEST, Metrics
+from pplx_embed.serve.metrics import Metrics
 from pplx_embed.serve.registry import Registry, ServedModel, UnknownModel, as_float
 from pplx_embed.serve.schemas import (QUANTIZATION_OF, ContextualRequest, ContextualResponse, EmbeddingsRequest,
-                                      EmbeddingsResponse, ErrorResponse, TEIEmbedRequest, encode_vector)
+                                      EmbeddingsResponse, ErrorResponse, IndexDocumentsRequest, IndexSearchRequest,
+                                      IndexSearchResponse, TEIEmbedRequest, encode_vector)
 
 log = logging.getLogger("pplx_embed.serve")
 
-ENDPOINTS = ("/v1/embeddings", "/v1/contextualizedembeddings", "/embed", "/v1/models", "/health", "/metrics")
+ENDPOINTS = ("/v1/embeddings", "/v1/contextualizedembeddings", "/embed", "/v1/models", "/health", "/metrics",
+             "/v1/indexes", "/v1/indexes/{name}/search", "/v1/indexes/{name}/documents")
 
 
 @dataclass
 class ServeConfig:
     """Everything ``pplx-embed serve`` can be told. ``models`` items are ``(name or None, source)``;
-    a source is an alias / directory / hub id, or an already loaded :class:`~pplx_embed.Embedder`."""
+    a source is an alias / directory / hub id, or an already loaded :class:`~pplx_embed.Embedder`.
+    ``indexes`` items are ``(name, path)`` of :mod:`pplx_embed.index` indexes of served models."""
 
     models: list[tuple[str | None, object]]
     splits: dict[str, list[tuple[str, float]]] = field(default_factory=dict)
     shadows: dict[str, str] = field(default_factory=dict)
+    indexes: list[tuple[str, str]] = field(default_factory=list)
     keys: KeyRing = field(default_factory=KeyRing)
     limits: Limits = field(default_factory=Limits)
     max_queue: int = 128
@@ -70,6 +76,17 @@ def load_models(config: ServeConfig) -> dict[str, object]:
     return models
 
 
+def _init_torch_threads() -> None:
+    """Run one parallel torch op in this long-lived thread before models load in a short-lived one.
+
+    Measured on CPU: when a process's first parallel torch op runs in a thread that then exits,
+    every later forward pass from other threads is ~10x slower on a busy machine (thread-pool setup).
+    """
+    import torch
+
+    torch.ones(256, 256) @ torch.ones(256, 256)
+
+
 class _Gate:
     """ASGI middleware: caps request bodies (413) and records request count and latency."""
 
@@ -93,7 +110,8 @@ class _Gate:
                     return
             await self.app(scope, receive, send_status)
         finally:
-            path = scope["path"] if scope["path"] in ENDPOINTS else "other"
+            route = getattr(scope.get("route"), "path", None)  # the template, e.g. /v1/indexes/{name}/search
+            path = route if route in ENDPOINTS else "other"
             model = scope.get("state", {}).get("model", "")
             self.metrics.observe_request(path, model, status[0], time.perf_counter() - start)
 
@@ -136,29 +154,37 @@ class Service:
         self.config = config
         self.metrics = Metrics()
         self.registry: Registry | None = None
+        self.indexes: dict[str, ServedIndex] = {}
         self.load_error: BaseException | None = None
         self.executor = ThreadPoolExecutor(max_workers=max(8, config.max_queue * len(config.models) + 4),
                                            thread_name_prefix="pplx-request")
 
     # ---- lifecycle --------------------------------------------------------------------------
     def start(self) -> None:
+        _init_torch_threads()
         threading.Thread(target=self._load, name="pplx-load", daemon=True).start()
 
     def _load(self) -> None:
         try:
             models = load_models(self.config)
-            self.registry = Registry(models, self.config.splits, self.config.shadows, self.config.max_queue,
-                                     self.metrics)
-            log.info("serving %s", ", ".join(self.registry.names))
+            registry = Registry(models, self.config.splits, self.config.shadows, self.config.max_queue, self.metrics)
+            try:
+                self.indexes = open_indexes(self.config.indexes, registry.models)
+            except BaseException:
+                registry.close()
+                raise
+            self.registry = registry
+            log.info("serving %s", ", ".join(self.registry.names + [f"index {name}" for name in self.indexes]))
         except BaseException as exc:  # noqa: BLE001 - reported by /health and the CLI
             self.load_error = exc
-            log.error("could not load the models: %s", exc)
+            log.error("could not load the models and indexes: %s", exc)
             if self.config.on_load_error is not None:
                 self.config.on_load_error(exc)
 
     def stop(self) -> None:
         if self.registry is not None:
             self.registry.close()
+        close_indexes(self.indexes)
         self.executor.shutdown(wait=False, cancel_futures=True)
 
     # ---- routing ----------------------------------------------------------------------------
@@ -184,6 +210,19 @@ class Service:
             raise APIError(404, str(exc), "not_found_error", "model_not_found") from None
         request.state.model = served.name
         return served
+
+    def route_index(self, request: Request, name: str) -> tuple[ServedIndex, ServedModel]:
+        """Authenticate, then pick index ``name`` and the model it embeds with (401, 503, 404, 403)."""
+        authorization = request.headers.get("authorization")
+        self.config.keys.check(authorization)
+        registry = self.ready_registry()
+        served = self.indexes.get(name)
+        if served is None:
+            raise APIError(404, f"index {name!r} is not served here; available: {', '.join(self.indexes) or 'none'}",
+                           "not_found_error", "index_not_found")
+        self.config.keys.check(authorization, served.model)
+        request.state.model = served.model
+        return served, registry.models[served.model]
 
     # ---- running work -----------------------------------------------------------------------
     async def run(self, request: Request, served: ServedModel, work: Callable[[object, Ticket], object]):
@@ -337,6 +376,49 @@ def create_app(config: ServeConfig) -> FastAPI:
             if body.normalize:
                 vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=-1, keepdims=True), 1e-12)
             return JSONResponse(vectors.tolist(), headers={"x-total-tokens": str(sum(counts))})
+
+        return await service.run(request, served, work)
+
+    @app.get("/v1/indexes")
+    def indexes(request: Request):
+        """Served indexes (those whose model the API key may use), each with its model and stats."""
+        authorization = request.headers.get("authorization")
+        config.keys.check(authorization)
+        service.ready_registry()
+        data = [ix.describe() for ix in service.indexes.values() if config.keys.allows(authorization, ix.model)]
+        return {"object": "list", "data": data}
+
+    @app.post("/v1/indexes/{name}/search", response_model=IndexSearchResponse, responses=ERRORS)
+    async def index_search(name: str, body: IndexSearchRequest, request: Request):
+        """The ``k`` best items of index ``name`` for each query (binary first stage, int8 rescoring)."""
+        ix, served = service.route_index(request, name)
+        queries = [body.query] if isinstance(body.query, str) else body.query
+
+        def work(model, ticket: Ticket) -> JSONResponse:
+            check_texts(queries, model, config.limits)
+            with ix.embedder.bound(model):
+                results = ix.index.search_many(queries, body.k, filter=body.filter, candidates=body.candidates)
+            data = [{"index": i, "hits": [hit.to_dict() for hit in hits]} for i, hits in enumerate(results)]
+            return JSONResponse({"object": "list", "data": data, "model": ix.index.model})
+
+        return await service.run(request, served, work)
+
+    @app.post("/v1/indexes/{name}/documents", responses=ERRORS)
+    async def index_documents(name: str, body: IndexDocumentsRequest, request: Request):
+        """Embed and store texts (``ids``) or contextual documents (``doc_ids``); atomic per request."""
+        ix, served = service.route_index(request, name)
+
+        def work(model, ticket: Ticket) -> JSONResponse:
+            with ix.embedder.bound(model):
+                if body.documents is not None:
+                    check_documents(body.documents, model, config.limits)
+                    added = ix.index.add_documents(body.documents, body.doc_ids, metadata=body.metadata,
+                                                   replace=body.upsert)
+                else:
+                    check_texts(body.texts, model, config.limits)
+                    write = ix.index.upsert if body.upsert else ix.index.add
+                    added = write(body.texts, ids=body.ids, metadata=body.metadata)
+            return JSONResponse({"added": added})
 
         return await service.run(request, served, work)
 

@@ -101,6 +101,7 @@ class Batcher:
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._admitted = 0
         self._waiting = 0
+        self._running = 0
         self._lock = threading.Lock()
         self._closed = False
         self._worker = threading.Thread(target=self._loop, name=f"batcher-{embedder.name}", daemon=True)
@@ -130,6 +131,11 @@ class Batcher:
     def depth(self) -> int:
         """Jobs queued and not yet taken by the worker."""
         return self._waiting
+
+    @property
+    def running(self) -> int:
+        """Jobs in the engine call now running."""
+        return self._running
 
     def view(self, ticket: Ticket):
         """The model as an Embedder whose engine queues into this batcher on behalf of ``ticket``."""
@@ -179,12 +185,15 @@ class Batcher:
             return
         sequences = [s for job in jobs for s in job.sequences]
         start = time.perf_counter()
+        self._running = len(jobs)
         try:
             pooled = self.engine.run(sequences)
         except BaseException as exc:  # noqa: BLE001 - every waiting request gets the error
             for job in jobs:
                 job.future.set_exception(exc)
             return
+        finally:
+            self._running = 0
         if self.observer is not None:
             self.observer(len(jobs), sum(job.tokens for job in jobs), time.perf_counter() - start)
         offset = 0

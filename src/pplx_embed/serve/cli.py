@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
-
-from pplx_embed.serve.limits import Limits
 
 ENV = "PPLX_EMBED_SERVE_"
 
@@ -31,6 +30,9 @@ def register(subparsers) -> None:
                    help=f"traffic-split alias routing requests by weight (repeatable; env {ENV}SPLIT, ';'-separated)")
     p.add_argument("--shadow", action="append", default=None, metavar="PRIMARY=CANDIDATE",
                    help="also embed PRIMARY's requests with CANDIDATE and record agreement in /metrics (repeatable)")
+    p.add_argument("--index", action="append", default=None, metavar="NAME=PATH",
+                   help="retrieval index to serve at /v1/indexes/NAME (repeatable; env "
+                        f"{ENV}INDEX, comma-separated); its model must be one of the --model ones")
     p.add_argument("--host", default=_env("HOST", "127.0.0.1"), help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=int(_env("PORT", 8000)), help="port (default 8000)")
     p.add_argument("--api-key", action="append", default=None,
@@ -59,12 +61,15 @@ def build_config(args: argparse.Namespace):
     """A :class:`~pplx_embed.serve.app.ServeConfig` from the parsed options (``ValueError`` on bad ones)."""
     from pplx_embed.serve.app import ServeConfig
     from pplx_embed.serve.auth import KeyRing
+    from pplx_embed.serve.limits import Limits
+    from pplx_embed.serve.indexes import parse_index_spec
     from pplx_embed.serve.registry import parse_model_spec, parse_shadow, parse_split
 
     models = args.model or _env_list("MODEL") or [None]
     specs = [parse_model_spec(m) if m else (None, None) for m in models]
     splits = dict(parse_split(s) for s in (args.split or _env_list("SPLIT")))
     shadows = dict(parse_shadow(s) for s in (args.shadow or _env_list("SHADOW")))
+    indexes = [parse_index_spec(s) for s in (args.index or _env_list("INDEX"))]
     names = [name for name, _ in specs if name]
     for target in [m for targets in splits.values() for m, _ in targets] + [*shadows, *shadows.values()]:
         if target not in names:
@@ -77,7 +82,7 @@ def build_config(args: argparse.Namespace):
     if args.request_timeout <= 0:
         raise ValueError("--request-timeout must be positive")
     keys = KeyRing.from_options(args.api_key or _env_list("API_KEY"), args.api_keys_file)
-    return ServeConfig(models=specs, splits=splits, shadows=shadows, keys=keys,
+    return ServeConfig(models=specs, splits=splits, shadows=shadows, indexes=indexes, keys=keys,
                        limits=Limits(max_tokens_per_request=args.max_tokens_per_request),
                        max_queue=args.max_queue, request_timeout=args.request_timeout,
                        max_body_bytes=args.max_body_bytes, device=args.device, dtype=args.dtype,
@@ -89,6 +94,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from pplx_embed.serve.app import create_app
 
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s:     %(message)s")
     config = build_config(args)
     failure: list[BaseException] = []
     server: uvicorn.Server | None = None
@@ -104,5 +110,5 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                            timeout_graceful_shutdown=int(args.graceful_timeout)))
     server.run()
     if failure:
-        raise ValueError(f"could not load the models: {failure[0]}")
+        raise ValueError(f"could not load the models and indexes: {failure[0]}")
     return 0

@@ -15,13 +15,14 @@ log = logging.getLogger("pplx_embed.serve")
 class APIError(Exception):
     """An error answered to the client as JSON."""
 
-    def __init__(self, status: int, message: str, type: str = "invalid_request_error", code: str = "invalid_request",
-                 headers: dict[str, str] | None = None):
+    def __init__(self, status: int, message: str, type: str = "invalid_request_error",
+                 code: str = "invalid_request", headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status, self.message, self.type, self.code, self.headers = status, message, type, code, headers
 
 
-def error_response(status: int, message: str, type: str, code: str, headers: dict[str, str] | None = None) -> JSONResponse:
+def error_response(status: int, message: str, type: str, code: str,
+                   headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": {"message": message, "type": type, "code": code}}, status, headers=headers)
 
 

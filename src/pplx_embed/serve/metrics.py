@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client import CONTENT_TYPE_LATEST  # noqa: F401  (re-exported for the /metrics route)
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 TOKEN_BUCKETS = (16, 64, 256, 1024, 4096, 16384, 65536, 262144)
@@ -23,12 +22,16 @@ class Metrics:
         self.latency = Histogram("pplx_request_duration_seconds", "Request latency", ["endpoint", "model"],
                                  buckets=LATENCY_BUCKETS, registry=r)
         self.queue_depth = Gauge("pplx_queue_depth", "Requests waiting for the model's worker", ["model"], registry=r)
+        self.running = Gauge("pplx_requests_running", "Requests in the engine call now running", ["model"],
+                             registry=r)
         self.in_flight = Gauge("pplx_requests_in_flight", "Admitted requests (waiting or running)", ["model"],
                                registry=r)
         self.batch_tokens = Histogram("pplx_batch_tokens", "Tokens per merged engine call", ["model"],
                                       buckets=TOKEN_BUCKETS, registry=r)
         self.batch_requests = Histogram("pplx_batch_requests", "Requests merged into one engine call", ["model"],
                                         buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=r)
+        self.batch_seconds = Histogram("pplx_batch_seconds", "Engine time per merged call", ["model"],
+                                       buckets=LATENCY_BUCKETS, registry=r)
         self.tokens = Counter("pplx_tokens_total", "Tokens embedded", ["model"], registry=r)
         self.tokens_per_second = Gauge("pplx_tokens_per_second", "Throughput of the last engine call", ["model"],
                                        registry=r)
@@ -45,8 +48,10 @@ class Metrics:
         self.shadow_requests = Counter("pplx_shadow_requests_total", "Shadow embeddings by outcome",
                                        ["primary", "candidate", "outcome"], registry=r)
 
-    def watch_model(self, name: str, depth: Callable[[], int], in_flight: Callable[[], int]) -> None:
+    def watch_model(self, name: str, depth: Callable[[], int], running: Callable[[], int],
+                    in_flight: Callable[[], int]) -> None:
         self.queue_depth.labels(name).set_function(depth)
+        self.running.labels(name).set_function(running)
         self.in_flight.labels(name).set_function(in_flight)
 
     def batch_observer(self, name: str) -> Callable[[int, int, float], None]:
@@ -54,6 +59,7 @@ class Metrics:
         def observe(requests: int, tokens: int, seconds: float) -> None:
             self.batch_tokens.labels(name).observe(tokens)
             self.batch_requests.labels(name).observe(requests)
+            self.batch_seconds.labels(name).observe(seconds)
             self.tokens.labels(name).inc(tokens)
             if seconds > 0:
                 self.tokens_per_second.labels(name).set(tokens / seconds)

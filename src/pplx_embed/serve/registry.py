@@ -128,7 +128,8 @@ class Registry:
         self.models: dict[str, ServedModel] = {}
         for name, embedder in embedders.items():
             batcher = Batcher(embedder, max_queue, observer=self.metrics.batch_observer(name))
-            self.metrics.watch_model(name, lambda b=batcher: b.depth, lambda b=batcher: b.in_flight)
+            self.metrics.watch_model(name, lambda b=batcher: b.depth, lambda b=batcher: b.running,
+                                     lambda b=batcher: b.in_flight)
             self.models[name] = ServedModel(name, embedder, batcher)
         self.default = next(iter(self.models))
 

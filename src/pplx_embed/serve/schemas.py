@@ -9,15 +9,16 @@
 from __future__ import annotations
 
 import base64
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, model_validator
 
 EncodingFormat = Literal["base64_int8", "base64_binary", "float", "base64"]
 
 # Which Python-API quantization each wire encoding carries.
-QUANTIZATION_OF: dict[str, str] = {"base64_int8": "int8", "base64_binary": "binary", "float": "float", "base64": "float"}
+QUANTIZATION_OF: dict[str, str] = {"base64_int8": "int8", "base64_binary": "binary", "float": "float",
+                                   "base64": "float"}
 
 
 def encode_vector(vector: np.ndarray, encoding_format: str) -> str | list[float]:
@@ -60,6 +61,51 @@ class TEIEmbedRequest(BaseModel):
     truncation_direction: Literal["Right", "Left", "right", "left"] = "Right"
     dimensions: StrictInt | None = None
     model: StrictStr | None = None
+
+
+class IndexSearchRequest(BaseModel):
+    """``POST /v1/indexes/{name}/search``."""
+
+    model_config = ConfigDict(extra="forbid")  # a misspelt "filter" must not silently search everything
+
+    query: StrictStr | list[StrictStr]
+    k: StrictInt = Field(10, ge=1, le=1000)
+    filter: dict[str, Any] | None = Field(None, description="metadata equality filter {key: value}")
+    candidates: StrictInt | None = Field(None, ge=1, le=100_000, description="first-stage candidates per query")
+
+
+class IndexDocumentsRequest(BaseModel):
+    """``POST /v1/indexes/{name}/documents``: ``texts`` + ``ids``, or ``documents`` + ``doc_ids`` (contextual)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    texts: list[StrictStr] | None = None
+    ids: list[StrictStr] | None = None
+    documents: list[list[StrictStr]] | None = None
+    doc_ids: list[StrictStr] | None = None
+    metadata: list[dict[str, Any] | None] | None = None
+    upsert: StrictBool = False
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> IndexDocumentsRequest:
+        if (self.texts is None) == (self.documents is None):
+            raise ValueError("give either texts (with ids) or documents (with doc_ids)")
+        if self.texts is not None and (self.ids is None or self.doc_ids is not None):
+            raise ValueError("texts need ids (and no doc_ids)")
+        if self.documents is not None and (self.doc_ids is None or self.ids is not None):
+            raise ValueError("documents need doc_ids (and no ids)")
+        return self
+
+
+class IndexHits(BaseModel):
+    index: int
+    hits: list[dict[str, Any]]
+
+
+class IndexSearchResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[IndexHits]
+    model: str
 
 
 class Usage(BaseModel):

@@ -23,6 +23,7 @@ class LossConfig:
 
 @dataclass
 class OptimConfig:
+    optimizer: str = "adamw"  # adamw | sgd
     lr: float = 2e-5
     weight_decay: float = 0.01
     warmup_steps: int = 0
@@ -53,6 +54,7 @@ class EvalConfig:
     max_corpus: int | None = None  # corpus subset: all relevant rows + random others up to this size
     seed: int = 0
     views: list[str] = field(default_factory=lambda: ["float"])  # also scored, e.g. int8, binary, float@256
+    before: bool = True  # also evaluate the starting model (the baseline of early stopping)
 
 
 @dataclass
@@ -95,6 +97,8 @@ class StageConfig:
             raise ValueError("a stage needs at least one phase (training data)")
         if self.batch_size < 2:
             raise ValueError("batch_size must be at least 2 (in-batch negatives)")
+        if self.optim.optimizer not in ("adamw", "sgd"):
+            raise ValueError(f"unknown optimizer {self.optim.optimizer!r}; choose adamw or sgd")
         for q in self.loss.quantizations:
             if q not in ("float", "int8", "binary"):
                 raise ValueError(f"unknown training quantization {q!r}; choose float, int8 or binary")

@@ -32,8 +32,9 @@ from tqdm.auto import tqdm
 from pplx_embed.engine.batching import Sequence
 from pplx_embed.train import distributed as dist
 from pplx_embed.train.config import StageConfig, to_dict
-from pplx_embed.train.data import ContextualExample, Pair, load_contextual, load_pairs, read_jsonl, select_phase
-from pplx_embed.train.data import epoch_batches
+from pplx_embed.train.data import (
+    ContextualExample, Pair, epoch_batches, load_contextual, load_pairs, read_jsonl, select_phase,
+)
 from pplx_embed.train.encoder import TrainableEncoder
 from pplx_embed.train.losses import contextual_dual_loss, cosine_scores, false_negative_mask, info_nce, mrl_qat_loss
 
@@ -76,9 +77,9 @@ class ContrastiveTrainer:
             self.total_steps = min(self.total_steps, config.max_steps)
         decay = [p for n, p in self.encoder.model.named_parameters() if p.ndim > 1]
         no_decay = [p for n, p in self.encoder.model.named_parameters() if p.ndim <= 1]
-        self.optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": config.optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=config.optim.lr)
+        groups = [{"params": decay, "weight_decay": config.optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        optimizer = torch.optim.AdamW if config.optim.optimizer == "adamw" else torch.optim.SGD
+        self.optimizer = optimizer(groups, lr=config.optim.lr)
         warmup, total = config.optim.warmup_steps, max(self.total_steps, 1)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: min((s + 1) / max(warmup, 1), max(0.0, (total - s) / max(total - warmup, 1))))
@@ -278,7 +279,7 @@ class ContrastiveTrainer:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
         before = None
-        if not self.state and self.eval_set is not None:
+        if not self.state and self.eval_set is not None and cfg.eval.before:
             before = self.evaluate()
             self.best = before[cfg.eval.metric]
             self.history.append({"step": 0, **before})

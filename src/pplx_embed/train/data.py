@@ -10,10 +10,11 @@ Every malformed line raises ``ValueError`` naming the file and line.
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from pplx_embed.jsonl import iter_jsonl
 
 from pplx_embed.train.config import PhaseConfig
 
@@ -39,22 +40,7 @@ class ContextualExample:
 
 def read_jsonl(path: str | Path) -> list[tuple[str, dict]]:
     """``(file:line, object)`` for every non-blank line."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"training data not found: {path}")
-    rows = []
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{where}: not valid JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{where}: expected a JSON object")
-            rows.append((where, row))
+    rows = [(f"{path}:{number}", row) for number, row in iter_jsonl(path)]
     if not rows:
         raise ValueError(f"{path}: no training examples")
     return rows

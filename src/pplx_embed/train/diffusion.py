@@ -179,9 +179,9 @@ def train_diffusion(config: DiffusionConfig, resume: bool = False, progress: boo
         generator.set_state(state["generator"])
     runner = dist.wrap_ddp(model, device)
     blocks = pack_texts(tokenizer, read_documents(config.data), config.seq_len)
-    if len(blocks) < config.batch_size:
-        raise ValueError(f"the data fills {len(blocks)} sequences of {config.seq_len} tokens, "
-                         f"fewer than one batch of {config.batch_size}")
+    if len(blocks) < config.batch_size * dist.world_size():
+        raise ValueError(f"the data fills {len(blocks)} sequences of {config.seq_len} tokens, fewer than one "
+                         f"batch of {config.batch_size} × {dist.world_size()} process(es)")
     per_epoch = len(blocks) // (config.batch_size * dist.world_size())
 
     def epoch_order(epoch: int) -> list[int]:  # seeded per epoch: the same data order after a resume

@@ -57,7 +57,7 @@ class TrainableEncoder:
 
         Chunks are truncated evenly so the whole document fits ``max_length`` tokens.
         """
-        prefix, suffix = self.embedder._prefix, self.embedder._suffix
+        prefix, suffix = self.embedder.special_tokens
         out = []
         for doc in documents:
             if not doc:

@@ -19,14 +19,14 @@ def finetune_config(model: str, train: str, output: str, eval_dir: str | None = 
                     quantizations: list[str] | None = None,
                     mrl_dims: list[int] | None = None, micro_batch: int | None = None,
                     eval_every: int | None = None, patience: int | None = 3, eval_max_queries: int | None = None,
-                    eval_max_corpus: int | None = None, eval_views: list[str] | None = None, warmup_steps: int = 0, seed: int = 0,
+                    eval_max_corpus: int | None = None, eval_views: list[str] | None = None, eval_before: bool = True, warmup_steps: int = 0, seed: int = 0,
                     device: str | None = None, max_steps: int | None = None, log_every: int = 10) -> StageConfig:
     """The :class:`StageConfig` of a fine-tuning run (a ``pairs`` stage with one phase)."""
     evaluation = None
     if eval_dir is not None:
         evaluation = {"data": eval_dir, "every_steps": eval_every, "patience": patience,
                       "max_queries": eval_max_queries, "max_corpus": eval_max_corpus, "seed": seed,
-                      "views": eval_views or ["float"]}
+                      "views": eval_views or ["float"], "before": eval_before}
     return stage_config(
         stage="pairs", model=model, output=output, batch_size=batch_size, micro_batch=micro_batch,
         max_length=max_length, query_max_length=query_max_length, seed=seed, device=device, max_steps=max_steps,

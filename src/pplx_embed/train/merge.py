@@ -52,14 +52,19 @@ def _weight_files(directory: Path) -> list[Path]:
     return files
 
 
-def merge_checkpoints(a: str | Path, b: str | Path, out: str | Path, t: float = 0.5) -> Path:
-    """Write ``slerp(A, B, t)`` to ``out``: A's files (config, tokenizer, modules) with merged weights."""
+def merge_checkpoints(a: str | Path, b: str | Path, out: str | Path, t: float = 0.5, overwrite: bool = False) -> Path:
+    """Write ``slerp(A, B, t)`` to ``out``: A's files (config, tokenizer, modules) with merged weights.
+
+    An existing non-empty ``out`` is replaced only with ``overwrite``.
+    """
     a, b, out = Path(a), Path(b), Path(out)
     for path in (a, b):
         if not (path / "config.json").is_file():
             raise ValueError(f"{path} is not a checkpoint directory (no config.json)")
     if out.resolve() in (a.resolve(), b.resolve()):
         raise ValueError("the output directory must differ from both inputs")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise ValueError(f"{out} already exists; choose another output or pass overwrite (--overwrite)")
     weights_a = {f.name: load_file(f) for f in _weight_files(a)}
     tensors_b: dict[str, torch.Tensor] = {}
     for f in _weight_files(b):

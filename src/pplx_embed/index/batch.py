@@ -1,0 +1,152 @@
+"""Distributed batch embedding with Ray Data: JSONL / Parquet in, Parquet parts with int8/binary columns out.
+
+The input rows are cut into fixed shards (``rows_per_file`` rows of one input file); each shard
+becomes one output part ``part-<file>-<first row>.parquet``, written atomically (temporary file,
+then rename). A Ray Data pipeline maps the shards that have no part yet over embedding actors
+(one model per actor; ``num_gpus`` > 0 puts each actor on a GPU), so an interrupted run resumes
+where it stopped: run the same command again. Each part records the model, dimensions and
+quantizations in its schema metadata; ``pplx_embed.index.batch.read_parts`` loads them back.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+COLUMNS = ("int8", "binary", "float")
+
+
+def _input_files(inputs: list[str]) -> list[Path]:
+    files: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            files += sorted(f for f in p.iterdir() if f.suffix in (".jsonl", ".parquet"))
+        elif p.is_file():
+            if p.suffix not in (".jsonl", ".parquet"):
+                raise ValueError(f"{item}: batch input must be .jsonl or .parquet")
+            files.append(p)
+        else:
+            raise FileNotFoundError(f"input not found: {item}")
+    if not files:
+        raise ValueError("no .jsonl or .parquet input files")
+    return files
+
+
+def _read_table(path: Path, field: str):
+    import pyarrow.json as pj
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path) if path.suffix == ".parquet" else pj.read_json(path)
+    if field not in table.column_names:
+        raise ValueError(f"{path}: no {field!r} column (columns: {', '.join(table.column_names)})")
+    return table
+
+
+def _shards(files: list[Path], field: str, rows_per_file: int) -> list[dict[str, Any]]:
+    shards = []
+    for number, path in enumerate(files):
+        rows = _read_table(path, field).num_rows
+        for start in range(0, rows, rows_per_file):
+            shards.append({"file": str(path), "start": start, "stop": min(rows, start + rows_per_file),
+                           "part": f"part-{number:05d}-{start:012d}.parquet"})
+    return shards
+
+
+class EmbedShards:
+    """A Ray Data actor: loads the model once, embeds whole shards and writes their parts."""
+
+    def __init__(self, model: str | None, output: str, field: str, quantizations: tuple[str, ...],
+                 dimensions: int | None, device: str | None, max_batch_tokens: int):
+        from pplx_embed import Embedder
+
+        self.embedder = Embedder(model, device=device, max_batch_tokens=max_batch_tokens)
+        self.output, self.field, self.quantizations, self.dimensions = Path(output), field, quantizations, dimensions
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        from pplx_embed.model.quantization import quantize
+
+        done = []
+        for file, start, stop, part in zip(batch["file"], batch["start"], batch["stop"], batch["part"]):
+            table = _read_table(Path(file), self.field).slice(int(start), int(stop) - int(start))
+            texts = table.column(self.field).to_pylist()
+            floats = self.embedder.encode(texts, dimensions=self.dimensions, truncation="right")
+            columns = {name: table.column(name) for name in table.column_names}
+            for q in self.quantizations:
+                codes = quantize(floats, q)
+                if q == "binary":
+                    columns[q] = pa.array([row.tobytes() for row in codes], type=pa.binary(codes.shape[1]))
+                else:
+                    columns[q] = pa.FixedSizeListArray.from_arrays(pa.array(codes.ravel()), codes.shape[1])
+            out = pa.table(columns).replace_schema_metadata({
+                "model": self.embedder.name, "dimensions": str(floats.shape[1]),
+                "quantizations": ",".join(self.quantizations), "source": str(file), "start": str(start)})
+            tmp = self.output / f".{part}.tmp"
+            pq.write_table(out, tmp)
+            os.replace(tmp, self.output / part)  # a part exists only once it is complete
+            done.append(part)
+        return {"part": done}
+
+
+def embed_files(inputs: list[str], output: str, *, model: str | None = None, field: str = "text",
+                quantizations: tuple[str, ...] = ("int8", "binary"), dimensions: int | None = None,
+                rows_per_file: int = 4096, num_cpus: int | None = None, num_gpus: float = 0,
+                concurrency: int | None = None, device: str | None = None, max_batch_tokens: int = 16384,
+                show_progress_bar: bool = True) -> dict[str, Any]:
+    """Embed every row's ``field`` into Parquet parts under ``output``; skips parts already written."""
+    import ray
+
+    for q in quantizations:
+        if q not in COLUMNS:
+            raise ValueError(f"unknown batch quantization {q!r}; choose from {', '.join(COLUMNS)}")
+    if rows_per_file < 1:
+        raise ValueError("rows_per_file must be positive")
+    files = _input_files(list(inputs))
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    shards = _shards(files, field, rows_per_file)
+    todo = [s for s in shards if not (out / s["part"]).exists()]
+    summary = {"output": str(out), "parts": len(shards), "skipped": len(shards) - len(todo), "written": 0}
+    if not todo:
+        return summary
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false",
+                                           "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "0")}})
+    try:
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = show_progress_bar
+        if concurrency is None:  # one actor per GPU share, else one (torch uses every CPU thread)
+            concurrency = max(1, int(ray.cluster_resources().get("GPU", 0) / num_gpus)) if num_gpus else 1
+        written = ray.data.from_items(todo, override_num_blocks=len(todo)).map_batches(
+            EmbedShards, batch_size=1, concurrency=concurrency, num_gpus=num_gpus or None, num_cpus=1,
+            fn_constructor_kwargs={"model": model, "output": str(out), "field": field,
+                                   "quantizations": tuple(quantizations), "dimensions": dimensions,
+                                   "device": device, "max_batch_tokens": max_batch_tokens},
+        ).take_all()
+    finally:
+        if started:
+            ray.shutdown()
+    summary["written"] = len(written)
+    return summary
+
+
+def read_parts(output: str) -> tuple[Any, dict[str, str]]:
+    """All parts under ``output`` as one Arrow table (in input order) and the recorded metadata."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    parts = sorted(Path(output).glob("part-*.parquet"))
+    if not parts:
+        raise FileNotFoundError(f"no parts in {output}")
+    tables = [pq.read_table(p) for p in parts]
+    meta = {k.decode(): v.decode() for k, v in (tables[0].schema.metadata or {}).items()}
+    return pa.concat_tables([t.replace_schema_metadata(None) for t in tables]), \
+        {k: meta[k] for k in ("model", "dimensions", "quantizations") if k in meta}

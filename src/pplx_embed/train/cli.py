@@ -1,0 +1,105 @@
+"""Commands: ``pplx-embed train diffusion|pairs|contextual|triplets``, ``merge`` and ``finetune``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _comma_ints(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    overrides = {"output": args.output, "model": args.model, "device": args.device}
+    if args.stage == "diffusion":
+        from pplx_embed.train.config import load_diffusion_config
+        from pplx_embed.train.diffusion import train_diffusion
+
+        result = train_diffusion(load_diffusion_config(args.config, **overrides), args.resume, not args.quiet)
+        result.pop("history", None)
+    else:
+        from pplx_embed.train.config import load_stage_config
+        from pplx_embed.train.contrastive import train_stage
+
+        config = load_stage_config(args.config, **overrides)
+        if config.stage != args.stage:
+            raise ValueError(f"{args.config} configures stage {config.stage!r}, not {args.stage!r}")
+        result = train_stage(config, args.resume, not args.quiet)
+        result.pop("history", None)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from pplx_embed.train.merge import merge_checkpoints
+
+    out = merge_checkpoints(args.a, args.b, args.output, args.t, overwrite=args.overwrite)
+    print(f"wrote slerp({args.a}, {args.b}, t={args.t}) to {out}", file=sys.stderr)
+    return 0
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from pplx_embed.train.finetune import finetune
+
+    summary = finetune(
+        args.model, args.train, args.output, args.eval, resume=args.resume, progress=not args.quiet,
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, max_examples=args.max_examples,
+        max_length=args.max_length, temperature=args.temperature, micro_batch=args.micro_batch,
+        quantizations=args.qat.split(",") if args.qat else None, mrl_dims=args.mrl_dims, eval_every=args.eval_every,
+        patience=args.patience, eval_max_queries=args.eval_max_queries, eval_max_corpus=args.eval_max_corpus,
+        warmup_steps=args.warmup_steps, seed=args.seed, device=args.device, max_steps=args.max_steps)
+    summary.pop("history", None)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def register(sub) -> None:
+    """Add ``train``, ``merge`` and ``finetune`` to the ``pplx-embed`` sub-commands."""
+    train = sub.add_parser("train", help="run a training stage from a YAML/JSON config")
+    train.add_argument("stage", choices=("diffusion", "pairs", "contextual", "triplets"))
+    train.add_argument("--config", "-c", required=True, help="stage config file (.yaml/.yml/.json); see configs/")
+    train.add_argument("--output", "-o", default=None, help="output directory (overrides the config)")
+    train.add_argument("--model", "-m", default=None, help="starting checkpoint (overrides the config)")
+    train.add_argument("--device", default=None)
+    train.add_argument("--resume", action="store_true", help="continue from <output>/last")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.set_defaults(func=cmd_train)
+
+    merge = sub.add_parser("merge", help="SLERP-merge two checkpoints parameter by parameter")
+    merge.add_argument("a", help="checkpoint directory A (t=0)")
+    merge.add_argument("b", help="checkpoint directory B (t=1)")
+    merge.add_argument("--t", type=float, default=0.5, help="interpolation weight of B (default 0.5)")
+    merge.add_argument("--output", "-o", required=True, help="output checkpoint directory")
+    merge.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    merge.set_defaults(func=cmd_merge)
+
+    ft = sub.add_parser("finetune", help="fine-tune a model on query/positive pairs (JSONL)")
+    ft.add_argument("--model", "-m", required=True, help="alias (minilm, pplx-embed-v1-0.6b ...) or checkpoint directory")
+    ft.add_argument("--train", required=True, help='pairs JSONL: {"query": ..., "positive": ...} per line')
+    ft.add_argument("--eval", default=None, help="BEIR directory to evaluate before/after (early stopping, best kept)")
+    ft.add_argument("--output", "-o", required=True, help="output directory (best/, last/, log.jsonl, summary.json)")
+    ft.add_argument("--epochs", type=int, default=1)
+    ft.add_argument("--batch-size", type=int, default=32)
+    ft.add_argument("--lr", type=float, default=2e-5)
+    ft.add_argument("--max-examples", type=int, default=None)
+    ft.add_argument("--max-length", type=int, default=256, help="document tokens (queries: 64)")
+    ft.add_argument("--temperature", type=float, default=0.05)
+    ft.add_argument("--micro-batch", type=int, default=None, help="gradient caching: embed in pieces of this size")
+    ft.add_argument("--qat", default=None, help="quantization-aware views, e.g. float,int8,binary")
+    ft.add_argument("--mrl-dims", type=_comma_ints, default=None, help="Matryoshka dims trained besides full, e.g. 128,256")
+    ft.add_argument("--eval-every", type=int, default=None, help="evaluate every N steps (default: each epoch)")
+    ft.add_argument("--patience", type=int, default=3, help="evaluations without improvement before stopping")
+    ft.add_argument("--eval-max-queries", type=int, default=None)
+    ft.add_argument("--eval-max-corpus", type=int, default=None, help="corpus subset: relevant rows + random others")
+    ft.add_argument("--warmup-steps", type=int, default=0)
+    ft.add_argument("--max-steps", type=int, default=None)
+    ft.add_argument("--seed", type=int, default=0)
+    ft.add_argument("--device", default=None)
+    ft.add_argument("--resume", action="store_true", help="continue from <output>/last")
+    ft.add_argument("--quiet", action="store_true")
+    ft.set_defaults(func=cmd_finetune)
