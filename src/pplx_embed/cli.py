@@ -31,13 +31,16 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     parser.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: bf16 on GPU, fp32 on CPU)")
     parser.add_argument("--max-batch-tokens", type=int, default=16384, help="padded tokens per batch (default 16384)")
+    parser.add_argument("--backend", default="auto", choices=("auto", "torch", "onnx", "onnx-int8"),
+                        help="auto ($PPLX_EMBED_BACKEND, else torch), torch, or CPU-only onnx / onnx-int8")
 
 
 def load_embedder(args: argparse.Namespace):
     """An :class:`~pplx_embed.Embedder` from the ``add_model_args`` options."""
     from pplx_embed import Embedder
 
-    return Embedder(args.model, device=args.device, dtype=args.dtype, max_batch_tokens=args.max_batch_tokens)
+    return Embedder(args.model, device=args.device, dtype=args.dtype, max_batch_tokens=args.max_batch_tokens,
+                    backend=args.backend)
 
 
 def read_texts(path: str, field: str = "text") -> list[str]:
