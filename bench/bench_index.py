@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from common import cpu_name
+
 
 def clustered(n: int, dim: int, centers: np.ndarray, rng: np.random.Generator, noise: float) -> np.ndarray:
     """Points around random cluster centers, scaled like pooled pplx vectors (tanh does not saturate)."""
@@ -41,16 +43,6 @@ def timed(fn, repeat: int = 1):
         out = fn()
         best = min(best, time.perf_counter() - start)
     return best, out
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def main() -> None:

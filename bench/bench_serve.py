@@ -36,6 +36,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from common import cpu_name
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "medquad" / "dev"
 
@@ -141,16 +143,6 @@ def versions() -> dict:
 
     return {"pplx_embed": pplx_embed.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
             "fastapi": fastapi.__version__, "uvicorn": uvicorn.__version__, "python": platform.python_version()}
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def command_line() -> str:

@@ -157,17 +157,25 @@ class Embedder:
         string returns a single vector.
         """
         single = isinstance(texts, str)
-        texts = _check_texts(texts)
         check_quantization(quantization)
         dimensions = check_dimensions(dimensions, self.dimension)
+        out = self._finish(self.pooled(texts, batch_size, show_progress_bar, truncation), quantization, dimensions)
+        return out[0] if single else out
+
+    def pooled(self, texts: str | list[str], batch_size: int | None = None, show_progress_bar: bool = False,
+               truncation: Truncation = None) -> np.ndarray:
+        """The raw pooled vectors ``[n, dim]`` float32 that every precision of :meth:`encode` derives from.
+
+        ``quantize(pooled, q, d)`` equals ``encode(texts, q, d)`` for int8 and binary; ``float`` output
+        is this, L2-normalized when the model's pipeline normalizes (sentence-transformers ``Normalize``).
+        """
+        texts = _check_texts(texts)
         for i, text in enumerate(texts):
             if not text.strip():
                 raise ValueError(f"texts[{i}] is empty; every text needs some content")
         sequences = [Sequence(ids) for ids in self.tokenize(texts, truncation)]
         pooled = self.engine.run(sequences, batch_size, show_progress_bar)
-        matrix = np.concatenate(pooled) if pooled else np.zeros((0, self.dimension), np.float32)
-        out = self._finish(matrix, quantization, dimensions)
-        return out[0] if single else out
+        return np.concatenate(pooled) if pooled else np.zeros((0, self.dimension), np.float32)
 
     def encode_contextual(self, documents: list[list[str]], quantization: str = "float",
                           dimensions: int | None = None, batch_size: int | None = None,

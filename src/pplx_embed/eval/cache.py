@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 
-from pplx_embed.engine.batching import Sequence
 
 DEFAULT_DIR = Path(os.environ.get("PPLX_EMBED_CACHE", Path.home() / ".cache" / "pplx-embed")) / "eval"
 
@@ -82,12 +81,7 @@ class EmbeddingCache:
             self.hits += 1
             return cached
         self.misses += 1
-        for i, text in enumerate(texts):
-            if not text.strip():
-                raise ValueError(f"texts[{i}] is empty; every text needs some content")
-        sequences = [Sequence(ids) for ids in embedder.tokenize(texts, truncation)]
-        runs = embedder.engine.run(sequences, None, show_progress_bar)
-        out = np.concatenate(runs) if runs else np.zeros((0, embedder.dimension), np.float32)
+        out = embedder.pooled(texts, show_progress_bar=show_progress_bar, truncation=truncation)
         self._store(key, out)
         return out
 
