@@ -90,6 +90,5 @@ def evaluate(embedder, data: Path, out: Path) -> None:
     from pplx_embed.cli import main
 
     print(f"\n== 4. eval report on {data.name} ==")
-    main(["eval", "--model", embedder.name, "--data", str(data), "--truncation", "right",
-          "--quiet", "--output", str(out)])
+    main(["eval", "--model", embedder.name, "--data", str(data), "--truncation", "right", "--output", str(out)])
     print(f"  report: {out / 'report.md'}")
