@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Iterator
 
 from pplx_embed.jsonl import iter_jsonl
 
@@ -88,27 +89,34 @@ def load_queries(path: Path) -> tuple[list[str], list[str]]:
     return ids, texts
 
 
-def load_qrels(path: Path) -> dict[str, dict[str, int]]:
-    """``{query-id: {corpus-id: grade}}`` from a tab-separated qrels file (header optional)."""
+def _scored_pairs(path: Path, header: tuple[str, str, str], parse: Callable[[str], float],
+                  kind: str) -> Iterator[tuple[int, str, str, float]]:
+    """``(line, first, second, score)`` rows of a 3-column tab-separated file (header line optional)."""
     if not path.is_file():
         raise DataError(f"{path}: file not found")
-    qrels: dict[str, dict[str, int]] = {}
     with path.open(encoding="utf-8") as f:
         for number, line in enumerate(f, 1):
             line = line.rstrip("\r\n")
             if not line.strip():
                 continue
             cols = line.split("\t")
-            if number == 1 and cols[:2] == ["query-id", "corpus-id"]:
+            if number == 1 and cols[:2] == list(header[:2]):
                 continue
             if len(cols) != 3:
                 raise DataError(f"{path}:{number}: expected 3 tab-separated columns "
-                                f"(query-id, corpus-id, score), got {len(cols)}")
+                                f"({', '.join(header)}), got {len(cols)}")
             try:
-                grade = int(cols[2])
+                score = parse(cols[2])
             except ValueError:
-                raise DataError(f"{path}:{number}: score {cols[2]!r} is not an integer") from None
-            qrels.setdefault(cols[0], {})[cols[1]] = grade
+                raise DataError(f"{path}:{number}: score {cols[2]!r} is not {kind}") from None
+            yield number, cols[0], cols[1], score
+
+
+def load_qrels(path: Path) -> dict[str, dict[str, int]]:
+    """``{query-id: {corpus-id: grade}}`` from a tab-separated qrels file (header optional)."""
+    qrels: dict[str, dict[str, int]] = {}
+    for _, query_id, corpus_id, grade in _scored_pairs(path, ("query-id", "corpus-id", "score"), int, "an integer"):
+        qrels.setdefault(query_id, {})[corpus_id] = grade
     if not qrels:
         raise DataError(f"{path}: no judgements")
     return qrels
@@ -218,29 +226,13 @@ def _name(root: Path) -> str:
 def load_sts(path: str | Path) -> STSSet:
     """A tab-separated STS file with header ``sentence1  sentence2  score`` (no CSV quoting)."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
     s1, s2, scores = [], [], []
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            line = line.rstrip("\r\n")
-            if not line.strip():
-                continue
-            cols = line.split("\t")
-            if number == 1 and cols == ["sentence1", "sentence2", "score"]:
-                continue
-            if len(cols) != 3:
-                raise DataError(f"{path}:{number}: expected 3 tab-separated columns "
-                                f"(sentence1, sentence2, score), got {len(cols)}")
-            try:
-                score = float(cols[2])
-            except ValueError:
-                raise DataError(f"{path}:{number}: score {cols[2]!r} is not a number") from None
-            if not cols[0].strip() or not cols[1].strip():
-                raise DataError(f"{path}:{number}: empty sentence")
-            s1.append(cols[0])
-            s2.append(cols[1])
-            scores.append(score)
+    for number, first, second, score in _scored_pairs(path, ("sentence1", "sentence2", "score"), float, "a number"):
+        if not first.strip() or not second.strip():
+            raise DataError(f"{path}:{number}: empty sentence")
+        s1.append(first)
+        s2.append(second)
+        scores.append(score)
     if not scores:
         raise DataError(f"{path}: no sentence pairs")
     return STSSet(f"{path.parent.name}/{path.stem}", s1, s2, scores)
