@@ -77,6 +77,7 @@ def test_info_reports_model_facts(tiny_pplx_dir):
     info = json.loads(result.stdout)
     assert info["dimension"] == 64 and info["max_length"] == 32768 and info["bidirectional"] is True
     assert info["architecture"] == "bidirectional_pplx_qwen3" and info["parameters"] > 0
+    assert info["dtype"] == "float32" and info["backend"] == "torch"
 
 
 @pytest.mark.parametrize(

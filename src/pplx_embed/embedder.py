@@ -92,7 +92,7 @@ class Embedder:
         return {
             "model": self.name, "path": str(self.checkpoint.path), "dimension": self.dimension,
             "max_length": self.max_length, "parameters": sum(p.numel() for p in self.model.parameters()),
-            "dtype": str(self.dtype).removeprefix("torch."), "device": self.device,
+            "dtype": str(self.dtype).removeprefix("torch."), "device": self.device, "backend": self.backend,
             "pooling": self.checkpoint.pooling, "normalize": self.checkpoint.normalize,
             "architecture": self.checkpoint.config.get("model_type"),
             "bidirectional": self.checkpoint.is_pplx or None,
