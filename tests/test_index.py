@@ -177,10 +177,11 @@ def test_ivf_first_stage_with_filters_and_tombstones(tmp_path):
     ix.add(ids=ids("v", 12_000), vectors=x, metadata=[{"rare": i % 1000 == 0} for i in range(12_000)])
     ix.close()
     ix = Index.open(path)  # trained at open once there are enough vectors
-    assert ix.stats()["first_stage"] == "IndexBinaryIVF" and ix.stats()["search_structure_bytes_per_vector"] == 40
+    stats = ix.stats()  # codes + list id + the centroids (2·√n of them) shared by all rows
+    assert stats["first_stage_index"] == "IndexBinaryIVF" and 40 < stats["search_structure_bytes_per_vector"] < 40 + 4 * DIM * 220 / 12_000
     exact = exact_top(np.tanh(x[:50]), np.tanh(x))
     rows, _ = ix.search_rows(x[:50], 10)
-    assert np.mean([len(set(r.tolist()) & set(e.tolist())) / 10 for r, e in zip(rows, exact)]) >= 0.9
+    assert np.mean([len(set(r.tolist()) & set(e.tolist())) / 10 for r, e in zip(rows, exact)]) >= 0.95
     rare = ix.search(x[5], 10, filter={"rare": True})  # 12 matching rows: exact fallback over them
     assert len(rare) == 10 and all(h.metadata["rare"] for h in rare)
     ix.delete(["v5"])
@@ -189,7 +190,7 @@ def test_ivf_first_stage_with_filters_and_tombstones(tmp_path):
     before, _ = ix.search_rows(x[:50], 10)
     ix.close()
     ix = Index.open(path)  # the trained centroids are kept: reopening gives the same lists and results
-    assert (tmp_path / "ivf" / "ivf-centroids.npy").exists() and ix.stats()["first_stage"] == "IndexBinaryIVF"
+    assert (tmp_path / "ivf" / "ivf.npz").exists() and ix.stats()["first_stage_index"] == "IndexBinaryIVF"
     after, _ = ix.search_rows(x[:50], 10)
     assert all(np.array_equal(a, b) for a, b in zip(after, before))
     ix.close()

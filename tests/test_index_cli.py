@@ -45,6 +45,15 @@ def test_index_cli_end_to_end(tmp_path, tiny_pplx_dir, capsys):
     stats = json.loads(out)
     assert stats["items"] == 2 and stats["tombstones"] == 0 and stats["model"] == model
 
+    # an inverted-file index (exact until it is big enough to train) and a search that sets nprobe
+    code, out, _ = run(capsys, "index", "create", str(tmp_path / "ivf"), "--model", model, "--first-stage", "ivf")
+    assert code == 0
+    assert run(capsys, "index", "add", str(tmp_path / "ivf"), str(data), "--quiet")[0] == 0
+    code, out, _ = run(capsys, "index", "search", str(tmp_path / "ivf"), "blue ocean waves", "-k", "1", "--nprobe", "4")
+    assert code == 0 and json.loads(out)["hits"][0]["id"] == "b"
+    code, out, _ = run(capsys, "index", "stats", str(tmp_path / "ivf"))
+    assert json.loads(out)["first_stage"] == "ivf"
+
     docs = tmp_path / "docs.jsonl"
     docs.write_text(json.dumps({"id": "d1", "chunks": ["First part.", "Second part."], "src": "x"}) + "\n")
     code, _, err = run(capsys, "index", "add", ix, str(docs), "--documents", "--quiet")

@@ -138,15 +138,80 @@ def embed_files(inputs: list[str], output: str, *, model: str | None = None, fie
     return summary
 
 
+def _parts(output: str) -> list[Path]:
+    parts = sorted(Path(output).glob("part-*.parquet"))
+    if not parts:
+        raise FileNotFoundError(f"no parts in {output}")
+    return parts
+
+
+def _metadata(schema) -> dict[str, str]:
+    return {k.decode(): v.decode() for k, v in (schema.metadata or {}).items()}
+
+
 def read_parts(output: str) -> tuple[Any, dict[str, str]]:
     """All parts under ``output`` as one Arrow table (in input order) and the recorded metadata."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    parts = sorted(Path(output).glob("part-*.parquet"))
-    if not parts:
-        raise FileNotFoundError(f"no parts in {output}")
-    tables = [pq.read_table(p) for p in parts]
-    meta = {k.decode(): v.decode() for k, v in (tables[0].schema.metadata or {}).items()}
+    tables = [pq.read_table(p) for p in _parts(output)]
+    meta = _metadata(tables[0].schema)
     return pa.concat_tables([t.replace_schema_metadata(None) for t in tables]), \
         {k: meta[k] for k in ("model", "dimensions", "quantizations") if k in meta}
+
+
+def ingest_parts(output: str, location: str, *, id_field: str = "id", text_field: str = "text",
+                 show_progress_bar: bool = True) -> dict[str, Any]:
+    """Upsert every part under ``output`` into the store at ``location`` (created when missing), part by part.
+
+    Each part is one atomic upsert of its int8 and binary codes (float, when the store keeps floats), so
+    running it again after an interruption is safe. Ids come from ``id_field``, else ``<source stem>:<row>``;
+    the text is kept, and the other scalar columns become metadata.
+    """
+    import pyarrow.parquet as pq
+    from tqdm.auto import tqdm
+
+    from pplx_embed.index import Index, IndexNotFoundError
+
+    parts = _parts(output)
+    first = _metadata(pq.read_schema(parts[0]))
+    try:
+        store = Index.open(location)
+    except IndexNotFoundError:
+        store = Index.create(location, first["model"], int(first["dimensions"]))
+    rows = 0
+    try:
+        for part in tqdm(parts, desc="indexing parts", unit="part", disable=not show_progress_bar):
+            table = pq.read_table(part)
+            meta = _metadata(table.schema)
+            n = table.num_rows
+            if id_field in table.column_names:
+                ids = [str(i) for i in table.column(id_field).to_pylist()]
+            else:
+                ids = [f"{Path(meta['source']).stem}:{int(meta['start']) + i}" for i in range(n)]
+            texts = table.column(text_field).to_pylist() if text_field in table.column_names else None
+            extra = [c for c in table.column_names if c not in (id_field, text_field, *COLUMNS)
+                     and (table.schema.field(c).type.num_fields == 0)]
+            metadata = table.select(extra).to_pylist() if extra else None
+            if store.store_float:
+                if "float" not in table.column_names:
+                    raise ValueError(f"{location} keeps float vectors; embed with -q float to index these parts")
+                store.upsert(texts, ids=ids, vectors=_matrix(table, "float", np.float32), metadata=metadata,
+                             model=meta.get("model"))
+            else:
+                for needed in ("int8", "binary"):
+                    if needed not in table.column_names:
+                        raise ValueError(f"{part.name} has no {needed} column; embed with -q int8 -q binary")
+                binary = np.frombuffer(b"".join(table.column("binary").to_pylist()), np.uint8).reshape(n, -1)
+                store.upsert_codes(ids, _matrix(table, "int8", np.int8), binary, texts=texts, metadata=metadata,
+                                   model=meta.get("model"))
+            rows += n
+        return {"index": str(location), "indexed_rows": rows, "items": len(store)}
+    finally:
+        store.close()
+
+
+def _matrix(table, column: str, dtype) -> np.ndarray:
+    """A fixed-size-list column as an [n, dim] array."""
+    values = table.column(column).combine_chunks()
+    return values.flatten().to_numpy(zero_copy_only=False).astype(dtype).reshape(len(values), -1)

@@ -49,15 +49,25 @@ def _open(args: argparse.Namespace, with_model: bool):
     return index
 
 
+def _positive(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
+    return int(value)
+
+
 def cmd_create(args: argparse.Namespace) -> int:
     from pplx_embed.index import Index
     from pplx_embed.model.checkpoint import load_checkpoint
 
     checkpoint = load_checkpoint(args.model)
+    if args.index.startswith("milvus:"):
+        options = {"index_type": "BIN_IVF_FLAT" if args.first_stage == "ivf" else "BIN_FLAT"}
+    else:
+        options = {"first_stage": args.first_stage}
     try:
         index = Index.create(args.index, checkpoint.name, args.dimensions or checkpoint.dimension,
                              full_dimension=checkpoint.dimension, store_float=args.store_float,
-                             contextual=args.contextual or checkpoint.is_contextual)
+                             contextual=args.contextual or checkpoint.is_contextual, **options)
     except FileExistsError as exc:
         raise CLIError(str(exc)) from None
     print(json.dumps(index.info()))
@@ -117,6 +127,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         queries += [row.get("text", row.get("query")) for _, row in read_rows(args.queries)]
     if not queries:
         raise CLIError("give a query, or --queries FILE.jsonl")
+    if args.nprobe is not None:
+        index.nprobe = args.nprobe
     results = index.search_many(queries, args.k, filter=_filter(args.filter), candidates=args.candidates,
                                 rescore=args.rescore)
     for query, hits in zip(queries, results):
@@ -156,6 +168,11 @@ def cmd_batch(args: argparse.Namespace) -> int:
                           rows_per_file=args.rows_per_file, num_cpus=args.num_cpus, num_gpus=args.num_gpus,
                           device=args.device, max_batch_tokens=args.max_batch_tokens,
                           show_progress_bar=not args.quiet)
+    if args.index:
+        from pplx_embed.index.batch import ingest_parts
+
+        written.update(ingest_parts(args.output, args.index, id_field=args.id_field, text_field=args.field,
+                                    show_progress_bar=not args.quiet))
     print(json.dumps(written))
     return 0
 
@@ -168,6 +185,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     create.add_argument("index", help="index directory (or milvus:FILE.db#collection, milvus://host:port/collection)")
     create.add_argument("--dimensions", "-d", type=int, default=None, help="Matryoshka dimensions (default: full)")
     create.add_argument("--store-float", action="store_true", help="also keep float32 vectors (float rescoring)")
+    create.add_argument("--first-stage", choices=("flat", "ivf"), default="flat",
+                        help="exact Hamming scan (default) or an inverted file for large indexes")
     create.add_argument("--contextual", action="store_true",
                         help="a late-chunking index: queries are embedded as one-chunk documents")
     add_model_args(create)
@@ -198,6 +217,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="keep items whose metadata KEY equals VALUE (JSON or string); repeatable")
     search.add_argument("--candidates", type=int, default=None, help="first-stage candidates (default max(100, 10k))")
     search.add_argument("--rescore", choices=("int8", "float", "none"), default="int8")
+    search.add_argument("--nprobe", type=_positive, default=None, help="IVF lists probed per query (default 16)")
     add_model_args(search)
     search.set_defaults(func=cmd_search)
 
@@ -222,6 +242,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     batch.add_argument("--rows-per-file", type=int, default=4096, help="rows per output part (default 4096)")
     batch.add_argument("--num-cpus", type=int, default=None, help="CPUs for a local Ray cluster")
     batch.add_argument("--num-gpus", type=float, default=0, help="GPUs per embedding actor (0: CPU)")
+    batch.add_argument("--index", default=None,
+                       help="also upsert the parts into this index (directory or milvus:...; created when missing)")
+    batch.add_argument("--id-field", default="id", help="id column for --index (default: id, else <file>:<row>)")
     batch.add_argument("--quiet", action="store_true")
     add_model_args(batch)
     batch.set_defaults(func=cmd_batch, quantization=None)

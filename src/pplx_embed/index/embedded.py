@@ -7,7 +7,7 @@ Layout of an index directory::
     vectors.<gen>.binary  packed sign bits, dims/8 bytes per row   (first stage, Hamming)
     vectors.<gen>.int8    int8 codes, dims bytes per row           (rescoring, cosine)
     vectors.<gen>.float32 float32, 4·dims bytes per row            (only with store_float)
-    ivf-centroids.npy     trained binary IVF centroids              (only with first_stage="ivf")
+    ivf.npz               IVF centroids and each row's list (a cache; only with first_stage="ivf")
 
 Crash safety: an add appends its rows to each vector file *after* the committed row count
 (truncating any tail a killed writer left), fsyncs them, and only then commits the items and the
@@ -17,7 +17,9 @@ and nothing half-written. Deletes and upserts leave tombstones (vector rows with
 :meth:`EmbeddedIndex.compact` rewrites the files without them under a new generation.
 
 The first stage is an exact Hamming search with faiss ``IndexBinaryFlat`` over the binary codes
-(dims/8 bytes per vector in memory), restricted to live (and filter-matching) rows by a bitmap.
+(dims/8 bytes per vector in memory), restricted to live (and filter-matching) rows by a bitmap, or
+an inverted file: rows are partitioned by cosine to centroids trained on the int8 codes (spherical
+k-means), each list holds binary codes, and a query scans the codes of its ``nprobe`` nearest lists.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ PRECISIONS = {"binary": np.uint8, "int8": np.int8, "float": np.float32}
 SUFFIX = {"binary": "binary", "int8": "int8", "float": "float32"}
 FIRST_STAGES = ("flat", "ivf")
 IVF_MIN_ROWS = 10_000
-CENTROIDS = "ivf-centroids.npy"
+IVF_FILE = "ivf.npz"
 _SQL_VARS = 900  # stay below SQLite's bound-parameter limit
 
 ITEMS = ("CREATE TABLE {name} (row INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, text TEXT, "
@@ -53,6 +55,13 @@ CREATE TABLE manifest (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 {ITEMS.format(name="items")};
 CREATE INDEX items_doc ON items(doc_id);
 """
+
+
+def _unit(rows: np.ndarray) -> np.ndarray:
+    """Rows as float32 unit vectors (zero rows stay zero): cosine by inner product."""
+    rows = np.asarray(rows, dtype=np.float32)
+    norms = np.linalg.norm(rows, axis=1, keepdims=True)
+    return np.ascontiguousarray(rows / np.maximum(norms, 1e-12))
 
 
 def _chunks(values: list, size: int = _SQL_VARS) -> Iterator[list]:
@@ -75,7 +84,7 @@ class EmbeddedIndex(VectorStore):
         self.first_stage = manifest.get("first_stage", "flat")
         self.nprobe = 16  # IVF lists visited per query (first_stage="ivf")
         self._lock = threading.RLock()
-        self._faiss = None
+        self._faiss = self._quantizer = None
         self._indexed = 0
         self._check_model_args()
         self._load()
@@ -185,43 +194,73 @@ class EmbeddedIndex(VectorStore):
         self._live[rows] = True
         if rebuild or self._count < self._indexed:
             self._build_first_stage()
-        elif self._count > self._indexed:
-            self._faiss.add(np.ascontiguousarray(self._maps["binary"][self._indexed :]))
-            self._indexed = self._count
+        else:
+            self._index_new_rows()
         self._version = self._data_version()
 
     def _build_first_stage(self) -> None:
-        """faiss over the binary codes: exact ``IndexBinaryFlat``, or ``IndexBinaryIVF`` when asked and big enough.
+        """faiss over the binary codes: exact ``IndexBinaryFlat``, or an inverted file when asked and big enough.
 
-        IVF centroids are trained once (on up to 40 codes per list) and kept in ``ivf-centroids.npy``,
-        so later opens only assign the codes to their lists.
+        IVF: ``nlist = 2·√n`` centroids are trained once by spherical k-means on (up to 40 per list)
+        int8 rows and kept, with each row's list, in ``ivf.npz``; later opens assign only new rows.
+        Lists are faiss ``IndexBinaryIVF`` lists of binary codes, probed by the centroids' cosine to the query.
         """
         import faiss
 
-        codes = np.ascontiguousarray(self._maps["binary"])
-        centroids_file = self.path / CENTROIDS
-        if self.first_stage == "ivf" and (centroids_file.exists() or self._count >= IVF_MIN_ROWS):
-            if centroids_file.exists():  # trained before: reuse the lists
-                centroids = np.load(centroids_file)
+        cache = self.path / IVF_FILE
+        self._quantizer, self._lists, self._saved_lists = None, np.zeros(0, np.int64), 0
+        if self.first_stage == "ivf" and (cache.exists() or self._count >= IVF_MIN_ROWS):
+            if cache.exists():  # trained before
+                with np.load(cache) as saved:
+                    centroids = saved["centroids"]
+                    if int(saved["generation"]) == self._generation:
+                        self._lists = saved["lists"][: self._count]
+                        self._saved_lists = len(saved["lists"])
             else:
                 nlist = int(2 * np.sqrt(self._count))
-                trainer = faiss.IndexBinaryIVF(faiss.IndexBinaryFlat(self.dimensions), self.dimensions, nlist)
-                trainer.cp.niter = 10
                 sample = np.random.default_rng(0).choice(self._count, min(self._count, 40 * nlist), replace=False)
-                trainer.train(codes[np.sort(sample)])
-                centroids = trainer.quantizer.reconstruct_n(0, nlist)
-                tmp = self.path / (CENTROIDS + ".tmp.npy")
-                np.save(tmp, centroids)
-                os.replace(tmp, centroids_file)  # a cache: complete or absent
-            self._quantizer = faiss.IndexBinaryFlat(self.dimensions)
-            self._quantizer.add(centroids)
-            index = faiss.IndexBinaryIVF(self._quantizer, self.dimensions, len(centroids))
-            index.is_trained = True
+                kmeans = faiss.Kmeans(self.dimensions, nlist, niter=10, spherical=True, seed=0)
+                kmeans.train(_unit(self._maps["int8"][np.sort(sample)]))
+                centroids = kmeans.centroids
+            self._quantizer = faiss.IndexFlatIP(self.dimensions)
+            self._quantizer.add(np.ascontiguousarray(centroids, dtype=np.float32))
+            self._faiss = faiss.IndexBinaryIVF(faiss.IndexBinaryFlat(self.dimensions), self.dimensions, len(centroids))
+            self._faiss.is_trained = True
         else:
-            index = faiss.IndexBinaryFlat(self.dimensions)
-        if self._count:
-            index.add(codes)
-        self._faiss, self._indexed = index, self._count
+            self._faiss = faiss.IndexBinaryFlat(self.dimensions)
+        self._indexed = 0
+        self._index_new_rows()
+        self._save_lists()
+
+    def _index_new_rows(self) -> None:
+        """Add the committed rows that the first stage does not hold yet (IVF: assigned to their lists)."""
+        import faiss
+
+        start, stop = self._indexed, self._count
+        if stop <= start:
+            return
+        codes = np.ascontiguousarray(self._maps["binary"][start:stop])
+        if self._quantizer is None:
+            self._faiss.add(codes)
+        else:
+            known = self._lists[start:stop]
+            fresh = [self._quantizer.search(_unit(self._maps["int8"][i : min(i + 50_000, stop)]), 1)[1][:, 0]
+                     for i in range(start + len(known), stop, 50_000)]
+            lists = np.ascontiguousarray(np.concatenate([known, *fresh]), dtype=np.int64)
+            self._lists = np.concatenate([self._lists[:start], lists])
+            rows = np.arange(start, stop, dtype=np.int64)  # kept alive while faiss reads them
+            self._faiss.add_core(stop - start, faiss.swig_ptr(codes), faiss.swig_ptr(rows), faiss.swig_ptr(lists))
+        self._indexed = stop
+
+    def _save_lists(self) -> None:
+        """Keep the IVF centroids and row lists (atomically: the cache is complete or absent)."""
+        if self._quantizer is None or self._saved_lists >= len(self._lists):
+            return
+        tmp = self.path / (IVF_FILE + ".tmp.npz")
+        np.savez(tmp, centroids=self._quantizer.reconstruct_n(0, self._quantizer.ntotal),
+                 lists=self._lists, generation=self._generation)
+        os.replace(tmp, self.path / IVF_FILE)
+        self._saved_lists = len(self._lists)
 
     def _data_version(self) -> int:
         return self._conn.execute("PRAGMA data_version").fetchone()[0]
@@ -291,8 +330,7 @@ class EmbeddedIndex(VectorStore):
             self._maps = {p: self._map(p) for p in self._precisions()}
             self._live = np.concatenate([self._live, np.ones(len(rows), dtype=bool)])
             self._live[existing] = False
-            self._faiss.add(np.ascontiguousarray(batch.binary))
-            self._indexed = self._count
+            self._index_new_rows()
             self._version = self._data_version()
 
     def _remove_rows(self, rows: list[int]) -> int:
@@ -379,7 +417,13 @@ class EmbeddedIndex(VectorStore):
         mask[rows] = True
         return mask
 
-    def _first_stage(self, binary: np.ndarray, n: int, where: dict[str, Any]) -> list[np.ndarray]:
+    @contextmanager
+    def _reading(self) -> Iterator[None]:
+        with self._lock:
+            self._sync()
+            yield
+
+    def _first_stage(self, binary: np.ndarray, dense: np.ndarray, n: int, where: dict[str, Any]) -> list[np.ndarray]:
         import faiss
 
         if self._count == 0:
@@ -395,9 +439,10 @@ class EmbeddedIndex(VectorStore):
             return list(self._faiss.search(binary, n, params=params)[1])
         # IVF: faiss has no selector for binary IVF, so over-fetch and drop disallowed rows; a query
         # left short (a selective filter) gets an exact Hamming search over the allowed rows instead
-        params = faiss.SearchParametersIVF(nprobe=self.nprobe)
+        self._faiss.nprobe = nprobe = min(self.nprobe, self._faiss.nlist)
+        probe = self._quantizer.search(_unit(dense), nprobe)[1]
         fetch = n if allowed is None else min(self._count, 2 * n)
-        found = self._faiss.search(binary, fetch, params=params)[1]
+        found = self._faiss.search_preassigned(binary, fetch, probe, None)[1]
         if allowed is None:
             return list(found)
         subset = np.flatnonzero(allowed)
@@ -458,16 +503,18 @@ class EmbeddedIndex(VectorStore):
                     "documents": docs, "vector_rows": self._count, "tombstones": int(self._count - self._live.sum()),
                     "bytes_per_vector": {p: self._row_bytes(p) for p in self._precisions()},
                     "search_structure_bytes_per_vector": self._structure_bytes(),
-                    "first_stage": type(self._faiss).__name__, "disk_bytes": disk}
+                    "first_stage": self.first_stage, "first_stage_index": type(self._faiss).__name__,
+                    "nprobe": self.nprobe if self._quantizer is not None else None, "disk_bytes": disk}
 
     def _structure_bytes(self) -> float:
-        """In-memory bytes per vector of the first stage (codes, plus list ids for IVF)."""
-        import faiss
-
+        """In-memory bytes per vector of the first stage (codes; IVF adds list ids and its share of the centroids)."""
         code = self._row_bytes("binary")
-        return code if isinstance(self._faiss, faiss.IndexBinaryFlat) else code + 8
+        if self._quantizer is None:
+            return code
+        return round(code + 8 + 4 * self.dimensions * self._quantizer.ntotal / max(self._count, 1), 1)
 
     def close(self) -> None:
         with self._lock:
+            self._save_lists()
             self._maps = {}
             self._conn.close()

@@ -176,7 +176,7 @@ class MilvusStore(VectorStore):
         with self._lock:
             yield
 
-    def _first_stage(self, binary: np.ndarray, n: int, where: dict[str, Any]) -> list[np.ndarray]:
+    def _first_stage(self, binary: np.ndarray, dense: np.ndarray, n: int, where: dict[str, Any]) -> list[np.ndarray]:
         expr = " and ".join(f'metadata[{_quote(k)}] == {_quote(v)}' for k, v in where.items())
         if any(v is None for v in where.values()):
             raise ValueError("the Milvus backend cannot filter on null metadata values")

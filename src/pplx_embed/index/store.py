@@ -25,7 +25,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from pplx_embed.model.quantization import cosine_similarity, hamming_distance, to_binary, to_int8, truncate
+from pplx_embed.model.quantization import hamming_distance, to_binary, to_int8, truncate
 
 RESCORE_MODES = ("int8", "float", "none")
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
@@ -79,11 +79,26 @@ def check_filter(where: dict[str, Any] | None) -> dict[str, Any]:
     return where
 
 
-def rescore_top(query: np.ndarray, candidates: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top ``k`` of ``candidates`` by cosine to ``query`` → (positions into candidates, scores)."""
-    scores = cosine_similarity(query, candidates)[0]
-    top = np.argsort(-scores, kind="stable")[:k]
-    return top, scores[top]
+def rescore_top(queries: np.ndarray, candidates: list[np.ndarray], codes: np.ndarray,
+                k: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Per query, its ``candidates`` reordered by cosine to it, top ``k`` → (rows, scores).
+
+    ``codes`` holds the candidates' vectors one query after another (one gather for all queries).
+    """
+    codes = np.asarray(codes, dtype=np.float32)
+    codes = codes / np.maximum(np.linalg.norm(codes, axis=1, keepdims=True), 1e-12)
+    queries = np.asarray(queries, dtype=np.float32)
+    queries = queries / np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
+    owner = np.repeat(np.arange(len(candidates)), [len(c) for c in candidates])
+    scores = np.einsum("ij,ij->i", codes, queries[owner])
+    rows, out, start = [], [], 0
+    for cand in candidates:
+        mine = scores[start : start + len(cand)]
+        start += len(cand)
+        top = np.argsort(-mine, kind="stable")[:k]
+        rows.append(cand[top])
+        out.append(mine[top])
+    return rows, out
 
 
 class VectorStore(ABC):
@@ -192,7 +207,8 @@ class VectorStore(ABC):
         return to_int8(x), x
 
     def _batch(self, ids: Sequence[str], vectors: Any, texts: Sequence[str | None] | None,
-               metadata: Sequence[dict | None] | None, doc_ids=None, positions=None) -> Batch:
+               metadata: Sequence[dict | None] | None, doc_ids=None, positions=None,
+               binary: np.ndarray | None = None) -> Batch:
         ids = list(ids)
         n = len(ids)
         if n == 0:
@@ -214,12 +230,41 @@ class VectorStore(ABC):
             for key in m:
                 if not isinstance(key, str) or not _KEY.match(key):
                     raise ValueError(f"metadata key {key!r} is not valid (letters, digits, _ . -)")
-        binary = to_binary(floats if floats is not None else int8.astype(np.float32))
+        if binary is None:
+            binary = to_binary(floats if floats is not None else int8.astype(np.float32))
+        else:
+            binary = self._binary_codes(binary, n)
         return Batch(ids, int8, binary, floats if self.store_float else None, texts, metadata,
                      list(doc_ids) if doc_ids is not None else [None] * n,
                      list(positions) if positions is not None else [None] * n)
 
+    def _binary_codes(self, binary: Any, n: int) -> np.ndarray:
+        """Packed binary codes of dims/8 (or full dims/8, truncated) bytes per row, MSB first."""
+        b = np.asarray(binary)
+        widths = {self.dimensions // 8, self.full_dimension // 8}
+        if b.dtype != np.uint8 or b.ndim != 2 or b.shape[0] != n or b.shape[1] not in widths:
+            raise ValueError(f"binary codes must be uint8 [{n}, {self.dimensions // 8}] (packed bits of "
+                             f"{self.dimensions} dimensions), got {b.dtype} {list(b.shape)}")
+        return np.ascontiguousarray(b[:, : self.dimensions // 8])  # MSB-first: the first dims' bits
+
     # ---- writing ------------------------------------------------------------------------------
+    def upsert_codes(self, ids: Sequence[str], int8: np.ndarray, binary: np.ndarray, *,
+                     texts: Sequence[str | None] | None = None, metadata: Sequence[dict | None] | None = None,
+                     model: str | None = None) -> int:
+        """Store precomputed int8 and packed binary codes (e.g. ``pplx-embed batch`` parts), replacing same ids.
+
+        Both must come from this index's model (``model`` is checked when given). Atomic per call.
+        """
+        self._check_model(model)
+        if self.store_float:
+            raise ValueError("this index keeps float vectors for rescoring; add float vectors with upsert(vectors=...)")
+        int8 = np.asarray(int8)
+        if int8.dtype != np.int8:
+            raise TypeError(f"int8 codes must be an int8 array, got {int8.dtype}")
+        batch = self._batch(ids, int8, texts, metadata, binary=binary)
+        self._write(batch, replace=True)
+        return len(batch.ids)
+
     def add(self, texts: Sequence[str] | None = None, *, ids: Sequence[str], vectors: Any = None,
             metadata: Sequence[dict | None] | None = None, model: str | None = None,
             show_progress_bar: bool = False, truncation: str | None = None) -> int:
@@ -359,27 +404,28 @@ class VectorStore(ABC):
 
     def _search_prepared(self, int8, floats, binary, k, where, rescore, candidates):
         n_candidates = max(k, candidates if candidates is not None else max(100, 10 * k))
-        return self._rescore(self._first_stage(binary, n_candidates, where), binary, int8, floats, k, rescore)
+        return self._rescore(self._first_stage(binary, int8, n_candidates, where), binary, int8, floats, k, rescore)
 
     def _rescore(self, first: list[np.ndarray], binary: np.ndarray, int8: np.ndarray, floats: np.ndarray | None,
                  k: int, rescore: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        out_rows, out_scores = [], []
-        for i, cand in enumerate(first):
-            cand = cand[cand >= 0] if cand.dtype.kind == "i" else cand
-            if len(cand) == 0:
-                out_rows.append(cand)
-                out_scores.append(np.zeros(0, np.float32))
-                continue
-            if rescore == "none":
-                dist = hamming_distance(binary[i], self._codes(cand, "binary"))[0]
+        first = [cand[cand >= 0] if cand.dtype.kind == "i" else cand for cand in first]
+        if rescore == "none":
+            out_rows, out_scores = [], []
+            for i, cand in enumerate(first):
+                dist = hamming_distance(binary[i], self._codes(cand, "binary"))[0] if len(cand) else np.zeros(0)
                 order = np.argsort(dist, kind="stable")[:k]
                 out_rows.append(cand[order])
                 out_scores.append((1.0 - 2.0 * dist[order] / self.dimensions).astype(np.float32))
-                continue
-            query = floats[i] if rescore == "float" else int8[i]
-            top, scores = rescore_top(query, self._codes(cand, rescore), k)
-            out_rows.append(cand[top])
-            out_scores.append(scores.astype(np.float32))
+            return out_rows, out_scores
+        queries = floats if rescore == "float" else int8
+        out_rows, out_scores = [], []
+        for start in range(0, len(first), 64):  # bounded memory: 64 queries' candidates at a time
+            part = first[start : start + 64]
+            wanted = np.concatenate(part) if any(len(c) for c in part) else np.zeros(0, np.int64)
+            codes = self._codes(wanted, rescore) if len(wanted) else np.zeros((0, self.dimensions))
+            rows, scores = rescore_top(queries[start : start + 64], part, codes, k)
+            out_rows += rows
+            out_scores += scores
         return out_rows, out_scores
 
     # ---- backend ------------------------------------------------------------------------------
@@ -399,8 +445,12 @@ class VectorStore(ABC):
     def _delete_documents(self, doc_ids: list[str]) -> int: ...
 
     @abstractmethod
-    def _first_stage(self, binary: np.ndarray, n: int, where: dict[str, Any]) -> list[np.ndarray]:
-        """Per query, the row keys of the ``n`` nearest live items by Hamming that pass ``where``."""
+    def _first_stage(self, binary: np.ndarray, dense: np.ndarray, n: int, where: dict[str, Any]) -> list[np.ndarray]:
+        """Per query, the row keys of the ``n`` nearest live items by Hamming that pass ``where``.
+
+        ``dense`` holds the queries' rescoring vectors (``tanh`` of float, or int8), for backends that
+        partition by cosine.
+        """
 
     @abstractmethod
     def _codes(self, rows: np.ndarray, precision: str) -> np.ndarray:
