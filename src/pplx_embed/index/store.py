@@ -28,6 +28,7 @@ import numpy as np
 from pplx_embed.model.quantization import hamming_distance, to_binary, to_int8, truncate
 
 RESCORE_MODES = ("int8", "float", "none")
+PG_PREFIXES = ("postgresql://", "postgres://", "pgserver:")  # locations of the pgvector backend
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -134,6 +135,10 @@ class VectorStore(ABC):
             from pplx_embed.index.milvus import MilvusStore
 
             return MilvusStore.create(location, model, dimensions, **kwargs)
+        if str(location).startswith(PG_PREFIXES):
+            from pplx_embed.index.pgvector import PgVectorStore
+
+            return PgVectorStore.create(location, model, dimensions, **kwargs)
         return EmbeddedIndex.create(location, model, dimensions, **kwargs)
 
     @staticmethod
@@ -145,6 +150,10 @@ class VectorStore(ABC):
             from pplx_embed.index.milvus import MilvusStore
 
             return MilvusStore.open(location, embedder=embedder, **options)
+        if str(location).startswith(PG_PREFIXES):
+            from pplx_embed.index.pgvector import PgVectorStore
+
+            return PgVectorStore.open(location, embedder=embedder, **options)
         return EmbeddedIndex.open(location, embedder=embedder, **options)
 
     def _check_model_args(self) -> None:
