@@ -104,7 +104,6 @@ def main() -> None:
     rows.append(("faiss IndexFlatIP (float32, exact)", build, 4 * args.dim, float_qps, 1.0))
     print(f"float exact: {float_qps:,.1f} QPS", flush=True)
     flat.reset()  # free its memory for the systems under test
-    del flat
 
     root = Path(args.dir or tempfile.mkdtemp(prefix="bench-index-"))
 

@@ -36,8 +36,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from pplx_embed.model.quantization import check_dimensions
-from pplx_embed.index.store import Batch, Hit, IndexNotFoundError, VectorStore
+from pplx_embed.index.store import Batch, Hit, IndexNotFoundError, VectorStore, new_store_shape
 
 FORMAT = "pplx-embed-index/1"
 DB = "index.sqlite"
@@ -106,15 +105,7 @@ class EmbeddedIndex(VectorStore):
             if exist_ok:
                 return cls.open(path, embedder=embedder)
             raise FileExistsError(f"an index already exists at {path}")
-        if not isinstance(model, str) or not model:
-            raise ValueError("model must be a non-empty name")
-        dimensions = dimensions or full_dimension
-        if not isinstance(dimensions, int) or dimensions < 8:
-            raise ValueError(f"dimensions must be a positive multiple of 8, got {dimensions!r}")
-        full_dimension = full_dimension or dimensions
-        check_dimensions(dimensions, full_dimension)
-        if dimensions % 8:
-            raise ValueError(f"dimensions must be a multiple of 8 for binary codes, got {dimensions}")
+        dimensions, full_dimension = new_store_shape(model, dimensions, full_dimension)
         path.mkdir(parents=True, exist_ok=True)
         manifest = {"format": FORMAT, "model": model, "dimensions": str(dimensions),
                     "full_dimension": str(full_dimension), "store_float": "1" if store_float else "0",

@@ -22,7 +22,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from pplx_embed.index.store import Batch, Hit, IndexNotFoundError, VectorStore
+from pplx_embed.index.store import Batch, Hit, IndexNotFoundError, VectorStore, new_store_shape
 
 DEFAULT_COLLECTION = "pplx_index"
 INDEX_TYPES = ("BIN_FLAT", "BIN_IVF_FLAT")
@@ -85,17 +85,11 @@ class MilvusStore(VectorStore):
                index_type: str = "BIN_FLAT", nlist: int = 1024) -> MilvusStore:
         from pymilvus import DataType, MilvusClient
 
-        from pplx_embed.model.quantization import check_dimensions
-
         if store_float:
             raise ValueError("the Milvus backend rescores with int8 only; create it without store_float")
         if index_type not in INDEX_TYPES:
             raise ValueError(f"index_type must be one of {', '.join(INDEX_TYPES)}, got {index_type!r}")
-        dimensions = dimensions or full_dimension
-        full_dimension = full_dimension or dimensions
-        check_dimensions(dimensions, full_dimension)
-        if dimensions % 8:
-            raise ValueError(f"dimensions must be a multiple of 8 for binary codes, got {dimensions}")
+        dimensions, full_dimension = new_store_shape(model, dimensions, full_dimension)
         uri, collection = parse_location(location)
         client = _client(uri)
         if client.has_collection(collection):

