@@ -127,6 +127,47 @@ def test_diffusion_pretraining_from_a_causal_qwen3_lowers_the_loss_and_loads(tmp
     assert not torch.allclose(hidden[0, 0], hidden[1, 0])
 
 
+def test_export_encoder_causal_and_bidirectional_arms_and_causal_pair_training(tmp_path, capsys):
+    """Diffusion ablation arms: a causal LM's decoder exported with its causal mask (plain ``qwen3``) or
+    with the mask off; the runtime runs each as exported, and pair training keeps the causal one causal."""
+    from pplx_embed.train.diffusion import causal_qwen3, export_encoder
+
+    causal, tok = causal_qwen3("random:tiny", seed=0)
+    causal.save_pretrained(tmp_path / "lm")
+    tok.save_pretrained(tmp_path / "lm")
+    assert main(["export-encoder", str(tmp_path / "lm"), "--attention", "causal", "-o", str(tmp_path / "causal")]) == 0
+    bidi = export_encoder(str(tmp_path / "lm"), tmp_path / "bidi", "bidirectional")
+    for directory in (tmp_path / "causal", bidi):  # decoder weights carried over unchanged
+        saved = weights(directory)
+        for name, value in causal.model.state_dict().items():
+            assert torch.equal(saved[name], value)
+    ids = torch.tensor([[1, 2, 3, 4], [1, 2, 3, 9]])  # differ only in the last token
+
+    def states(directory: Path) -> torch.Tensor:
+        model = Embedder(str(directory)).model
+        with torch.no_grad():
+            return model(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state
+
+    c, b = states(tmp_path / "causal"), states(bidi)
+    assert json.loads((tmp_path / "causal" / "config.json").read_text())["model_type"] == "qwen3"
+    assert Embedder(str(bidi)).checkpoint.config["model_type"] == "bidirectional_pplx_qwen3"
+    assert torch.allclose(c[0, :3], c[1, :3]) and not torch.allclose(c[0, 3], c[1, 3])  # earlier tokens blind to later
+    with torch.no_grad():
+        assert torch.allclose(c, causal.model(input_ids=ids).last_hidden_state, atol=1e-5)
+    assert not torch.allclose(b[0, 0], b[1, 0])  # bidirectional: a later token changes the first state
+    out = tmp_path / "pairs"
+    config = stage_config(stage="pairs", model=str(tmp_path / "causal"), output=str(out), batch_size=4, max_length=32,
+                          log_every=1, max_steps=2, optim={"lr": 1e-3}, phases=[{"data": str(write_pairs(tmp_path / "p.jsonl"))}])
+    train_stage(config, progress=False)
+    trained = states(out / "last")
+    assert torch.allclose(trained[0, :3], trained[1, :3]) and not torch.allclose(trained, c)  # trained, still causal
+    capsys.readouterr()
+    with pytest.raises(ValueError, match="unknown attention"):
+        export_encoder(str(tmp_path / "lm"), tmp_path / "x", "sideways")
+    assert main(["export-encoder", str(tmp_path / "nothing"), "-o", str(tmp_path / "x")]) == 2
+    assert "not a checkpoint directory" in capsys.readouterr().err
+
+
 def test_contextual_and_triplet_stages_train_and_mining_skips_near_duplicates(tmp_path, tiny_pplx_dir, minilm):
     from pplx_embed.train.config import MiningConfig
     from pplx_embed.train.mining import mine_hard_negatives

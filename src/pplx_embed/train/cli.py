@@ -1,4 +1,4 @@
-"""Commands: ``pplx-embed train diffusion|pairs|contextual|triplets``, ``merge`` and ``finetune``."""
+"""Commands: ``pplx-embed train diffusion|pairs|contextual|triplets``, ``merge``, ``export-encoder`` and ``finetune``."""
 
 from __future__ import annotations
 
@@ -43,6 +43,14 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export_encoder(args: argparse.Namespace) -> int:
+    from pplx_embed.train.diffusion import export_encoder
+
+    out = export_encoder(args.model, args.output, args.attention)
+    print(f"wrote the {args.attention} encoder of {args.model} to {out}", file=sys.stderr)
+    return 0
+
+
 def cmd_finetune(args: argparse.Namespace) -> int:
     from pplx_embed.train.finetune import finetune
 
@@ -59,7 +67,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    """Add ``train``, ``merge`` and ``finetune`` to the ``pplx-embed`` sub-commands."""
+    """Add ``train``, ``merge``, ``export-encoder`` and ``finetune`` to the ``pplx-embed`` sub-commands."""
     train = sub.add_parser("train", help="run a training stage from a YAML/JSON config")
     train.add_argument("stage", choices=("diffusion", "pairs", "contextual", "triplets"))
     train.add_argument("--config", "-c", required=True, help="stage config file (.yaml/.yml/.json); see configs/")
@@ -77,6 +85,13 @@ def register(sub) -> None:
     merge.add_argument("--output", "-o", required=True, help="output checkpoint directory")
     merge.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     merge.set_defaults(func=cmd_merge)
+
+    export = sub.add_parser("export-encoder", help="write a causal Qwen3 LM's decoder as an embedding checkpoint")
+    export.add_argument("model", help="Qwen3ForCausalLM checkpoint directory (or random:<preset>)")
+    export.add_argument("--output", "-o", required=True, help="output checkpoint directory")
+    export.add_argument("--attention", choices=("bidirectional", "causal"), default="bidirectional",
+                        help="causal: keep the causal mask (ablation arm); bidirectional: mask off, no training")
+    export.set_defaults(func=cmd_export_encoder)
 
     ft = sub.add_parser("finetune", help="fine-tune a model on query/positive pairs (JSONL)")
     ft.add_argument("--model", "-m", required=True, help="alias (minilm, pplx-embed-v1-0.6b ...) or checkpoint directory")

@@ -128,13 +128,19 @@ def read_documents(path: str) -> list[str]:
 
 def save_diffusion_checkpoint(model: DiffusionLM, tokenizer, directory: Path, info: dict, state: dict | None) -> Path:
     """The encoder as a ``bidirectional_pplx_qwen3`` runtime checkpoint (+ trainer state), written atomically."""
+    return _write_encoder_checkpoint(model.encoder, tokenizer, directory, info, state)
+
+
+def _write_encoder_checkpoint(encoder: torch.nn.Module, tokenizer, directory: Path, info: dict,
+                              state: dict | None = None) -> Path:
+    """A Qwen3 token encoder as a runtime checkpoint (mean pooling, ``training.json``), written atomically."""
     import shutil
 
     tmp = directory.with_name(directory.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_encoder(model.encoder, tokenizer, tmp)
-    write_sentence_transformers_files(tmp, model.encoder.config.hidden_size, model.encoder.config.max_position_embeddings)
+    save_encoder(encoder, tokenizer, tmp)
+    write_sentence_transformers_files(tmp, encoder.config.hidden_size, encoder.config.max_position_embeddings)
     (tmp / "training.json").write_text(json.dumps(info, indent=2))
     if state is not None:
         torch.save(state, tmp / "trainer_state.pt")
@@ -142,6 +148,31 @@ def save_diffusion_checkpoint(model: DiffusionLM, tokenizer, directory: Path, in
         shutil.rmtree(directory)
     tmp.rename(directory)
     return directory
+
+
+ATTENTIONS = ("bidirectional", "causal")
+
+
+def export_encoder(source: str, output: str | Path, attention: str = "bidirectional", seed: int = 0) -> Path:
+    """Write the decoder of a causal Qwen3 LM as an embedding checkpoint, without any training.
+
+    ``attention="causal"`` keeps the causal mask: the output is a plain ``qwen3`` (``Qwen3Model``)
+    checkpoint, which the runtime and every contrastive stage run causally (each token sees only
+    itself and earlier tokens; mean pooling) — the causal arm of the diffusion ablation.
+    ``attention="bidirectional"`` writes the same weights as a ``bidirectional_pplx_qwen3``
+    checkpoint (mask off, only padding masked), i.e. diffusion pretraining with zero steps — the
+    "no diffusion" control. ``source`` is a ``Qwen3ForCausalLM`` directory or ``random:<preset>``.
+    """
+    if attention not in ATTENTIONS:
+        raise ValueError(f"unknown attention {attention!r}; choose one of {', '.join(ATTENTIONS)}")
+    causal, tokenizer = causal_qwen3(source, seed)
+    if attention == "bidirectional":
+        encoder = DiffusionLM(causal).encoder
+    else:
+        encoder = causal.model
+        encoder.config.architectures = ["Qwen3Model"]
+    info = {"stage": "export", "attention": attention, "source": source}
+    return _write_encoder_checkpoint(encoder, tokenizer, Path(output), info)
 
 
 def train_diffusion(config: DiffusionConfig, resume: bool = False, progress: bool = True) -> dict:
