@@ -89,8 +89,11 @@ class StageConfig:
     max_steps: int | None = None
     gradient_checkpointing: bool = False
     bf16: bool = False  # autocast on CUDA
+    parallel: str = "ddp"  # under torchrun: "ddp" (replicated weights) or "fsdp" (sharded, for large models)
 
     def __post_init__(self) -> None:
+        if self.parallel not in ("ddp", "fsdp"):
+            raise ValueError(f"unknown parallel mode {self.parallel!r}; choose ddp or fsdp")
         if self.stage not in STAGES:
             raise ValueError(f"unknown stage {self.stage!r}; choose one of {', '.join(STAGES)}")
         if not self.phases:
@@ -125,6 +128,11 @@ class DiffusionConfig:
     bf16: bool = False
     gradient_checkpointing: bool = False
     preset_overrides: dict = field(default_factory=dict)  # shape overrides for "random:<preset>"
+    parallel: str = "ddp"  # under torchrun: "ddp" or "fsdp" (sharded weights, gradients and optimizer state)
+
+    def __post_init__(self) -> None:
+        if self.parallel not in ("ddp", "fsdp"):
+            raise ValueError(f"unknown parallel mode {self.parallel!r}; choose ddp or fsdp")
 
 
 def _build(cls, data: typing.Any, where: str):

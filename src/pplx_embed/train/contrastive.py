@@ -68,7 +68,13 @@ class ContrastiveTrainer:
         device = config.device or dist.default_device()
         self.encoder = TrainableEncoder(source, device, config.max_length, config.gradient_checkpointing)
         self.encoder.model.train()
-        self.runner = dist.wrap_ddp(self.encoder.model, self.encoder.device)
+        if config.parallel == "fsdp":
+            if config.eval is not None and self.world > 1:
+                raise ValueError("eval during training is not supported with parallel: fsdp; evaluate the saved "
+                                 "checkpoint with `pplx-embed eval` (or use ddp)")
+            self.runner = dist.wrap_fsdp(self.encoder.model)
+        else:
+            self.runner = dist.wrap_ddp(self.encoder.model, self.encoder.device)
         self.phases = [self._phase_examples(i) for i in range(len(config.phases))]
         self.total_steps = sum(
             len(epoch_batches(len(ex), config.batch_size, config.seed, 0, self.rank, self.world)) * phase.epochs
@@ -81,8 +87,8 @@ class ContrastiveTrainer:
         optimizer = torch.optim.AdamW if config.optim.optimizer == "adamw" else torch.optim.SGD
         self.optimizer = optimizer(groups, lr=config.optim.lr)
         warmup, total = config.optim.warmup_steps, max(self.total_steps, 1)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: min((s + 1) / max(warmup, 1), max(0.0, (total - s) / max(total - warmup, 1))))
+        schedule = lambda s: min((s + 1) / max(warmup, 1), max(0.0, (total - s) / max(total - warmup, 1)))  # noqa: E731
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
         self.step = 0
         self.best: float | None = None
         self.bad_evals = 0
@@ -94,8 +100,11 @@ class ContrastiveTrainer:
             e = config.eval
             self.eval_set = load_eval_set(e.data, e.max_queries, e.max_corpus, e.seed)
         if self.state:
-            self.optimizer.load_state_dict(self.state["optimizer"])
+            dist.load_optimizer_state(self.encoder.model, self.optimizer, self.state["optimizer"])
             self.scheduler.load_state_dict(self.state["scheduler"])
+            # the schedule follows this run's total steps (a resumed run may be given more)
+            for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
+                group["lr"] = base * schedule(self.scheduler.last_epoch)
             self.step, self.best, self.bad_evals = self.state["step"], self.state["best"], self.state["bad_evals"]
             self.history = self.state.get("history", [])
             torch.set_rng_state(self.state["rng"])
@@ -242,15 +251,17 @@ class ContrastiveTrainer:
                 f.write(json.dumps(record) + "\n")
 
     def _save(self, name: str, position: tuple[int, int, int]) -> None:
+        # under FSDP gathering the full weights is a collective: every process takes part, rank 0 writes
+        weights, optimizer = dist.full_state(self.encoder.model, self.optimizer if name == "last" else None)
         if not dist.is_main():
             return
         info = {"stage": self.config.stage, "step": self.step, "best": self.best, "config": to_dict(self.config)}
         state = None
         if name == "last":
-            state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            state = {"optimizer": optimizer, "scheduler": self.scheduler.state_dict(),
                      "step": self.step, "best": self.best, "bad_evals": self.bad_evals, "position": position,
                      "history": self.history, "rng": torch.get_rng_state()}
-        self.encoder.save(self.out / name, info, state)
+        self.encoder.save(self.out / name, info, state, weights)
 
     def _check(self, position: tuple[int, int, int]) -> bool:
         """Evaluate, keep the best checkpoint, and say whether to stop early (same answer on every process)."""
@@ -300,7 +311,7 @@ class ContrastiveTrainer:
                     chosen = [examples[i] for i in indices]
                     batch = self._contextual_batch(chosen) if cfg.stage == "contextual" else self._pair_batch(chosen)
                     loss, views = self.train_step(batch)
-                    lr = self.scheduler.get_last_lr()[0]
+                    lr = self.optimizer.param_groups[0]["lr"]  # the rate this step uses
                     self._optimizer_step()
                     self.step += 1
                     position = (p, epoch, b + 1)
@@ -324,7 +335,9 @@ class ContrastiveTrainer:
         if checked_at != self.step or not (self.out / "last").is_dir():
             self._check(position)
         bar.close()
-        summary = {"stage": cfg.stage, "steps": self.step, "world_size": self.world, "metric": cfg.eval and cfg.eval.metric,
+        summary = {"stage": cfg.stage, "steps": self.step, "world_size": self.world,
+                   "parallel": cfg.parallel if self.world > 1 else None, "sharded": dist.is_sharded(self.encoder.model),
+                   "metric": cfg.eval and cfg.eval.metric,
                    "before": before, "best": self.best, "early_stopped": early, "history": self.history,
                    "output": str(self.out / ("best" if self.eval_set is not None else "last"))}
         if dist.is_main():

@@ -126,20 +126,24 @@ def read_documents(path: str) -> list[str]:
     return [line for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def save_diffusion_checkpoint(model: DiffusionLM, tokenizer, directory: Path, info: dict, state: dict | None) -> Path:
-    """The encoder as a ``bidirectional_pplx_qwen3`` runtime checkpoint (+ trainer state), written atomically."""
-    return _write_encoder_checkpoint(model.encoder, tokenizer, directory, info, state)
+def save_diffusion_checkpoint(model: DiffusionLM, tokenizer, directory: Path, info: dict, state: dict | None,
+                              weights: dict | None = None) -> Path:
+    """The encoder as a ``bidirectional_pplx_qwen3`` runtime checkpoint (+ trainer state), written atomically.
+
+    ``weights``: the encoder's full state dict when the live one is sharded (FSDP).
+    """
+    return _write_encoder_checkpoint(model.encoder, tokenizer, directory, info, state, weights)
 
 
 def _write_encoder_checkpoint(encoder: torch.nn.Module, tokenizer, directory: Path, info: dict,
-                              state: dict | None = None) -> Path:
+                              state: dict | None = None, weights: dict | None = None) -> Path:
     """A Qwen3 token encoder as a runtime checkpoint (mean pooling, ``training.json``), written atomically."""
     import shutil
 
     tmp = directory.with_name(directory.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_encoder(encoder, tokenizer, tmp)
+    save_encoder(encoder, tokenizer, tmp, weights=weights)
     write_sentence_transformers_files(tmp, encoder.config.hidden_size, encoder.config.max_position_embeddings)
     (tmp / "training.json").write_text(json.dumps(info, indent=2))
     if state is not None:
@@ -190,11 +194,7 @@ def train_diffusion(config: DiffusionConfig, resume: bool = False, progress: boo
     del causal
     if config.gradient_checkpointing:
         model.encoder.gradient_checkpointing_enable()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    warmup = max(config.warmup_steps, 1)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min((s + 1) / warmup, max(0.0, (config.steps - s) / max(config.steps - config.warmup_steps, 1))))
-    step, history = 0, []
+    step, history, state = 0, [], None
     generator = torch.Generator().manual_seed(config.seed + 7919 * dist.rank())
     if resume:
         if not (last / "trainer_state.pt").is_file():
@@ -204,11 +204,18 @@ def train_diffusion(config: DiffusionConfig, resume: bool = False, progress: boo
         model.encoder.load_state_dict(encoder.state_dict())
         if model.lm_head is not None:
             model.lm_head.load_state_dict(state["lm_head"])
-        optimizer.load_state_dict(state["optimizer"])
+    runner = dist.wrap_fsdp(model) if config.parallel == "fsdp" else dist.wrap_ddp(model, device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    warmup = max(config.warmup_steps, 1)
+    schedule = lambda s: min((s + 1) / warmup, max(0.0, (config.steps - s) / max(config.steps - config.warmup_steps, 1)))  # noqa: E731
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    if state is not None:
+        dist.load_optimizer_state(model, optimizer, state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        for group, base in zip(optimizer.param_groups, scheduler.base_lrs):  # this run's schedule (steps may grow)
+            group["lr"] = base * schedule(scheduler.last_epoch)
         step, history = state["step"], state["history"]
         generator.set_state(state["generator"])
-    runner = dist.wrap_ddp(model, device)
     blocks = pack_texts(tokenizer, read_documents(config.data), config.seq_len)
     if len(blocks) < config.batch_size * dist.world_size():
         raise ValueError(f"the data fills {len(blocks)} sequences of {config.seq_len} tokens, fewer than one "
@@ -221,14 +228,16 @@ def train_diffusion(config: DiffusionConfig, resume: bool = False, progress: boo
         return order
 
     def save(name: str = "last") -> None:
+        weights, optimizer_state = dist.full_state(model, optimizer)  # a collective under FSDP
         if not dist.is_main():
             return
-        state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
+        part = lambda prefix: {k.removeprefix(prefix): v for k, v in weights.items() if k.startswith(prefix)}  # noqa: E731
+        state = {"optimizer": optimizer_state, "scheduler": scheduler.state_dict(), "step": step,
                  "history": history, "generator": generator.get_state(),
-                 "lm_head": model.lm_head.state_dict() if model.lm_head is not None else None}
+                 "lm_head": part("lm_head.") if model.lm_head is not None else None}
         save_diffusion_checkpoint(model, tokenizer, out / name,
                                   {"stage": "diffusion", "step": step, "mask_token": config.mask_token,
-                                   "mask_token_id": mask_id, "config": to_dict(config)}, state)
+                                   "mask_token_id": mask_id, "config": to_dict(config)}, state, part("encoder."))
 
     if dist.is_main():
         out.mkdir(parents=True, exist_ok=True)

@@ -63,6 +63,52 @@ def wrap_ddp(model: torch.nn.Module, device: str) -> torch.nn.Module:
     return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
 
 
+def wrap_fsdp(model: torch.nn.Module) -> torch.nn.Module:
+    """Shard ``model`` with FSDP (``fully_shard``): each transformer layer, then the rest; no-op on one process.
+
+    Parameters become sharded ``DTensor``s; every forward / backward all-gathers the layer it runs,
+    so each process holds about 1/world of the weights, gradients and optimizer state at rest.
+    """
+    if world_size() == 1:
+        return model
+    from torch.distributed.fsdp import fully_shard
+
+    for module in model.modules():
+        if isinstance(module, torch.nn.ModuleList):  # the layer stack (Qwen3 ``layers``, BERT ``encoder.layer``)
+            for layer in module:
+                fully_shard(layer)
+    fully_shard(model)
+    return model
+
+
+def is_sharded(model: torch.nn.Module) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(p, DTensor) for p in model.parameters())
+
+
+def full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> tuple[dict, dict | None]:
+    """Unsharded (model, optimizer) state dicts on CPU; a collective under FSDP (call it on every process)."""
+    if not is_sharded(model):
+        return model.state_dict(), optimizer.state_dict() if optimizer is not None else None
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                         get_optimizer_state_dict)
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    weights = get_model_state_dict(model, options=options)
+    return weights, get_optimizer_state_dict(model, optimizer, options=options) if optimizer is not None else None
+
+
+def load_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """Restore an optimizer state saved by :func:`full_state` (re-sharded under FSDP)."""
+    if not is_sharded(model):
+        optimizer.load_state_dict(state)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
+
+
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()

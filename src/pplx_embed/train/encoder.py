@@ -86,17 +86,19 @@ class TrainableEncoder:
         return pool_spans(hidden, [s.spans for s in sequences], self.pooling)
 
     # ---- output ------------------------------------------------------------------------------
-    def save(self, directory: str | Path, info: dict | None = None, state: dict | None = None) -> Path:
+    def save(self, directory: str | Path, info: dict | None = None, state: dict | None = None,
+             weights: dict | None = None) -> Path:
         """Write weights, tokenizer and sentence-transformers files; ``Embedder(directory)`` loads it.
 
-        ``info`` goes to ``training.json``, ``state`` (optimizer, position, RNG) to ``trainer_state.pt``.
+        ``info`` goes to ``training.json``, ``state`` (optimizer, position, RNG) to ``trainer_state.pt``;
+        ``weights`` (a full state dict, e.g. gathered from FSDP shards) replaces the model's own.
         Written to a temporary sibling and renamed, so ``directory`` is always complete or absent.
         """
         directory = Path(directory)
         tmp = directory.with_name(directory.name + ".partial")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        save_encoder(self.model, self.tokenizer, tmp, source=self.embedder.checkpoint.path)
+        save_encoder(self.model, self.tokenizer, tmp, source=self.embedder.checkpoint.path, weights=weights)
         if info:
             (tmp / "training.json").write_text(json.dumps(info, indent=2))
         if state:
@@ -107,13 +109,14 @@ class TrainableEncoder:
         return directory
 
 
-def save_encoder(model: torch.nn.Module, tokenizer, directory: Path, source: Path | None = None) -> None:
+def save_encoder(model: torch.nn.Module, tokenizer, directory: Path, source: Path | None = None,
+                 weights: dict | None = None) -> None:
     """Save a token encoder in the runtime's on-disk layout (safetensors + tokenizer + ST modules).
 
     sentence-transformers files (pooling, normalization, max length) are copied from ``source``;
     pplx (bidirectional Qwen3) models keep ``model_type: bidirectional_pplx_qwen3``.
     """
-    model.save_pretrained(directory, safe_serialization=True)
+    model.save_pretrained(directory, state_dict=weights, safe_serialization=True)
     tokenizer.save_pretrained(directory)
     config_file = directory / "config.json"
     config = json.loads(config_file.read_text())
