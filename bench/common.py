@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
+import logging
 import platform
+import shutil
 from pathlib import Path
 
 
@@ -15,3 +18,25 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown CPU"
+
+
+def add_run_args(parser: argparse.ArgumentParser, work: str, out: Path) -> None:
+    """Options every training benchmark shares: seed, CPU threads, work folder (resumable), result file."""
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--fresh", action="store_true", help="delete the work folder first")
+    parser.add_argument("--work", default=work)
+    parser.add_argument("--out", default=str(out))
+
+
+def start_run(args: argparse.Namespace) -> Path:
+    """Logging, torch threads and the work folder (emptied with ``--fresh``, else kept to resume) → the folder."""
+    import torch
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    torch.set_num_threads(args.threads)
+    work = Path(args.work)
+    if args.fresh:
+        shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True, exist_ok=True)
+    return work

@@ -220,15 +220,19 @@ def test_curriculum_phases_and_sharded_batches():
 
 
 def test_example_configs_load_and_bad_configs_are_explained(tmp_path):
-    for name in ("pairs-curriculum.yaml", "contextual.yaml", "triplets.yaml", "finetune-medquad.json"):
+    for name in ("pairs-curriculum.yaml", "pairs-fsdp.yaml", "contextual.yaml", "triplets.yaml", "finetune-medquad.json"):
         config = load_stage_config(ROOT / "configs" / name)
         assert config.phases and config.loss.temperature == 0.05
+    assert load_stage_config(ROOT / "configs" / "pairs-fsdp.yaml").parallel == "fsdp"
     bad = tmp_path / "bad.yaml"
     bad.write_text("stage: pairs\nmodel: minilm\noutput: x\nphases: [{data: a.jsonl}]\nloss: {temprature: 0.1}\n")
     with pytest.raises(ValueError, match="unknown key.*temprature"):
         load_stage_config(bad)
     bad.write_text("stage: pair\nmodel: minilm\noutput: x\nphases: [{data: a.jsonl}]\n")
     with pytest.raises(ValueError, match="unknown stage"):
+        load_stage_config(bad)
+    bad.write_text("stage: pairs\nmodel: minilm\noutput: x\nphases: [{data: a.jsonl}]\nparallel: zero3\n")
+    with pytest.raises(ValueError, match="unknown parallel mode"):
         load_stage_config(bad)
 
 
