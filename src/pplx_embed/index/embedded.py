@@ -199,13 +199,13 @@ class EmbeddedIndex(VectorStore):
         import faiss
 
         cache = self.path / IVF_FILE
-        self._quantizer, self._lists, self._saved_lists = None, np.zeros(0, np.int64), 0
+        self._quantizer, self._lists, self._saved_lists = None, np.zeros(0, np.int32), 0
         if self.first_stage == "ivf" and (cache.exists() or self._count >= IVF_MIN_ROWS):
             if cache.exists():  # trained before
                 with np.load(cache) as saved:
                     centroids = saved["centroids"]
                     if int(saved["generation"]) == self._generation:
-                        self._lists = saved["lists"][: self._count]
+                        self._lists = saved["lists"][: self._count].astype(np.int32)
                         self._saved_lists = len(saved["lists"])
             else:
                 nlist = int(2 * np.sqrt(self._count))
@@ -238,7 +238,7 @@ class EmbeddedIndex(VectorStore):
             fresh = [self._quantizer.search(_unit(self._maps["int8"][i : min(i + 50_000, stop)]), 1)[1][:, 0]
                      for i in range(start + len(known), stop, 50_000)]
             lists = np.ascontiguousarray(np.concatenate([known, *fresh]), dtype=np.int64)
-            self._lists = np.concatenate([self._lists[:start], lists])
+            self._lists = np.concatenate([self._lists[:start], lists.astype(np.int32)])  # for the cache file
             rows = np.arange(start, stop, dtype=np.int64)  # kept alive while faiss reads them
             self._faiss.add_core(stop - start, faiss.swig_ptr(codes), faiss.swig_ptr(rows), faiss.swig_ptr(lists))
         self._indexed = stop
@@ -498,11 +498,12 @@ class EmbeddedIndex(VectorStore):
                     "nprobe": self.nprobe if self._quantizer is not None else None, "disk_bytes": disk}
 
     def _structure_bytes(self) -> float:
-        """In-memory bytes per vector of the first stage (codes; IVF adds list ids and its share of the centroids)."""
+        """In-memory bytes per vector of the first stage: codes; IVF adds faiss's 8-byte row id, the row's
+        4-byte list number (kept for the cache file) and its share of the float32 centroids."""
         code = self._row_bytes("binary")
         if self._quantizer is None:
             return code
-        return round(code + 8 + 4 * self.dimensions * self._quantizer.ntotal / max(self._count, 1), 1)
+        return round(code + 8 + 4 + 4 * self.dimensions * self._quantizer.ntotal / max(self._count, 1), 1)
 
     def close(self) -> None:
         with self._lock:
