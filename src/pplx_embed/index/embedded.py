@@ -36,7 +36,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from pplx_embed.index.store import Batch, Hit, IndexNotFoundError, VectorStore, new_store_shape
+from pplx_embed.index.store import Batch, Hit, IndexNotFoundError, VectorStore, new_store_shape, unit_rows
 
 FORMAT = "pplx-embed-index/1"
 DB = "index.sqlite"
@@ -54,13 +54,6 @@ CREATE TABLE manifest (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 {ITEMS.format(name="items")};
 CREATE INDEX items_doc ON items(doc_id);
 """
-
-
-def _unit(rows: np.ndarray) -> np.ndarray:
-    """Rows as float32 unit vectors (zero rows stay zero): cosine by inner product."""
-    rows = np.asarray(rows, dtype=np.float32)
-    norms = np.linalg.norm(rows, axis=1, keepdims=True)
-    return np.ascontiguousarray(rows / np.maximum(norms, 1e-12))
 
 
 def _chunks(values: list, size: int = _SQL_VARS) -> Iterator[list]:
@@ -211,7 +204,7 @@ class EmbeddedIndex(VectorStore):
                 nlist = int(2 * np.sqrt(self._count))
                 sample = np.random.default_rng(0).choice(self._count, min(self._count, 40 * nlist), replace=False)
                 kmeans = faiss.Kmeans(self.dimensions, nlist, niter=10, spherical=True, seed=0)
-                kmeans.train(_unit(self._maps["int8"][np.sort(sample)]))
+                kmeans.train(unit_rows(self._maps["int8"][np.sort(sample)]))
                 centroids = kmeans.centroids
             self._quantizer = faiss.IndexFlatIP(self.dimensions)
             self._quantizer.add(np.ascontiguousarray(centroids, dtype=np.float32))
@@ -235,7 +228,7 @@ class EmbeddedIndex(VectorStore):
             self._faiss.add(codes)
         else:
             known = self._lists[start:stop]
-            fresh = [self._quantizer.search(_unit(self._maps["int8"][i : min(i + 50_000, stop)]), 1)[1][:, 0]
+            fresh = [self._quantizer.search(unit_rows(self._maps["int8"][i : min(i + 50_000, stop)]), 1)[1][:, 0]
                      for i in range(start + len(known), stop, 50_000)]
             lists = np.ascontiguousarray(np.concatenate([known, *fresh]), dtype=np.int64)
             self._lists = np.concatenate([self._lists[:start], lists.astype(np.int32)])  # for the cache file
@@ -431,7 +424,7 @@ class EmbeddedIndex(VectorStore):
         # IVF: faiss has no selector for binary IVF, so over-fetch and drop disallowed rows; a query
         # left short (a selective filter) gets an exact Hamming search over the allowed rows instead
         self._faiss.nprobe = nprobe = min(self.nprobe, self._faiss.nlist)
-        probe = self._quantizer.search(_unit(dense), nprobe)[1]
+        probe = self._quantizer.search(unit_rows(dense), nprobe)[1]
         fetch = n if allowed is None else min(self._count, 2 * n)
         found = self._faiss.search_preassigned(binary, fetch, probe, None)[1]
         if allowed is None:

@@ -94,16 +94,19 @@ def check_filter(where: dict[str, Any] | None) -> dict[str, Any]:
     return where
 
 
+def unit_rows(rows: np.ndarray) -> np.ndarray:
+    """Rows as contiguous float32 unit vectors (zero rows stay zero): cosine becomes an inner product."""
+    rows = np.asarray(rows, dtype=np.float32)
+    return np.ascontiguousarray(rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12))
+
+
 def rescore_top(queries: np.ndarray, candidates: list[np.ndarray], codes: np.ndarray,
                 k: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Per query, its ``candidates`` reordered by cosine to it, top ``k`` → (rows, scores).
 
     ``codes`` holds the candidates' vectors one query after another (one gather for all queries).
     """
-    codes = np.asarray(codes, dtype=np.float32)
-    codes = codes / np.maximum(np.linalg.norm(codes, axis=1, keepdims=True), 1e-12)
-    queries = np.asarray(queries, dtype=np.float32)
-    queries = queries / np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
+    codes, queries = unit_rows(codes), unit_rows(queries)
     owner = np.repeat(np.arange(len(candidates)), [len(c) for c in candidates])
     scores = np.einsum("ij,ij->i", codes, queries[owner])
     rows, out, start = [], [], 0
