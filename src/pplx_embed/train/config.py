@@ -11,6 +11,14 @@ from pathlib import Path
 STAGES = ("pairs", "contextual", "triplets")
 
 
+PARALLEL_MODES = ("ddp", "fsdp")  # under torchrun: replicated weights, or sharded weights / gradients / optimizer state
+
+
+def check_parallel(mode: str) -> None:
+    if mode not in PARALLEL_MODES:
+        raise ValueError(f"unknown parallel mode {mode!r}; choose {' or '.join(PARALLEL_MODES)}")
+
+
 @dataclass
 class LossConfig:
     temperature: float = 0.05
@@ -92,8 +100,7 @@ class StageConfig:
     parallel: str = "ddp"  # under torchrun: "ddp" (replicated weights) or "fsdp" (sharded, for large models)
 
     def __post_init__(self) -> None:
-        if self.parallel not in ("ddp", "fsdp"):
-            raise ValueError(f"unknown parallel mode {self.parallel!r}; choose ddp or fsdp")
+        check_parallel(self.parallel)
         if self.stage not in STAGES:
             raise ValueError(f"unknown stage {self.stage!r}; choose one of {', '.join(STAGES)}")
         if not self.phases:
@@ -131,8 +138,7 @@ class DiffusionConfig:
     parallel: str = "ddp"  # under torchrun: "ddp" or "fsdp" (sharded weights, gradients and optimizer state)
 
     def __post_init__(self) -> None:
-        if self.parallel not in ("ddp", "fsdp"):
-            raise ValueError(f"unknown parallel mode {self.parallel!r}; choose ddp or fsdp")
+        check_parallel(self.parallel)
 
 
 def _build(cls, data: typing.Any, where: str):

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from pplx_embed.engine.batching import Sequence
 from pplx_embed.train import distributed as dist
+from pplx_embed.train.schedule import restore, warmup_linear
 from pplx_embed.train.config import StageConfig, to_dict
 from pplx_embed.train.data import (
     ContextualExample, Pair, epoch_batches, load_contextual, load_pairs, read_jsonl, select_phase,
@@ -68,13 +69,10 @@ class ContrastiveTrainer:
         device = config.device or dist.default_device()
         self.encoder = TrainableEncoder(source, device, config.max_length, config.gradient_checkpointing)
         self.encoder.model.train()
-        if config.parallel == "fsdp":
-            if config.eval is not None and self.world > 1:
-                raise ValueError("eval during training is not supported with parallel: fsdp; evaluate the saved "
-                                 "checkpoint with `pplx-embed eval` (or use ddp)")
-            self.runner = dist.wrap_fsdp(self.encoder.model)
-        else:
-            self.runner = dist.wrap_ddp(self.encoder.model, self.encoder.device)
+        if config.parallel == "fsdp" and config.eval is not None and self.world > 1:
+            raise ValueError("eval during training is not supported with parallel: fsdp; evaluate the saved "
+                             "checkpoint with `pplx-embed eval` (or use ddp)")
+        self.runner = dist.wrap(self.encoder.model, self.encoder.device, config.parallel)
         self.phases = [self._phase_examples(i) for i in range(len(config.phases))]
         self.total_steps = sum(
             len(epoch_batches(len(ex), config.batch_size, config.seed, 0, self.rank, self.world)) * phase.epochs
@@ -86,9 +84,7 @@ class ContrastiveTrainer:
         groups = [{"params": decay, "weight_decay": config.optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         optimizer = torch.optim.AdamW if config.optim.optimizer == "adamw" else torch.optim.SGD
         self.optimizer = optimizer(groups, lr=config.optim.lr)
-        warmup, total = config.optim.warmup_steps, max(self.total_steps, 1)
-        schedule = lambda s: min((s + 1) / max(warmup, 1), max(0.0, (total - s) / max(total - warmup, 1)))  # noqa: E731
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
+        self.scheduler = warmup_linear(self.optimizer, config.optim.warmup_steps, self.total_steps)
         self.step = 0
         self.best: float | None = None
         self.bad_evals = 0
@@ -101,10 +97,7 @@ class ContrastiveTrainer:
             self.eval_set = load_eval_set(e.data, e.max_queries, e.max_corpus, e.seed)
         if self.state:
             dist.load_optimizer_state(self.encoder.model, self.optimizer, self.state["optimizer"])
-            self.scheduler.load_state_dict(self.state["scheduler"])
-            # the schedule follows this run's total steps (a resumed run may be given more)
-            for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
-                group["lr"] = base * schedule(self.scheduler.last_epoch)
+            restore(self.scheduler, self.state["scheduler"])
             self.step, self.best, self.bad_evals = self.state["step"], self.state["best"], self.state["bad_evals"]
             self.history = self.state.get("history", [])
             torch.set_rng_state(self.state["rng"])

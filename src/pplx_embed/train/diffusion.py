@@ -32,6 +32,7 @@ from pplx_embed.model.synthetic import pplx_config, write_sentence_transformers_
 from pplx_embed.train import distributed as dist
 from pplx_embed.train.config import DiffusionConfig, to_dict
 from pplx_embed.train.encoder import save_encoder
+from pplx_embed.train.schedule import restore, warmup_linear
 
 _NOT_ARCHITECTURE = ("model_type", "architectures", "transformers_version", "is_causal", "use_bidirectional_attention",
                      "auto_map", "dtype", "torch_dtype")
@@ -204,16 +205,12 @@ def train_diffusion(config: DiffusionConfig, resume: bool = False, progress: boo
         model.encoder.load_state_dict(encoder.state_dict())
         if model.lm_head is not None:
             model.lm_head.load_state_dict(state["lm_head"])
-    runner = dist.wrap_fsdp(model) if config.parallel == "fsdp" else dist.wrap_ddp(model, device)
+    runner = dist.wrap(model, device, config.parallel)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    warmup = max(config.warmup_steps, 1)
-    schedule = lambda s: min((s + 1) / warmup, max(0.0, (config.steps - s) / max(config.steps - config.warmup_steps, 1)))  # noqa: E731
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    scheduler = warmup_linear(optimizer, config.warmup_steps, config.steps)
     if state is not None:
         dist.load_optimizer_state(model, optimizer, state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        for group, base in zip(optimizer.param_groups, scheduler.base_lrs):  # this run's schedule (steps may grow)
-            group["lr"] = base * schedule(scheduler.last_epoch)
+        restore(scheduler, state["scheduler"])
         step, history = state["step"], state["history"]
         generator.set_state(state["generator"])
     blocks = pack_texts(tokenizer, read_documents(config.data), config.seq_len)

@@ -9,6 +9,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from pplx_embed.train.config import check_parallel
+
 
 def init_distributed() -> tuple[int, int]:
     """Join the process group when launched by ``torchrun`` (gloo on CPU, nccl on CUDA) → ``(rank, world)``."""
@@ -51,6 +53,12 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     from torch.distributed.nn.functional import all_gather
 
     return torch.cat(all_gather(x.contiguous()), dim=0)
+
+
+def wrap(model: torch.nn.Module, device: str, parallel: str = "ddp") -> torch.nn.Module:
+    """The module to run forward passes through: ``model`` under DDP or sharded by FSDP (itself on one process)."""
+    check_parallel(parallel)
+    return wrap_fsdp(model) if parallel == "fsdp" else wrap_ddp(model, device)
 
 
 def wrap_ddp(model: torch.nn.Module, device: str) -> torch.nn.Module:
