@@ -202,9 +202,12 @@ def test_backend_choice_errors_are_clear(monkeypatch):
     from pplx_embed.engine.backends import resolve_backend
     import torch
 
-    assert resolve_backend("auto", "cpu", torch.float32) == "torch"
+    from pplx_embed.options import EmbedderOptions
+
+    assert resolve_backend("onnx", "cpu", torch.float32) == "onnx"
     monkeypatch.setenv("PPLX_EMBED_BACKEND", "onnx-int8")
-    assert resolve_backend(None, "cpu", torch.float32) == "onnx-int8"
+    assert EmbedderOptions.from_env().backend == "onnx-int8"          # the environment fills gaps
+    assert EmbedderOptions.from_env(backend="torch").backend == "torch"  # explicit values win
     with pytest.raises(ValueError, match="choose one of"):
         Embedder("minilm", backend="tensorrt")
     with pytest.raises(ValueError, match="CPU only"):

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from pplx_embed.model.quantization import QUANTIZATIONS
+from pplx_embed.options import EmbedderOptions
 
 SUBSYSTEMS = ("pplx_embed.engine.cli", "pplx_embed.serve.cli", "pplx_embed.index.cli",
               "pplx_embed.eval.cli", "pplx_embed.train.cli")
@@ -24,23 +25,13 @@ class CLIError(Exception):
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
-    """``--model``, ``--device``, ``--dtype``, ``--max-batch-tokens``: how every command loads a model."""
-    parser.add_argument("--model", "-m", default=None,
-                        help="alias (pplx-embed-v1-0.6b, minilm, ...), checkpoint directory or hub id; "
-                             "default: $PPLX_EMBED_MODEL, else pplx-embed-v1-0.6b if cached, else minilm")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    parser.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: bf16 on GPU, fp32 on CPU)")
-    parser.add_argument("--max-batch-tokens", type=int, default=16384, help="padded tokens per batch (default 16384)")
-    parser.add_argument("--backend", default="auto", choices=("auto", "torch", "onnx", "onnx-int8"),
-                        help="auto ($PPLX_EMBED_BACKEND, else torch), torch, or CPU-only onnx / onnx-int8")
+    """The :class:`~pplx_embed.options.EmbedderOptions` flags: how every command loads a model."""
+    EmbedderOptions.add_arguments(parser)
 
 
 def load_embedder(args: argparse.Namespace):
-    """An :class:`~pplx_embed.Embedder` from the ``add_model_args`` options."""
-    from pplx_embed import Embedder
-
-    return Embedder(args.model, device=args.device, dtype=args.dtype, max_batch_tokens=args.max_batch_tokens,
-                    backend=args.backend)
+    """An :class:`~pplx_embed.Embedder` from the ``add_model_args`` options (environment filling gaps)."""
+    return EmbedderOptions.from_args(args).build()
 
 
 def read_texts(path: str, field: str = "text") -> list[str]:
@@ -137,8 +128,6 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--field", default="text", help="JSONL field holding the text (default: text)")
     embed.add_argument("--quantization", "-q", default="float", choices=QUANTIZATIONS)
     embed.add_argument("--dimensions", "-d", type=int, default=None, help="Matryoshka dimensions (128..full)")
-    embed.add_argument("--truncation", choices=("right", "left"), default=None,
-                       help="truncate over-long texts (default: refuse them)")
     embed.add_argument("--quiet", action="store_true", help="no progress bar")
     add_model_args(embed)
     embed.set_defaults(func=cmd_embed)

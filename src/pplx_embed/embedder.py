@@ -15,6 +15,8 @@ from pplx_embed.engine.batching import Sequence
 from pplx_embed.engine.engine import Engine
 from pplx_embed.model.checkpoint import Checkpoint, load_checkpoint
 from pplx_embed.model.late_chunking import join_chunks, macro_windows
+from pplx_embed.errors import InputError
+from pplx_embed.options import EmbedderOptions
 from pplx_embed.model.quantization import check_dimensions, check_quantization, quantize, similarity
 
 Truncation = Literal["right", "left"] | None
@@ -24,10 +26,10 @@ def _check_texts(texts: object, what: str = "texts") -> list[str]:
     if isinstance(texts, str):
         texts = [texts]
     if not isinstance(texts, (list, tuple)):
-        raise TypeError(f"{what} must be a string or a list of strings, got {type(texts).__name__}")
+        raise InputError(f"{what} must be a string or a list of strings, got {type(texts).__name__}")
     for i, text in enumerate(texts):
         if not isinstance(text, str):
-            raise TypeError(f"{what}[{i}] must be a string, got {type(text).__name__}")
+            raise InputError(f"{what}[{i}] must be a string, got {type(text).__name__}")
     return list(texts)
 
 
@@ -36,31 +38,37 @@ class Embedder:
 
     ``model`` is an alias (``pplx-embed-v1-0.6b``, ``pplx-embed-context-v1-4b``, ``minilm`` …), a
     checkpoint directory or a hub id; ``None`` picks the default (``PPLX_EMBED_MODEL``, else
-    pplx-embed-v1-0.6b when cached, else the bundled all-MiniLM-L6-v2). ``backend`` is ``auto``
-    (``$PPLX_EMBED_BACKEND``, else ``torch``), ``torch``, or on CPU ``onnx`` / ``onnx-int8`` (ONNX
-    Runtime, exported once and cached; see ``pplx_embed.engine.backends``).
+    pplx-embed-v1-0.6b when cached, else the bundled all-MiniLM-L6-v2). The keyword arguments are
+    those of :class:`~pplx_embed.options.EmbedderOptions` (unset ones come from ``PPLX_EMBED_*``
+    variables, then defaults); pass ``options=`` to give them all at once.
     """
 
     def __init__(self, model: str | os.PathLike | None = None, *, device: str | None = None,
-                 dtype: str | None = None, backend: str = "auto",
-                 max_batch_tokens: int = 16384, max_batch_size: int = 256):
+                 dtype: str | None = None, backend: str | None = None, max_batch_tokens: int | None = None,
+                 max_batch_size: int | None = None, options: EmbedderOptions | None = None):
+        if options is None:
+            options = EmbedderOptions.from_env(model=None if model is None else str(model), device=device,
+                                               dtype=dtype, backend=backend, max_batch_tokens=max_batch_tokens,
+                                               max_batch_size=max_batch_size)
+        self.options = options
         from transformers import AutoTokenizer
 
         from pplx_embed.engine.backends import create_backend, resolve_backend
         from pplx_embed.engine.torch_backend import pick_device, pick_dtype
         from pplx_embed.model.encoder import load_transformer
 
-        self.device = pick_device(device)
-        self.dtype = pick_dtype(dtype, self.device)
-        self.backend = resolve_backend(backend, self.device, self.dtype)
-        self.checkpoint: Checkpoint = load_checkpoint(model)
+        self.device = pick_device(options.device)
+        self.dtype = pick_dtype(options.dtype, self.device)
+        self.backend = resolve_backend(options.backend, self.device, self.dtype)
+        self.checkpoint: Checkpoint = load_checkpoint(options.model)
         self.tokenizer = AutoTokenizer.from_pretrained(self.checkpoint.path, trust_remote_code=False)
         self._prefix, self._suffix = self._special_tokens()
         self.model = load_transformer(self.checkpoint.path, self.checkpoint.config, self.dtype, self.device)
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         runner = create_backend(self.backend, self.model, self.device, self.checkpoint.path,
                                 self.checkpoint.pooling, self.name)
-        self.engine = Engine(runner, self.dimension, pad_id, self.checkpoint.pooling, max_batch_tokens, max_batch_size)
+        self.engine = Engine(runner, self.dimension, pad_id, self.checkpoint.pooling, options.max_batch_tokens,
+                             options.max_batch_size)
 
     # ---- facts -------------------------------------------------------------------------------
     @property
@@ -114,13 +122,14 @@ class Embedder:
         return [e.ids for e in self.tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False)]
 
     def _fit(self, ids: list[int], room: int, truncation: Truncation, where: str) -> list[int]:
+        truncation = truncation or self.options.truncation
         if len(ids) <= room:
             return ids
         if truncation == "right":
             return ids[:room]
         if truncation == "left":
             return ids[len(ids) - room :]
-        raise ValueError(
+        raise InputError(
             f"{where} has {len(ids)} tokens, more than the model's limit of {room}; "
             "shorten it or pass truncation='right' (or 'left')"
         )
@@ -129,7 +138,7 @@ class Embedder:
         """Model input ids for each text (special tokens included), checked against the context."""
         texts = _check_texts(texts)
         if truncation not in (None, "right", "left"):
-            raise ValueError(f"truncation must be None, 'right' or 'left', got {truncation!r}")
+            raise InputError(f"truncation must be None, 'right' or 'left', got {truncation!r}")
         room = self.max_length - len(self._prefix) - len(self._suffix)
         return [
             self._prefix + self._fit(ids, room, truncation, f"text {i}") + self._suffix
@@ -172,7 +181,7 @@ class Embedder:
         texts = _check_texts(texts)
         for i, text in enumerate(texts):
             if not text.strip():
-                raise ValueError(f"texts[{i}] is empty; every text needs some content")
+                raise InputError(f"texts[{i}] is empty; every text needs some content")
         sequences = [Sequence(ids) for ids in self.tokenize(texts, truncation)]
         pooled = self.engine.run(sequences, batch_size, show_progress_bar)
         return np.concatenate(pooled) if pooled else np.zeros((0, self.dimension), np.float32)
@@ -187,14 +196,14 @@ class Embedder:
         is the mean of its own tokens' states. An empty chunk gives a zero vector.
         """
         if not isinstance(documents, (list, tuple)):
-            raise TypeError("documents must be a list of documents, each a list of chunk strings")
+            raise InputError("documents must be a list of documents, each a list of chunk strings")
         check_quantization(quantization)
         dimensions = check_dimensions(dimensions, self.dimension)
         chunk_ids: list[list[list[int]]] = []
         for d, doc in enumerate(documents):
             chunks = _check_texts(doc, f"documents[{d}]") if not isinstance(doc, str) else None
             if not chunks:
-                raise ValueError(f"documents[{d}] must be a non-empty list of chunk strings")
+                raise InputError(f"documents[{d}] must be a non-empty list of chunk strings")
             room = self.max_length - len(self._prefix) - len(self._suffix)
             chunk_ids.append([self._fit(ids, room, truncation, f"documents[{d}] chunk {k}")
                               for k, ids in enumerate(self._body_ids(chunks))])

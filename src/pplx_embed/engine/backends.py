@@ -1,6 +1,6 @@
 """Choosing a backend: ``auto`` (the default), ``torch``, ``onnx`` (fp32) or ``onnx-int8``.
 
-``auto`` means ``$PPLX_EMBED_BACKEND`` when set, else ``torch`` — the reference numerics on every
+``auto`` means ``torch`` — the reference numerics on every
 device, with no export step. The ONNX variants run on CPU only and are opt-in: the first use of a
 checkpoint exports it (cached on disk, see ``engine.onnx_backend``), and ``onnx-int8`` changes the
 vectors slightly (mean cosine to fp32 ≥ 0.99 on MiniLM, see docs/benchmarks/engine-cpu.md).
@@ -8,7 +8,6 @@ vectors slightly (mean cosine to fp32 ≥ 0.99 on MiniLM, see docs/benchmarks/en
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
@@ -22,9 +21,7 @@ def resolve_backend(backend: str | None, device: str, dtype: torch.dtype) -> str
     """The concrete backend name for ``backend`` on ``device``, or a ValueError saying what fits."""
     name = (backend or "auto").lower()
     if name == "auto":
-        name = os.environ.get("PPLX_EMBED_BACKEND", "torch").lower()
-        if name == "auto":
-            name = "torch"
+        name = "torch"
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if name.startswith("onnx"):

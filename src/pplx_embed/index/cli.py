@@ -202,8 +202,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     add.add_argument("--chunks-field", default="chunks")
     add.add_argument("--upsert", action="store_true", help="replace items whose id exists (default: refuse)")
     add.add_argument("--batch-size", type=int, default=256, help="rows per atomic batch (default 256)")
-    add.add_argument("--truncation", choices=("right", "left"), default=None,
-                     help="truncate over-long texts (default: refuse them)")
     add.add_argument("--quiet", action="store_true", help="no progress bar")
     add_model_args(add)
     add.set_defaults(func=cmd_add)

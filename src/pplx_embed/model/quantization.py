@@ -15,6 +15,8 @@ from typing import Literal
 
 import numpy as np
 
+from pplx_embed.errors import InputError
+
 Quantization = Literal["float", "int8", "binary", "ubinary", "pm1"]
 QUANTIZATIONS: tuple[str, ...] = ("float", "int8", "binary", "ubinary", "pm1")
 MIN_DIMENSIONS = 128
@@ -23,7 +25,7 @@ MIN_DIMENSIONS = 128
 def check_quantization(quantization: str) -> str:
     """Return ``quantization`` if it is a known precision, else raise ``ValueError``."""
     if quantization not in QUANTIZATIONS:
-        raise ValueError(f"unknown quantization {quantization!r}; choose one of {', '.join(QUANTIZATIONS)}")
+        raise InputError(f"unknown quantization {quantization!r}; choose one of {', '.join(QUANTIZATIONS)}")
     return quantization
 
 
@@ -32,10 +34,10 @@ def check_dimensions(dimensions: int | None, full: int) -> int:
     if dimensions is None:
         return full
     if isinstance(dimensions, bool) or not isinstance(dimensions, (int, np.integer)):
-        raise ValueError(f"dimensions must be an integer, got {dimensions!r}")
+        raise InputError(f"dimensions must be an integer, got {dimensions!r}")
     low = min(MIN_DIMENSIONS, full)
     if not low <= dimensions <= full:
-        raise ValueError(f"dimensions must be between {low} and {full} for this model, got {dimensions}")
+        raise InputError(f"dimensions must be between {low} and {full} for this model, got {dimensions}")
     return int(dimensions)
 
 
@@ -89,7 +91,7 @@ def cosine_similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a = np.atleast_2d(np.asarray(a)).astype(np.float32)
     b = np.atleast_2d(np.asarray(b)).astype(np.float32)
     if a.shape[-1] != b.shape[-1]:
-        raise ValueError(f"cannot compare vectors of {a.shape[-1]} and {b.shape[-1]} dimensions")
+        raise InputError(f"cannot compare vectors of {a.shape[-1]} and {b.shape[-1]} dimensions")
     an = np.linalg.norm(a, axis=-1, keepdims=True)
     bn = np.linalg.norm(b, axis=-1, keepdims=True)
     return (a / np.maximum(an, 1e-12)) @ (b / np.maximum(bn, 1e-12)).T
@@ -103,7 +105,7 @@ def hamming_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a = np.atleast_2d(np.asarray(a, dtype=np.uint8))
     b = np.atleast_2d(np.asarray(b, dtype=np.uint8))
     if a.shape[-1] != b.shape[-1]:
-        raise ValueError(f"cannot compare packed vectors of {a.shape[-1]} and {b.shape[-1]} bytes")
+        raise InputError(f"cannot compare packed vectors of {a.shape[-1]} and {b.shape[-1]} bytes")
     out = np.empty((a.shape[0], b.shape[0]), dtype=np.int64)
     for i, row in enumerate(a):
         out[i] = _POPCOUNT[np.bitwise_xor(row[None, :], b)].sum(axis=-1)
