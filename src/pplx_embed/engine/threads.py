@@ -35,14 +35,36 @@ def physical_cores() -> int:
     return max(len(cores) or len(allowed), 1)
 
 
-def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo``), for benchmark records."""
+def _cpuinfo_field(name: str) -> str | None:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
+            key, _, value = line.partition(":")
+            if key.strip() == name:
+                return value.strip()
     except OSError:
         pass
+    return None
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), for benchmark records."""
     import platform
 
-    return platform.processor() or platform.machine()
+    return _cpuinfo_field("model name") or platform.processor() or platform.machine()
+
+
+# Instruction sets that decide which engine configuration is fastest (bf16 / int8 matrix units).
+NOTABLE_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8",
+                 "amx_tile", "avx512_fp16")
+
+
+def cpu_flags() -> frozenset[str]:
+    """All CPU feature flags of this machine (``/proc/cpuinfo``; empty where unknown)."""
+    return frozenset((_cpuinfo_field("flags") or "").split())
+
+
+def cpu_description() -> str:
+    """``model, N physical cores, flags: ...`` (the notable ones): what every benchmark figure records."""
+    flags = cpu_flags()
+    notable = [f for f in NOTABLE_FLAGS if f in flags]
+    return f"{cpu_model()}, {physical_cores()} physical cores, flags: {' '.join(notable) or 'none notable'}"
