@@ -248,8 +248,8 @@ def test_empty_list_and_unknown_models(tiny_pplx, tmp_path):
 def test_default_model_resolution(tiny_pplx_dir, tmp_path, monkeypatch, capsys):
     from pplx_embed.model.checkpoint import default_model, resolve
 
-    monkeypatch.setenv("PPLX_EMBED_MODEL", str(tiny_pplx_dir))
-    assert resolve(None) == (str(tiny_pplx_dir), tiny_pplx_dir.resolve())
+    monkeypatch.setenv("PPLX_EMBED_MODEL", str(tiny_pplx_dir))  # read at the edge, by EmbedderOptions.from_env
+    assert Embedder().checkpoint.path == tiny_pplx_dir.resolve()
     monkeypatch.delenv("PPLX_EMBED_MODEL")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     assert default_model() == "minilm"

@@ -387,7 +387,7 @@ def test_auth(minilm, tiny_pplx, tmp_path, caplog):
 
 def test_cli_config_from_options_and_env(monkeypatch, tmp_path):
     from pplx_embed.cli import build_parser
-    from pplx_embed.serve.cli import build_config
+    from pplx_embed.cli.serve import build_config
 
     monkeypatch.setenv("PPLX_EMBED_SERVE_API_KEY", "sk-env")
     args = build_parser().parse_args(["serve", "--model", "q=minilm", "--model", "d=minilm",

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
+
+from pplx_embed.options import EmbedderOptions
 
 DOCUMENTS = [
     "Scientists explore the universe driven by curiosity.",
@@ -27,14 +30,15 @@ CONTEXT_DOCS = [
 XQUAD_EN = Path("../shared/data/xquad/en")  # the team's shared data, beside the repository
 
 
-def run(model: str | None = None, out: Path = Path("out/demo"), eval_data: Path | None = XQUAD_EN) -> None:
+def run(model: str | EmbedderOptions | None = None, out: Path = Path("out/demo"),
+        eval_data: Path | None = XQUAD_EN) -> None:
     """Embeddings, a searchable index, the server and an eval report, on the default (or given) model."""
-    from pplx_embed import Embedder
-
-    embedder = Embedder(model)
+    options = model if isinstance(model, EmbedderOptions) else EmbedderOptions.from_env(model=model)
+    embedder = options.build()
     out.mkdir(parents=True, exist_ok=True)
     print("== 1. embeddings ==")
-    print(f"model: {embedder.name}  dim={embedder.dimension}  context={embedder.max_length} tokens  device={embedder.device}")
+    print(f"model: {embedder.name}  dim={embedder.dimension}  context={embedder.max_length} tokens  "
+          f"device={embedder.device}")
     print(f"\nquery: {QUERY!r}")
     print(f"{'precision':<10}{'bytes/vector':>14}  ranking of the documents (best first)")
     for precision in ("float", "int8", "binary"):
@@ -64,7 +68,8 @@ def search_index(embedder, path: Path) -> None:
     print(f"\n== 2. searchable index at {path} ==")
     shutil.rmtree(path, ignore_errors=True)
     index = Index.create(path, embedder.name, embedder=embedder)
-    index.add(DOCUMENTS, ids=[f"doc{i}" for i in range(len(DOCUMENTS))], metadata=[{"kind": "sentence"}] * len(DOCUMENTS))
+    index.add(DOCUMENTS, ids=[f"doc{i}" for i in range(len(DOCUMENTS))],
+              metadata=[{"kind": "sentence"}] * len(DOCUMENTS))
     for hit in index.search(QUERY, k=3):
         print(f"  {hit.score:.3f}  {hit.id}  {hit.text}")
     print(f"  stats: {index.stats()}")
@@ -87,8 +92,16 @@ def serve_once(embedder) -> None:
 
 def evaluate(embedder, data: Path, out: Path) -> None:
     """Retrieval quality at every precision on a BEIR set, written as JSON + Markdown + plots."""
-    from pplx_embed.cli import main
+    from pplx_embed.eval.cache import EmbeddingCache
+    from pplx_embed.eval.runner import run as run_eval
+    from pplx_embed.eval.runner import write_report
+    from pplx_embed.eval.tasks import Settings
 
     print(f"\n== 4. eval report on {data.name} ==")
-    main(["eval", "--model", embedder.name, "--data", str(data), "--truncation", "right", "--output", str(out)])
+    start = time.perf_counter()
+    settings = Settings(truncation="right", cache=EmbeddingCache(), show_progress_bar=True)
+    records = run_eval(embedder, data, settings)
+    write_report(records, embedder, data, out, time.perf_counter() - start, settings, generator="pplx-embed demo")
+    for r in records:
+        print(f"  {r['precision']:<15} {r['dimensions']:>5}d  nDCG@10 {100 * r['metrics']['ndcg@10']:6.2f}")
     print(f"  report: {out / 'report.md'}")

@@ -7,8 +7,10 @@ import sys
 from pathlib import Path
 from typing import Iterator
 
+from pplx_embed.errors import InputError
 
-def iter_jsonl(path: str | Path, error: type[Exception] = ValueError) -> Iterator[tuple[int, dict]]:
+
+def iter_jsonl(path: str | Path, error: type[Exception] = InputError) -> Iterator[tuple[int, dict]]:
     """``(line number, object)`` for each non-blank line of a JSONL file (``-`` reads stdin).
 
     A missing file, invalid JSON or a line that is not an object raises ``error`` with a message a

@@ -123,7 +123,7 @@ class EmbedderOptions:
 
     # ---- use ---------------------------------------------------------------------------------
     def build(self) -> Embedder:
-        """Load the model into a ready :class:`~pplx_embed.Embedder`."""
-        from pplx_embed.embedder import Embedder
+        """Load the model into a ready :class:`~pplx_embed.Embedder` (through the package's lazy export)."""
+        import pplx_embed
 
-        return Embedder(options=self)
+        return pplx_embed.Embedder(options=self)

@@ -9,10 +9,11 @@ import sys
 import time
 from pathlib import Path
 
-from pplx_embed.cli import CLIError, add_model_args, load_embedder
-from pplx_embed.eval import datasets, report, tasks
-from pplx_embed.eval.cache import DEFAULT_DIR, EmbeddingCache
+from pplx_embed.cli.common import add_model_args, existing_path
+from pplx_embed.errors import InputError
+from pplx_embed.eval.cache import DEFAULT_DIR
 from pplx_embed.eval.retrieval import DEFAULT_RESCORE, PRECISIONS
+from pplx_embed.options import EmbedderOptions
 
 
 def _list(text: str, allowed: tuple[str, ...] | None = None) -> list[str]:
@@ -37,67 +38,28 @@ def _dims(text: str) -> list[int | None]:
     return out
 
 
-def _load_other(args: argparse.Namespace, model: str):
-    from pplx_embed import Embedder
-
-    return Embedder(model, device=args.device, dtype=args.dtype, max_batch_tokens=args.max_batch_tokens)
-
-
-def run_eval(args: argparse.Namespace) -> tuple[list[dict], object, EmbeddingCache]:
-    """Load the data, pick the tasks it supports, run them; returns (records, embedder, cache)."""
-    data = Path(args.data)
-    if not data.exists():
-        raise CLIError(f"data not found: {data}")
-    cache = EmbeddingCache(None if args.no_cache else args.cache)
-    settings = tasks.Settings(precisions=tuple(args.quantization), dimensions=tuple(args.dimensions),
-                              truncation=args.truncation, rescore=args.rescore, cache=cache,
-                              show_progress_bar=not args.quiet)
-    embedder = load_embedder(args)
-    query_embedder = _load_other(args, args.query_model) if args.query_model else None
-    settings.dims(embedder.dimension)  # validate before any work
-    if data.is_file():
-        return tasks.sts(embedder, datasets.load_sts(data), settings), embedder, cache
-    if datasets.is_beir(data):
-        ds = datasets.load_beir(data, args.split)
-        if args.sample_corpus:
-            ds = datasets.sample_corpus(ds, args.sample_corpus)
-        if args.contextual:
-            return tasks.contextual(embedder, ds, settings, query_embedder), embedder, cache
-        return tasks.query_to_doc(embedder, ds, settings, query_embedder), embedder, cache
-    if args.contextual:
-        raise CLIError(f"{data}: --contextual needs a BEIR directory whose corpus rows carry doc_id and chunk_index")
-    parallel = datasets.parallel_sets(data)
-    if parallel and args.sets:
-        unknown = [name for name in args.sets if name not in parallel]
-        if unknown:
-            raise CLIError(f"{data} has no set {unknown[0]!r}; it has {', '.join(parallel)}")
-        parallel = {name: parallel[name] for name in args.sets}
-    if parallel:
-        sets = {name: datasets.load_beir(path, args.split, f"{data.name}/{name}") for name, path in parallel.items()}
-        records = tasks.cross_lingual(embedder, sets, settings, data.name, query_embedder, matrix=args.cross_lingual)
-        if args.cross_lingual and len(sets) > 1:
-            pivot = args.pivot if args.pivot in sets else next(iter(sets))
-            records += tasks.query_to_query(embedder, sets, settings, data.name, pivot, query_embedder)
-        return records, embedder, cache
-    sts_files = sorted(data.glob(f"*{args.split}.tsv")) or sorted(data.glob("*.tsv"))
-    if sts_files:
-        return [r for f in sts_files for r in tasks.sts(embedder, datasets.load_sts(f), settings)], embedder, cache
-    raise CLIError(f"{data}: not a BEIR directory (corpus.jsonl + queries.jsonl + qrels/), a folder of BEIR sets, "
-                   "nor an STS .tsv file or folder of them")
-
-
 def cmd_eval(args: argparse.Namespace) -> int:
+    from pplx_embed.eval import tasks
+    from pplx_embed.eval.cache import EmbeddingCache
+    from pplx_embed.eval.runner import run, write_report
+
     start = time.perf_counter()
-    records, embedder, cache = run_eval(args)
+    existing_path(args.data, "data")
+    settings = tasks.Settings(precisions=tuple(args.quantization), dimensions=tuple(args.dimensions),
+                              truncation=args.truncation, rescore=args.rescore,
+                              cache=EmbeddingCache(None if args.no_cache else args.cache),
+                              show_progress_bar=not args.quiet)
+    options = EmbedderOptions.from_args(args)
+    embedder = options.build()
+    query_embedder = options.replace(model=args.query_model).build() if args.query_model else None
+    records = run(embedder, args.data, settings, query_embedder=query_embedder, split=args.split,
+                  contextual=args.contextual, cross_lingual=args.cross_lingual, sets=args.sets, pivot=args.pivot,
+                  sample_corpus=args.sample_corpus)
     if args.cross_lingual and not any(r["task"] == "cross-lingual" for r in records):
         print("pplx-embed eval: --cross-lingual needs a folder of parallel BEIR sets; ignored", file=sys.stderr)
     argv = shlex.join(["pplx-embed", "eval", *sys.argv[2:]]) if sys.argv[1:2] == ["eval"] else None
-    meta = report.run_meta(embedder, argv, time.perf_counter() - start, data=str(args.data),
-                           cache={"hits": cache.hits, "misses": cache.misses})
     out = Path(args.output)
-    path = report.save(out / "results.json", [meta], records)
-    report.render([meta], records, out, out / "report.md", title=f"Evaluation of {embedder.name} on {args.data}",
-                  generator="pplx-embed eval")
+    path = write_report(records, embedder, args.data, out, time.perf_counter() - start, settings, argv)
     for r in records:
         if r["task"] in ("cross-lingual", "query-to-query"):
             continue  # a matrix: see report.md
@@ -113,9 +75,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from pplx_embed.eval import report
+
     runs, results = report.load(args.results)
     if not results:
-        raise CLIError("the results files hold no results")
+        raise InputError("the results files hold no results")
     md = Path(args.output)
     figures = Path(args.figures) if args.figures else md.with_suffix("")
     command = shlex.join(["pplx-embed", *sys.argv[1:]]) if sys.argv[1:2] == ["report"] else "pplx-embed report"

@@ -8,8 +8,10 @@ import sys
 from pathlib import Path
 from typing import Any, Iterator
 
-from pplx_embed.cli import CLIError, add_model_args, load_embedder
+from pplx_embed.cli.common import add_model_args, load_embedder
+from pplx_embed.errors import InputError as CLIError
 from pplx_embed.jsonl import iter_jsonl
+from pplx_embed.options import EmbedderOptions
 
 
 def read_rows(path: str) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -39,9 +41,12 @@ def _item(path: str, number: int, row: dict, args: argparse.Namespace) -> tuple[
 
 
 def _open(args: argparse.Namespace, with_model: bool):
-    from pplx_embed.index import Index
+    from pplx_embed.index import Index, IndexNotFoundError
 
-    index = Index.open(args.index)
+    try:
+        index = Index.open(args.index)
+    except IndexNotFoundError as exc:
+        raise CLIError(str(exc)) from None
     if with_model:
         if args.model is None:
             args.model = index.model
@@ -59,7 +64,7 @@ def cmd_create(args: argparse.Namespace) -> int:
     from pplx_embed.index import Index
     from pplx_embed.model.checkpoint import load_checkpoint
 
-    checkpoint = load_checkpoint(args.model)
+    checkpoint = load_checkpoint(EmbedderOptions.from_args(args).model)
     if args.index.startswith("milvus:"):
         options = {"index_type": "BIN_IVF_FLAT" if args.first_stage == "ivf" else "BIN_FLAT"}
     else:

@@ -7,21 +7,9 @@ budget keeps memory bounded whatever the input mix. A sequence longer than the b
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from pplx_embed.model.pooling import Sequence
 
-from pplx_embed.model.pooling import Span
-
-
-@dataclass
-class Sequence:
-    """Token ids of one model input and the spans to pool from it (one per output vector)."""
-
-    ids: list[int]
-    spans: list[Span] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        if not self.spans:
-            self.spans = [(0, len(self.ids))]
+__all__ = ["Sequence", "plan_batches"]  # Sequence lives with pooling; the engine's callers import it here
 
 
 def plan_batches(lengths: list[int], max_batch_tokens: int, max_batch_size: int) -> list[list[int]]:

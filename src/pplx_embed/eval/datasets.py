@@ -11,10 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
+from pplx_embed.errors import InputError
 from pplx_embed.jsonl import iter_jsonl
 
 
-class DataError(ValueError):
+class DataError(InputError):
     """A data file is missing or malformed; the message names the file and line."""
 
 
@@ -201,13 +202,13 @@ def sample_corpus(ds: RetrievalSet, size: int, seed: int = 0) -> RetrievalSet:
     ``sampled_from`` so reports say so. Contextual sets cannot be sampled (documents must stay whole).
     """
     if ds.contextual:
-        raise ValueError(f"{ds.name} is contextual; its corpus cannot be sampled (documents must stay whole)")
+        raise InputError(f"{ds.name} is contextual; its corpus cannot be sampled (documents must stay whole)")
     if size >= len(ds.corpus_ids):
         return ds
     judged = {c for docs in ds.qrels.values() for c in docs}
     keep = {i for i, c in enumerate(ds.corpus_ids) if c in judged}
     if size < len(keep):
-        raise ValueError(f"cannot sample {size} rows: {ds.name} has {len(keep)} judged rows, all of which are kept")
+        raise InputError(f"cannot sample {size} rows: {ds.name} has {len(keep)} judged rows, all of which are kept")
     import random
 
     others = [i for i in range(len(ds.corpus_ids)) if i not in keep]

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import pytrec_eval
 
+from pplx_embed.errors import InputError
+
 METRICS: tuple[str, ...] = ("ndcg@10", "recall@10", "recall@100", "recall@1000", "mrr@10", "map")
 _TREC = {"ndcg@10": "ndcg_cut_10", "recall@10": "recall_10", "recall@100": "recall_100",
          "recall@1000": "recall_1000", "map": "map"}
@@ -29,7 +31,7 @@ def evaluate(qrels: Qrels, run: Run) -> dict[str, float]:
     """
     qrels = {q: {d: int(g) for d, g in docs.items()} for q, docs in qrels.items() if any(g > 0 for g in docs.values())}
     if not qrels:
-        raise ValueError("qrels hold no query with a relevant document")
+        raise InputError("qrels hold no query with a relevant document")
     run = {q: {d: float(s) for d, s in docs.items()} for q, docs in run.items() if q in qrels}
     full = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10", "recall.10,100,1000", "map"}).evaluate(run)
     cut = pytrec_eval.RelevanceEvaluator(qrels, {"recip_rank"}).evaluate(_top(run, 10))

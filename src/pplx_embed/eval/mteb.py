@@ -17,6 +17,7 @@ import numpy as np
 from mteb.models import ModelMeta
 from mteb.models.abs_encoder import AbsEncoder
 
+from pplx_embed.errors import InputError
 from pplx_embed.model.quantization import cosine_similarity
 
 OUTPUTS = ("float", "int8", "pm1")  # vectors mteb can compare by cosine
@@ -34,7 +35,7 @@ class MTEBEncoder(AbsEncoder):
                  embedder=None, quantization: str = "float", dimensions: int | None = None,
                  truncation: str | None = "right", batch_size: int | None = None, **kwargs: Any) -> None:
         if quantization not in OUTPUTS:
-            raise ValueError(f"quantization for mteb must be one of {', '.join(OUTPUTS)}, got {quantization!r}")
+            raise InputError(f"quantization for mteb must be one of {', '.join(OUTPUTS)}, got {quantization!r}")
         if embedder is None:
             from pplx_embed import Embedder
 

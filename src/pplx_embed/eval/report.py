@@ -10,10 +10,13 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
-import platform
 import sys
 from collections import defaultdict
 from pathlib import Path
+
+from pplx_embed.atomic import write_text
+from pplx_embed.engine.threads import cpu_model
+from pplx_embed.errors import InputError
 
 PRECISION_LABEL = {"float": "float32", "int8": "int8", "binary": "binary",
                    "binary+rescore": "binary + int8 rescore"}
@@ -29,13 +32,9 @@ def run_meta(embedder, command: str | None = None, seconds: float | None = None,
 
     import pplx_embed
 
-    try:
-        cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "")
-    except OSError:
-        cpu = ""
     return {
         "model": embedder.info(), "command": command,
-        "device": embedder.device, "cpu": cpu or platform.processor(), "cpu_count": os.cpu_count(),
+        "device": embedder.device, "cpu": cpu_model(), "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(), "seconds": None if seconds is None else round(seconds, 1),
         "versions": {"pplx_embed": pplx_embed.__version__, "torch": torch.__version__, "numpy": numpy.__version__,
                      "python": sys.version.split()[0]},
@@ -44,12 +43,7 @@ def run_meta(embedder, command: str | None = None, seconds: float | None = None,
 
 
 def save(path: str | Path, runs: list[dict], results: list[dict]) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps({"runs": runs, "results": results}, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_text(path, json.dumps({"runs": runs, "results": results}, indent=1, ensure_ascii=False) + "\n")
 
 
 def load(paths: list[str | Path]) -> tuple[list[dict], list[dict]]:
@@ -59,11 +53,11 @@ def load(paths: list[str | Path]) -> tuple[list[dict], list[dict]]:
         try:
             data = json.loads(Path(p).read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise ValueError(f"results file not found: {p}") from None
+            raise InputError(f"results file not found: {p}") from None
         except json.JSONDecodeError as exc:
-            raise ValueError(f"{p}: not a results file ({exc.msg})") from None
+            raise InputError(f"{p}: not a results file ({exc.msg})") from None
         if not isinstance(data, dict) or not isinstance(data.get("results"), list):
-            raise ValueError(f"{p}: not a results file (no 'results' list)")
+            raise InputError(f"{p}: not a results file (no 'results' list)")
         runs += data.get("runs", [])
         results += data["results"]
     return runs, results

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pplx_embed.errors import InputError
 from pplx_embed.model.quantization import quantize, similarity
 
 PRECISIONS: tuple[str, ...] = ("float", "int8", "binary", "binary+rescore")
@@ -23,7 +24,7 @@ def bytes_per_vector(precision: str, dimensions: int) -> float:
     sizes = {"float": 4 * dimensions, "int8": dimensions, "binary": dimensions / 8,
              "binary+rescore": dimensions / 8 + dimensions}
     if precision not in sizes:
-        raise ValueError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+        raise InputError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
     return sizes[precision]
 
 
@@ -45,11 +46,11 @@ class Embeddings:
             return quantize(self.float, "float", dimensions)
         if precision == "int8":
             if self.int8 is None:
-                raise ValueError("these embeddings were computed without their int8 output")
+                raise RuntimeError("these embeddings were computed without their int8 output")
             return np.ascontiguousarray(self.int8[:, :dimensions])
         if precision in ("binary", "binary+rescore"):
             return quantize(self.float, "binary", dimensions)
-        raise ValueError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+        raise InputError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
 
 
 def _top_k(scores: np.ndarray, k: int) -> np.ndarray:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.stats import spearmanr
 
+from pplx_embed.errors import InputError
 from pplx_embed.eval.cache import EmbeddingCache
 from pplx_embed.eval.datasets import RetrievalSet, STSSet
 from pplx_embed.eval.metrics import evaluate
@@ -41,7 +42,7 @@ class Settings:
     def __post_init__(self) -> None:
         for p in self.precisions:
             if p not in PRECISIONS:
-                raise ValueError(f"unknown precision {p!r}; choose from {', '.join(PRECISIONS)}")
+                raise InputError(f"unknown precision {p!r}; choose from {', '.join(PRECISIONS)}")
 
     def dims(self, full: int) -> list[int]:
         """The requested dimensions for a model of ``full`` dimensions, validated, ascending."""
@@ -50,13 +51,13 @@ class Settings:
 
 def _check_pair(embedder, query_embedder) -> None:
     if query_embedder is not None and query_embedder.dimension != embedder.dimension:
-        raise ValueError(f"query model {query_embedder.name} has {query_embedder.dimension} dimensions but "
+        raise InputError(f"query model {query_embedder.name} has {query_embedder.dimension} dimensions but "
                          f"document model {embedder.name} has {embedder.dimension}; they must match")
 
 
 def _check_fit(embedder, texts: list[str], s: Settings) -> None:
     if s.truncation is None and (over := _over_limit(embedder, texts)):
-        raise ValueError(f"{over} of {len(texts)} texts are longer than {embedder.name}'s {embedder.max_length}-token "
+        raise InputError(f"{over} of {len(texts)} texts are longer than {embedder.name}'s {embedder.max_length}-token "
                          "context; pass truncation='right' (CLI: --truncation right) to cut them")
 
 
@@ -125,7 +126,7 @@ def contextual(embedder, ds: RetrievalSet, s: Settings, query_embedder=None) -> 
     ``encode`` for independent, ``encode_contextual([[query]])`` for late chunking.
     """
     if not ds.contextual:
-        raise ValueError(f"{ds.name} is not a contextual set: its corpus rows need doc_id and chunk_index")
+        raise InputError(f"{ds.name} is not a contextual set: its corpus rows need doc_id and chunk_index")
     _check_pair(embedder, query_embedder)
     order = [row for _, rows in ds.documents for row in rows]
     doc_ids = [ds.corpus_ids[r] for r in order]
@@ -158,7 +159,7 @@ def cross_lingual(embedder, sets: dict[str, RetrievalSet], s: Settings, group: s
     ref = sets[langs[0]]
     for lang in langs[1:]:
         if set(sets[lang].corpus_ids) != set(ref.corpus_ids) or sets[lang].qrels != ref.qrels:
-            raise ValueError(f"{group}/{lang} and {group}/{langs[0]} are not parallel: corpus ids or qrels differ")
+            raise InputError(f"{group}/{lang} and {group}/{langs[0]} are not parallel: corpus ids or qrels differ")
     queries = {lang: embed_texts(qe, sets[lang].query_texts, s) for lang in langs}
     corpora = {lang: embed_texts(embedder, sets[lang].corpus_texts, s) for lang in langs}
     out = []
@@ -188,7 +189,7 @@ def query_to_query(embedder, sets: dict[str, RetrievalSet], s: Settings, group: 
     query with the same id (its translation). First precision, largest dimension. Both sides are
     queries, so the query model embeds them when one is given."""
     if pivot not in sets:
-        raise ValueError(f"pivot language {pivot!r} not among {', '.join(sets)}")
+        raise InputError(f"pivot language {pivot!r} not among {', '.join(sets)}")
     qe = query_embedder or embedder
     src = sets[pivot]
     queries = {lang: embed_texts(qe, ds.query_texts, s) for lang, ds in sets.items()}

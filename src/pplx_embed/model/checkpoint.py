@@ -9,6 +9,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from pplx_embed.errors import InputError
 from pplx_embed.model.encoder import is_pplx_config
 
 HUB_ALIASES: dict[str, str] = {
@@ -21,7 +22,7 @@ MINILM = "minilm"
 DEFAULT_PPLX = "pplx-embed-v1-0.6b"
 
 
-class ModelNotFoundError(ValueError):
+class ModelNotFoundError(InputError):
     """The model name is neither an alias, a local checkpoint directory, nor a reachable hub id."""
 
 
@@ -66,10 +67,8 @@ def _hub_snapshot(repo_id: str, local_only: bool) -> Path | None:
 
 
 def default_model() -> str:
-    """``PPLX_EMBED_MODEL``, else pplx-embed-v1-0.6b when cached locally, else the bundled MiniLM."""
-    env = os.environ.get("PPLX_EMBED_MODEL")
-    if env:
-        return env
+    """pplx-embed-v1-0.6b when cached locally, else the bundled MiniLM (``PPLX_EMBED_MODEL`` is read by
+    :meth:`~pplx_embed.options.EmbedderOptions.from_env`, before a name reaches here)."""
     if _hub_snapshot(HUB_ALIASES[DEFAULT_PPLX], local_only=True) is not None:
         return DEFAULT_PPLX
     print(
@@ -81,7 +80,7 @@ def default_model() -> str:
 
 
 def resolve(name: str | os.PathLike | None = None) -> tuple[str, Path]:
-    """Turn a model name into ``(recorded name, checkpoint directory)``."""
+    """Turn a model name (``None``: :func:`default_model`) into ``(recorded name, checkpoint directory)``."""
     name = default_model() if name is None else str(name)
     if name.lower() in (MINILM, "sentence-transformers/all-minilm-l6-v2"):  # the recorded name reloads too
         return "sentence-transformers/all-MiniLM-L6-v2", minilm_path()

@@ -15,7 +15,8 @@ and order are always preserved.
 
 from __future__ import annotations
 
-from pplx_embed.engine.batching import Sequence
+from pplx_embed.errors import InputError
+from pplx_embed.model.pooling import Sequence
 
 
 def join_chunks(chunks: list[list[int]], sep_id: int, prefix: list[int] = (), suffix: list[int] = ()) -> Sequence:
@@ -40,7 +41,7 @@ def macro_windows(lengths: list[int], budget: int) -> list[tuple[range, range]]:
     """
     for k, n in enumerate(lengths):
         if n > budget:
-            raise ValueError(f"chunk {k} has {n} tokens, more than the {budget}-token window; truncate it")
+            raise InputError(f"chunk {k} has {n} tokens, more than the {budget}-token window; truncate it")
 
     def cost(lo: int, hi: int) -> int:
         return sum(lengths[lo:hi]) + max(hi - lo - 1, 0)

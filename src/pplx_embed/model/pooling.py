@@ -7,10 +7,24 @@ accumulates in float32. An empty span pools to the zero vector.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 
 Span = tuple[int, int]
 POOLING_MODES = ("mean", "cls", "max", "lasttoken")
+
+
+@dataclass
+class Sequence:
+    """Token ids of one model input and the spans to pool from it (one per output vector)."""
+
+    ids: list[int]
+    spans: list[Span] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.spans:
+            self.spans = [(0, len(self.ids))]
 
 
 def pool_spans(hidden: torch.Tensor, spans: list[list[Span]], mode: str = "mean") -> torch.Tensor:

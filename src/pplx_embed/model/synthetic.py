@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from pplx_embed.errors import InputError
 from pplx_embed.model.encoder import PPLX_MODEL_TYPE, PPLXQwen3Config, PPLXQwen3Model
 from pplx_embed.model.tokenizer import SEP_TOKEN_ID, build_qwen3_tokenizer
 
@@ -29,7 +30,7 @@ PRESETS: dict[str, dict] = {
 def pplx_config(preset: str = "tiny", **overrides) -> PPLXQwen3Config:
     """A pplx-embed config of the given shape (vocabulary and RoPE as the published models)."""
     if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        raise InputError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     fields = dict(vocab_size=151669, max_position_embeddings=32768, rope_theta=1_000_000.0, rms_norm_eps=1e-6,
                   tie_word_embeddings=False, bos_token_id=SEP_TOKEN_ID, eos_token_id=SEP_TOKEN_ID,
                   pad_token_id=SEP_TOKEN_ID, architectures=["PPLXQwen3Model"], use_bidirectional_attention=True)

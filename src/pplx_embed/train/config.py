@@ -8,6 +8,8 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pplx_embed.errors import InputError
+
 STAGES = ("pairs", "contextual", "triplets")
 
 
@@ -16,7 +18,7 @@ PARALLEL_MODES = ("ddp", "fsdp")  # under torchrun: replicated weights, or shard
 
 def check_parallel(mode: str) -> None:
     if mode not in PARALLEL_MODES:
-        raise ValueError(f"unknown parallel mode {mode!r}; choose {' or '.join(PARALLEL_MODES)}")
+        raise InputError(f"unknown parallel mode {mode!r}; choose {' or '.join(PARALLEL_MODES)}")
 
 
 @dataclass
@@ -102,16 +104,16 @@ class StageConfig:
     def __post_init__(self) -> None:
         check_parallel(self.parallel)
         if self.stage not in STAGES:
-            raise ValueError(f"unknown stage {self.stage!r}; choose one of {', '.join(STAGES)}")
+            raise InputError(f"unknown stage {self.stage!r}; choose one of {', '.join(STAGES)}")
         if not self.phases:
-            raise ValueError("a stage needs at least one phase (training data)")
+            raise InputError("a stage needs at least one phase (training data)")
         if self.batch_size < 2:
-            raise ValueError("batch_size must be at least 2 (in-batch negatives)")
+            raise InputError("batch_size must be at least 2 (in-batch negatives)")
         if self.optim.optimizer not in ("adamw", "sgd"):
-            raise ValueError(f"unknown optimizer {self.optim.optimizer!r}; choose adamw or sgd")
+            raise InputError(f"unknown optimizer {self.optim.optimizer!r}; choose adamw or sgd")
         for q in self.loss.quantizations:
             if q not in ("float", "int8", "binary"):
-                raise ValueError(f"unknown training quantization {q!r}; choose float, int8 or binary")
+                raise InputError(f"unknown training quantization {q!r}; choose float, int8 or binary")
 
 
 @dataclass
@@ -144,12 +146,12 @@ class DiffusionConfig:
 def _build(cls, data: typing.Any, where: str):
     """Instantiate dataclass ``cls`` from plain data, recursing into nested dataclasses."""
     if not isinstance(data, dict):
-        raise ValueError(f"{where}: expected a mapping, got {type(data).__name__}")
+        raise InputError(f"{where}: expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(names))}")
+        raise InputError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(names))}")
     kwargs = {}
     for key, value in data.items():
         hint = hints[key]
@@ -167,7 +169,7 @@ def _build(cls, data: typing.Any, where: str):
     missing = [f.name for f in dataclasses.fields(cls)
                if f.name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     if missing:
-        raise ValueError(f"{where}: missing required key(s) {', '.join(missing)}")
+        raise InputError(f"{where}: missing required key(s) {', '.join(missing)}")
     return cls(**kwargs)
 
 
@@ -175,7 +177,7 @@ def read_config_file(path: str | Path) -> dict:
     """A ``.yaml``/``.yml`` or ``.json`` file as a dict."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"config file not found: {path}")
+        raise InputError(f"config file not found: {path}")
     text = path.read_text(encoding="utf-8")
     try:
         if path.suffix in (".yaml", ".yml"):
@@ -185,9 +187,9 @@ def read_config_file(path: str | Path) -> dict:
         else:
             data = json.loads(text)
     except Exception as exc:  # yaml.YAMLError / JSONDecodeError: reported with the file name
-        raise ValueError(f"{path}: cannot parse config ({exc})") from None
+        raise InputError(f"{path}: cannot parse config ({exc})") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: a config must be a mapping of keys to values")
+        raise InputError(f"{path}: a config must be a mapping of keys to values")
     return data
 
 

@@ -29,7 +29,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from pplx_embed.engine.batching import Sequence
+from pplx_embed.errors import InputError
+from pplx_embed.model.pooling import Sequence
 from pplx_embed.train import distributed as dist
 from pplx_embed.train.schedule import restore, warmup_linear
 from pplx_embed.train.config import StageConfig, to_dict
@@ -63,14 +64,14 @@ class ContrastiveTrainer:
         source = config.model
         if resume:
             if not (last / "trainer_state.pt").is_file():
-                raise ValueError(f"nothing to resume: {last} holds no trainer_state.pt")
+                raise InputError(f"nothing to resume: {last} holds no trainer_state.pt")
             self.state = torch.load(last / "trainer_state.pt", weights_only=False)
             source = str(last)
         device = config.device or dist.default_device()
         self.encoder = TrainableEncoder(source, device, config.max_length, config.gradient_checkpointing)
         self.encoder.model.train()
         if config.parallel == "fsdp" and config.eval is not None and self.world > 1:
-            raise ValueError("eval during training is not supported with parallel: fsdp; evaluate the saved "
+            raise InputError("eval during training is not supported with parallel: fsdp; evaluate the saved "
                              "checkpoint with `pplx-embed eval` (or use ddp)")
         self.runner = dist.wrap(self.encoder.model, self.encoder.device, config.parallel)
         self.phases = [self._phase_examples(i) for i in range(len(config.phases))]
@@ -121,7 +122,7 @@ class ContrastiveTrainer:
                 corpus = ([p.positive for p in pairs] if mining.corpus is None else _read_corpus(mining.corpus))
                 pairs = mine_hard_negatives(self.encoder.embedder, pairs, corpus, mining)
             if not pairs or any(not p.negatives for p in pairs):
-                raise ValueError(f"triplet phase {phase.data}: every pair needs a 'negative' (or configure mining)")
+                raise InputError(f"triplet phase {phase.data}: every pair needs a 'negative' (or configure mining)")
             count = min(len(p.negatives) for p in pairs)
             pairs = [Pair(p.query, p.positive, p.negatives[:count], p.lang, p.query_lang, p.positive_lang) for p in pairs]
         return pairs

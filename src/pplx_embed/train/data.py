@@ -14,6 +14,7 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pplx_embed.errors import InputError
 from pplx_embed.jsonl import iter_jsonl
 
 from pplx_embed.train.config import PhaseConfig
@@ -42,14 +43,14 @@ def read_jsonl(path: str | Path) -> list[tuple[str, dict]]:
     """``(file:line, object)`` for every non-blank line."""
     rows = [(f"{path}:{number}", row) for number, row in iter_jsonl(path)]
     if not rows:
-        raise ValueError(f"{path}: no training examples")
+        raise InputError(f"{path}: no training examples")
     return rows
 
 
 def _text(row: dict, key: str, where: str) -> str:
     value = row.get(key)
     if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"{where}: field {key!r} must be a non-empty string")
+        raise InputError(f"{where}: field {key!r} must be a non-empty string")
     return value
 
 
@@ -60,7 +61,7 @@ def load_pairs(path: str | Path) -> list[Pair]:
         negatives = row.get("negative", row.get("negatives", []))
         negatives = [negatives] if isinstance(negatives, str) else negatives
         if not isinstance(negatives, list) or not all(isinstance(n, str) and n.strip() for n in negatives):
-            raise ValueError(f"{where}: 'negative' must be a non-empty string or a list of them")
+            raise InputError(f"{where}: 'negative' must be a non-empty string or a list of them")
         pairs.append(Pair(_text(row, "query", where), _text(row, "positive", where), negatives,
                           row.get("lang"), row.get("query_lang"), row.get("positive_lang")))
     return pairs
@@ -74,7 +75,7 @@ def load_contextual(path: str | Path) -> list[ContextualExample]:
 
         data = load_beir(path)
         if not data.contextual:
-            raise ValueError(f"{path}: corpus rows have no doc_id/chunk_index; not a contextual set")
+            raise InputError(f"{path}: corpus rows have no doc_id/chunk_index; not a contextual set")
         where = {}  # corpus row -> (document number, chunk position)
         for d, (_, rows) in enumerate(data.documents):
             for k, row in enumerate(rows):
@@ -92,10 +93,10 @@ def load_contextual(path: str | Path) -> list[ContextualExample]:
     for where_line, row in read_jsonl(path):
         chunks = row.get("chunks")
         if not isinstance(chunks, list) or not chunks or not all(isinstance(c, str) for c in chunks):
-            raise ValueError(f"{where_line}: 'chunks' must be a non-empty list of strings")
+            raise InputError(f"{where_line}: 'chunks' must be a non-empty list of strings")
         for q in row.get("queries", []):
             if not isinstance(q, dict) or not isinstance(q.get("chunk"), int) or not 0 <= q["chunk"] < len(chunks):
-                raise ValueError(f"{where_line}: each query needs a 'chunk' index into 'chunks'")
+                raise InputError(f"{where_line}: each query needs a 'chunk' index into 'chunks'")
             out.append(ContextualExample(_text(q, "query", where_line), chunks, q["chunk"]))
     return out
 
@@ -117,7 +118,7 @@ def select_phase(pairs: list[Pair], phase: PhaseConfig, seed: int = 0) -> list[P
     if phase.max_examples is not None and len(out) > phase.max_examples:
         out = random.Random(seed).sample(out, phase.max_examples)
     if not out:
-        raise ValueError(f"curriculum phase {phase.name or phase.data!r} selects no examples from {phase.data}")
+        raise InputError(f"curriculum phase {phase.name or phase.data!r} selects no examples from {phase.data}")
     return out
 
 
@@ -132,5 +133,5 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int = 0,
     random.Random(seed * 1_000_003 + epoch).shuffle(order)
     step = batch_size * world_size
     if n < step:
-        raise ValueError(f"{n} examples cannot fill one batch of {batch_size} × {world_size} processes")
+        raise InputError(f"{n} examples cannot fill one batch of {batch_size} × {world_size} processes")
     return [order[s + rank * batch_size : s + (rank + 1) * batch_size] for s in range(0, n - step + 1, step)]

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from pplx_embed.errors import InputError
 from pplx_embed.model.encoder import PPLXQwen3Config, PPLXQwen3Model
 from pplx_embed.model.synthetic import pplx_config, write_sentence_transformers_files
 from pplx_embed.train import distributed as dist
@@ -51,10 +52,10 @@ def causal_qwen3(source: str, seed: int = 0, overrides: dict | None = None):
         return Qwen3ForCausalLM(config), build_qwen3_tokenizer(config.max_position_embeddings)
     path = Path(source)
     if not (path / "config.json").is_file():
-        raise ValueError(f"{source} is not a checkpoint directory (no config.json) nor random:<preset>")
+        raise InputError(f"{source} is not a checkpoint directory (no config.json) nor random:<preset>")
     config = json.loads((path / "config.json").read_text())
     if config.get("model_type") != "qwen3":
-        raise ValueError(f"{source} has model_type {config.get('model_type')!r}; diffusion pretraining starts "
+        raise InputError(f"{source} has model_type {config.get('model_type')!r}; diffusion pretraining starts "
                          "from a causal Qwen3 (Qwen3ForCausalLM) checkpoint")
     return Qwen3ForCausalLM.from_pretrained(path, dtype=torch.float32), AutoTokenizer.from_pretrained(path)
 
@@ -105,7 +106,7 @@ def pack_texts(tokenizer, texts: list[str], seq_len: int) -> torch.Tensor:
         stream.extend(ids + [sep])
     blocks = len(stream) // seq_len
     if blocks == 0:
-        raise ValueError(f"the data has {len(stream)} tokens, fewer than one sequence of {seq_len}")
+        raise InputError(f"the data has {len(stream)} tokens, fewer than one sequence of {seq_len}")
     return torch.tensor(stream[: blocks * seq_len]).view(blocks, seq_len)
 
 
@@ -118,12 +119,12 @@ def read_documents(path: str) -> list[str]:
         for where, row in read_jsonl(path):
             text = row.get("text") or row.get("positive")
             if not isinstance(text, str):
-                raise ValueError(f"{where}: expected a 'text' string field")
+                raise InputError(f"{where}: expected a 'text' string field")
             out.append(text)
         return out
     p = Path(path)
     if not p.is_file():
-        raise ValueError(f"training data not found: {path}")
+        raise InputError(f"training data not found: {path}")
     return [line for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
@@ -169,7 +170,7 @@ def export_encoder(source: str, output: str | Path, attention: str = "bidirectio
     "no diffusion" control. ``source`` is a ``Qwen3ForCausalLM`` directory or ``random:<preset>``.
     """
     if attention not in ATTENTIONS:
-        raise ValueError(f"unknown attention {attention!r}; choose one of {', '.join(ATTENTIONS)}")
+        raise InputError(f"unknown attention {attention!r}; choose one of {', '.join(ATTENTIONS)}")
     causal, tokenizer = causal_qwen3(source, seed)
     if attention == "bidirectional":
         encoder = DiffusionLM(causal).encoder
@@ -189,7 +190,7 @@ def train_diffusion(config: DiffusionConfig, resume: bool = False, progress: boo
     causal, tokenizer = causal_qwen3(config.model, config.seed, config.preset_overrides)
     mask_id = tokenizer.convert_tokens_to_ids(config.mask_token)
     if mask_id is None or mask_id == tokenizer.unk_token_id:
-        raise ValueError(f"mask token {config.mask_token!r} is not in the tokenizer's vocabulary")
+        raise InputError(f"mask token {config.mask_token!r} is not in the tokenizer's vocabulary")
     device = config.device or dist.default_device()
     model = DiffusionLM(causal).to(device)
     del causal
@@ -199,7 +200,7 @@ def train_diffusion(config: DiffusionConfig, resume: bool = False, progress: boo
     generator = torch.Generator().manual_seed(config.seed + 7919 * dist.rank())
     if resume:
         if not (last / "trainer_state.pt").is_file():
-            raise ValueError(f"nothing to resume: {last} holds no trainer_state.pt")
+            raise InputError(f"nothing to resume: {last} holds no trainer_state.pt")
         state = torch.load(last / "trainer_state.pt", weights_only=False)
         encoder = PPLXQwen3Model.from_pretrained(last, dtype=torch.float32)
         model.encoder.load_state_dict(encoder.state_dict())
@@ -215,7 +216,7 @@ def train_diffusion(config: DiffusionConfig, resume: bool = False, progress: boo
         generator.set_state(state["generator"])
     blocks = pack_texts(tokenizer, read_documents(config.data), config.seq_len)
     if len(blocks) < config.batch_size * dist.world_size():
-        raise ValueError(f"the data fills {len(blocks)} sequences of {config.seq_len} tokens, fewer than one "
+        raise InputError(f"the data fills {len(blocks)} sequences of {config.seq_len} tokens, fewer than one "
                          f"batch of {config.batch_size} × {dist.world_size()} process(es)")
     per_epoch = len(blocks) // (config.batch_size * dist.world_size())
 

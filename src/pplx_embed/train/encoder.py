@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 
 from pplx_embed.embedder import Embedder
-from pplx_embed.engine.batching import Sequence
+from pplx_embed.errors import InputError
+from pplx_embed.model.pooling import Sequence
 from pplx_embed.model.encoder import PPLX_MODEL_TYPE
 from pplx_embed.model.late_chunking import join_chunks
 from pplx_embed.model.pooling import pool_spans
@@ -61,11 +62,11 @@ class TrainableEncoder:
         out = []
         for doc in documents:
             if not doc:
-                raise ValueError("a document needs at least one chunk")
+                raise InputError("a document needs at least one chunk")
             room = self.max_length - len(prefix) - len(suffix) - (len(doc) - 1)
             per_chunk = room // len(doc)
             if per_chunk < 1:
-                raise ValueError(f"a document of {len(doc)} chunks does not fit {self.max_length} tokens")
+                raise InputError(f"a document of {len(doc)} chunks does not fit {self.max_length} tokens")
             bodies = self.tokenizer(list(doc), add_special_tokens=False)["input_ids"]
             out.append(join_chunks([ids[:per_chunk] for ids in bodies], self.embedder.sep_token_id, prefix, suffix))
         return out

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from pplx_embed.embedder import Embedder
-from pplx_embed.engine.batching import Sequence
+from pplx_embed.errors import InputError
+from pplx_embed.model.pooling import Sequence
 from pplx_embed.model.quantization import quantize, similarity
 
 View = tuple[str, int | None]  # (quantization, dimensions)
@@ -56,7 +57,7 @@ def parse_view(text: str) -> View:
     """``"int8"`` → ``("int8", None)``, ``"binary@128"`` → ``("binary", 128)``."""
     quantization, _, dims = text.partition("@")
     if quantization not in ("float", "int8", "binary") or (dims and not dims.isdigit()):
-        raise ValueError(f"bad evaluation view {text!r}: use float|int8|binary, optionally @<dims>")
+        raise InputError(f"bad evaluation view {text!r}: use float|int8|binary, optionally @<dims>")
     return quantization, int(dims) if dims else None
 
 

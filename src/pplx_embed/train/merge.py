@@ -14,11 +14,13 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from pplx_embed.errors import InputError
+
 
 def slerp(a: torch.Tensor, b: torch.Tensor, t: float, eps: float = 1e-6) -> torch.Tensor:
     """Spherical interpolation of two same-shaped tensors (computed in float32, returned in ``a``'s dtype)."""
     if a.shape != b.shape:
-        raise ValueError(f"cannot merge tensors of shapes {tuple(a.shape)} and {tuple(b.shape)}")
+        raise InputError(f"cannot merge tensors of shapes {tuple(a.shape)} and {tuple(b.shape)}")
     if not a.is_floating_point():
         return a.clone()
     if t == 0:
@@ -38,17 +40,17 @@ def slerp(a: torch.Tensor, b: torch.Tensor, t: float, eps: float = 1e-6) -> torc
 def slerp_state_dicts(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], t: float) -> dict[str, torch.Tensor]:
     """SLERP every parameter of two state dicts with the same keys and shapes."""
     if not 0.0 <= t <= 1.0:
-        raise ValueError(f"t must be between 0 and 1, got {t}")
+        raise InputError(f"t must be between 0 and 1, got {t}")
     if a.keys() != b.keys():
         diff = sorted(set(a) ^ set(b))[:5]
-        raise ValueError(f"checkpoints have different parameters (e.g. {', '.join(diff)}); merge same-architecture models")
+        raise InputError(f"checkpoints have different parameters (e.g. {', '.join(diff)}); merge same-architecture models")
     return {name: slerp(a[name], b[name], t) for name in a}
 
 
 def _weight_files(directory: Path) -> list[Path]:
     files = sorted(directory.glob("*.safetensors"))
     if not files:
-        raise ValueError(f"{directory} holds no .safetensors weights")
+        raise InputError(f"{directory} holds no .safetensors weights")
     return files
 
 
@@ -60,11 +62,11 @@ def merge_checkpoints(a: str | Path, b: str | Path, out: str | Path, t: float = 
     a, b, out = Path(a), Path(b), Path(out)
     for path in (a, b):
         if not (path / "config.json").is_file():
-            raise ValueError(f"{path} is not a checkpoint directory (no config.json)")
+            raise InputError(f"{path} is not a checkpoint directory (no config.json)")
     if out.resolve() in (a.resolve(), b.resolve()):
-        raise ValueError("the output directory must differ from both inputs")
+        raise InputError("the output directory must differ from both inputs")
     if out.exists() and any(out.iterdir()) and not overwrite:
-        raise ValueError(f"{out} already exists; choose another output or pass overwrite (--overwrite)")
+        raise InputError(f"{out} already exists; choose another output or pass overwrite (--overwrite)")
     weights_a = {f.name: load_file(f) for f in _weight_files(a)}
     tensors_b: dict[str, torch.Tensor] = {}
     for f in _weight_files(b):

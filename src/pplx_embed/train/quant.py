@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from pplx_embed.errors import InputError
+
 TRAIN_QUANTIZATIONS = ("float", "int8", "binary")
 
 
@@ -35,4 +37,4 @@ def fake_quantize(x: torch.Tensor, quantization: str) -> torch.Tensor:
         return ste_int8(x)
     if quantization == "binary":
         return ste_binary(x)
-    raise ValueError(f"unknown training quantization {quantization!r}; choose one of {', '.join(TRAIN_QUANTIZATIONS)}")
+    raise InputError(f"unknown training quantization {quantization!r}; choose one of {', '.join(TRAIN_QUANTIZATIONS)}")

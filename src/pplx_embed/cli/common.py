@@ -1,0 +1,60 @@
+"""What every command group shares: model-loading flags and reading input texts."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from pplx_embed.errors import InputError
+from pplx_embed.options import EmbedderOptions
+
+
+def add_model_args(parser: argparse.ArgumentParser, model: bool = True) -> None:
+    """The :class:`~pplx_embed.options.EmbedderOptions` flags: how every command loads a model."""
+    EmbedderOptions.add_arguments(parser, model=model)
+
+
+def load_embedder(args: argparse.Namespace):
+    """An :class:`~pplx_embed.Embedder` from the ``add_model_args`` options (environment filling gaps)."""
+    return EmbedderOptions.from_args(args).build()
+
+
+def existing_path(path: str | Path, what: str = "file") -> Path:
+    """``path`` if it exists, else an :class:`InputError` naming it."""
+    if not Path(path).exists():
+        raise InputError(f"{what} not found: {path}")
+    return Path(path)
+
+
+def read_texts(path: str, field: str = "text") -> list[str]:
+    """Texts from a ``.jsonl`` file (``field`` of each object, or a bare string per line) or a text file (one per line)."""
+    if path == "-":
+        lines = sys.stdin.read().splitlines()
+        name = "stdin"
+    else:
+        p = Path(path)
+        if not p.is_file():
+            raise InputError(f"input file not found: {path}")
+        lines = p.read_text(encoding="utf-8").splitlines()
+        name = path
+    is_jsonl = name.endswith((".jsonl", ".json"))
+    texts = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        if not is_jsonl:
+            texts.append(line)
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{name}:{number}: not valid JSON ({exc.msg})") from None
+        value = row if isinstance(row, str) else row.get(field) if isinstance(row, dict) else None
+        if not isinstance(value, str):
+            raise InputError(f"{name}:{number}: expected a string or an object with a string {field!r} field")
+        texts.append(value)
+    if not texts:
+        raise InputError(f"{name} holds no texts")
+    return texts
