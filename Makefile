@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install
+.PHONY: demo test lint install
 
 # CPU machines take the local torch 2.13.0 wheel before anything else can pull a CUDA build;
 # GPU machines (nvidia-smi present) keep whatever torch pip resolves for them.
@@ -22,3 +22,6 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .

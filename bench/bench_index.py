@@ -22,7 +22,7 @@ from typing import Iterator
 
 import numpy as np
 
-from common import cpu_name
+from pplx_embed.engine.threads import cpu_description
 
 
 class Clustered:
@@ -167,7 +167,7 @@ def main() -> None:
     header = [
         "# Index benchmark (CPU)", "",
         f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
-        f"- device: {cpu_name()}, {os.cpu_count()} cores visible (shared machine), no GPU",
+        f"- device: {cpu_description()}, {os.cpu_count()} cores visible (shared machine), no GPU",
         f"- versions: pplx-embed {pplx_embed.__version__}, faiss {faiss.__version__}, numpy {np.__version__}, "
         f"Python {platform.python_version()}",
         f"- data: {args.n:,} synthetic clustered vectors, dim {args.dim}, {len(data.centers):,} clusters, "

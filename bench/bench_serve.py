@@ -36,7 +36,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from common import cpu_name
+from pplx_embed.engine.threads import cpu_description
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "medquad" / "dev"
@@ -249,7 +249,7 @@ def main() -> int:
         server.terminate()
         server.wait(60)
     info = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "device": f"{cpu_name()}, {os.cpu_count()} cores visible (CPU only)",
+            "device": f"{cpu_description()}, {os.cpu_count()} cores visible (CPU only)",
             "load_before": round(load_before, 2), "load_after": round(os.getloadavg()[0], 2),
             "versions": versions(), "dimension": width}
     write_report(Path(args.out), args, rows, info, args.peers_note)

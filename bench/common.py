@@ -4,20 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-import platform
 import shutil
 from pathlib import Path
-
-
-def cpu_name() -> str:
-    """The CPU model from ``/proc/cpuinfo`` (else what ``platform`` knows)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def add_run_args(parser: argparse.ArgumentParser, work: str, out: Path) -> None:

@@ -42,8 +42,10 @@ import torch
 import transformers
 from tqdm.auto import tqdm
 
+from pplx_embed.engine.threads import cpu_description
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import add_run_args, cpu_name, start_run  # noqa: E402
+from common import add_run_args, start_run  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -215,29 +217,36 @@ def main() -> int:
         for arm, r in results.items():
             timings[f"{arm}: pairs"] = r["seconds"]["pairs"]
             timings[f"{arm}: eval"] = r["seconds"]["eval"]
-        print(f"{'arm':<14}{'loss first10':>13}{'loss last25':>12}{'medquad before':>16}{'after':>8}{'xquad before':>14}{'after':>8}")
+        print(f"{'arm':<14}{'loss first10':>13}{'loss last25':>12}{'medquad before':>16}{'after':>8}"
+              f"{'xquad before':>14}{'after':>8}")
         for arm, r in results.items():
             print(f"{arm:<14}{r['loss_first10']:>13.4f}{r['loss_last25']:>12.4f}{r['before']['medquad/dev']['ndcg@10']:>16.4f}"
                   f"{r['after']['medquad/dev']['ndcg@10']:>8.4f}{r['before']['xquad/en']['ndcg@10']:>14.4f}"
                   f"{r['after']['xquad/en']['ndcg@10']:>8.4f}")
         record = {
             "benchmark": "train_ablation_diffusion", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "device": f"{cpu_name()} (CPU only, torch.set_num_threads({args.threads}); 2-core machine shared with other jobs)",
-            "versions": {"python": sys.version.split()[0], "torch": torch.__version__, "transformers": transformers.__version__},
+            "device": f"{cpu_description()} (CPU only, torch.set_num_threads({args.threads}); "
+                      "2-core machine shared with other jobs)",
+            "versions": {"python": sys.version.split()[0], "torch": torch.__version__,
+                         "transformers": transformers.__version__},
             "settings": {k: v for k, v in vars(args).items() if k not in ("fresh", "out", "work")},
             "model": {"architecture": "Qwen3ForCausalLM", "vocab_size": 151669, "hidden_size": args.hidden,
                       "intermediate_size": 3 * args.hidden, "layers": args.layers, "heads": args.heads,
                       "tie_word_embeddings": True, "parameters": n_params},
             "pretraining": {"data": f"{len(texts)} distinct medquad/train.jsonl answers, packed into {len(blocks)} "
                                     f"blocks of {args.seq_len} tokens", **{k: v for k, v in pre.items()}},
-            "diffusion": diffusion and {k: diffusion[k] for k in ("steps", "first_loss", "last_loss", "history", "seconds")},
+            "diffusion": diffusion and {k: diffusion[k] for k in ("steps", "first_loss", "last_loss", "history",
+                                                                  "seconds")},
             "pair_training": {"data": f"{len(rows)} random medquad/train.jsonl pairs (seed {args.seed})",
                               "batch_size": args.pair_batch, "steps": args.pair_steps, "lr": args.pair_lr,
                               "doc_max_length": args.pair_doc_length, "query_max_length": 32, "temperature": 0.05},
-            "eval": {"medquad/dev": f"{len(sets['medquad/dev'].query_ids)} random queries (seed {args.seed}), corpus "
-                                    f"{len(sets['medquad/dev'].corpus_ids)} = all their relevant answers + random others",
-                     "xquad/en": f"full ({len(sets['xquad/en'].query_ids)} queries, {len(sets['xquad/en'].corpus_ids)} paragraphs)",
-                     "note": "float32 full dim, cosine, texts right-truncated at the model's 256 tokens, runtime engine"},
+            "eval": {"medquad/dev": f"{len(sets['medquad/dev'].query_ids)} random queries (seed {args.seed}), "
+                                    f"corpus {len(sets['medquad/dev'].corpus_ids)} = all their relevant answers + "
+                                    "random others",
+                     "xquad/en": f"full ({len(sets['xquad/en'].query_ids)} queries, "
+                                 f"{len(sets['xquad/en'].corpus_ids)} paragraphs)",
+                     "note": "float32 full dim, cosine, texts right-truncated at the model's 256 tokens, "
+                             "runtime engine"},
             "arms": results, "seconds": {**timings, "total_this_invocation": round(time.time() - started_all, 1)},
         }
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -264,7 +273,8 @@ def main() -> int:
         t2 = time.time()
         after = evaluate(out / "last", sets)
         losses = [r["loss"] for r in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if "loss" in r]
-        results[arm] = {"checkpoint": str(arm_dirs[arm]), "steps": summary["steps"], "loss_curve": [round(x, 4) for x in losses],
+        results[arm] = {"checkpoint": str(arm_dirs[arm]), "steps": summary["steps"],
+                        "loss_curve": [round(x, 4) for x in losses],
                         "loss_first10": round(sum(losses[:10]) / len(losses[:10]), 4),
                         "loss_last25": round(sum(losses[-25:]) / len(losses[-25:]), 4),
                         "before": before, "after": after,

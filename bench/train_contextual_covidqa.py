@@ -39,8 +39,10 @@ from pathlib import Path
 import torch
 import transformers
 
+from pplx_embed.engine.threads import cpu_description
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import add_run_args, cpu_name, start_run  # noqa: E402
+from common import add_run_args, start_run  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -81,7 +83,8 @@ def xquad_contextual(out: Path, tokenizer, max_length: int) -> dict:
                 if qs:
                     f.write(json.dumps({"chunks": [t for _, t in group], "queries": qs}) + "\n")
                     docs += 1
-    return {"articles": len(articles), "documents": docs, "paragraphs": len(ds.corpus_ids), "queries": len(ds.query_ids)}
+    return {"articles": len(articles), "documents": docs, "paragraphs": len(ds.corpus_ids),
+            "queries": len(ds.query_ids)}
 
 
 def widened_minilm(out: Path, max_length: int) -> Path:
@@ -91,7 +94,8 @@ def widened_minilm(out: Path, max_length: int) -> Path:
     if not (out / "config.json").is_file():
         shutil.copytree(minilm_path(), out, ignore=shutil.ignore_patterns("README.md", "data_config.json", ".git*"),
                         dirs_exist_ok=True)
-        (out / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": max_length, "do_lower_case": False}))
+        (out / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": max_length,
+                                                                   "do_lower_case": False}))
     return out
 
 
@@ -152,7 +156,8 @@ def main() -> int:
     train_data = xquad_contextual(train_file, tokenizer, args.max_length)
     log.info("training data: %s", train_data)
     ds = covidqa_subset(args.docs, args.seed)
-    log.info("eval: covidqa-ctx, %d documents, %d chunks, %d queries", len(ds.documents), len(ds.corpus_ids), len(ds.query_ids))
+    log.info("eval: covidqa-ctx, %d documents, %d chunks, %d queries", len(ds.documents), len(ds.corpus_ids),
+             len(ds.query_ids))
 
     cached = work / "before.json"
     if not cached.is_file():
@@ -164,12 +169,14 @@ def main() -> int:
         shutil.rmtree(out, ignore_errors=True)
         t0 = time.time()
         summary = train_stage(stage_config(
-            stage="contextual", model=str(base), output=str(out), batch_size=args.batch_size, max_length=args.max_length,
+            stage="contextual", model=str(base), output=str(out), batch_size=args.batch_size,
+            max_length=args.max_length,
             query_max_length=64, seed=args.seed, log_every=1, max_steps=args.steps,
             loss={"temperature": 0.05, "contextual_weights": [1.0, 1.0, 1.0]},
             optim={"lr": args.lr, "warmup_steps": 5}, phases=[{"data": str(train_file), "name": "xquad-en"}]))
         losses = [r["loss"] for r in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if "loss" in r]
-        (work / "train.json").write_text(json.dumps({"steps": summary["steps"], "loss_curve": [round(x, 4) for x in losses],
+        (work / "train.json").write_text(json.dumps({"steps": summary["steps"],
+                                                     "loss_curve": [round(x, 4) for x in losses],
                                                      "seconds": round(time.time() - t0, 1)}))
     train = json.loads((work / "train.json").read_text())
     cached = work / "after.json"
@@ -183,8 +190,10 @@ def main() -> int:
         print(f"{name:<34}{r['independent']['ndcg@10']:>12.4f}{r['late']['ndcg@10']:>8.4f}")
     record = {
         "benchmark": "train_contextual_covidqa", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "device": f"{cpu_name()} (CPU only, torch.set_num_threads({args.threads}); 2-core machine shared with other jobs)",
-        "versions": {"python": sys.version.split()[0], "torch": torch.__version__, "transformers": transformers.__version__},
+        "device": f"{cpu_description()} (CPU only, torch.set_num_threads({args.threads}); "
+                  "2-core machine shared with other jobs)",
+        "versions": {"python": sys.version.split()[0], "torch": torch.__version__,
+                     "transformers": transformers.__version__},
         "model": "sentence-transformers/all-MiniLM-L6-v2 (bundled), window raised to "
                  f"{args.max_length} tokens (sentence_bert_config max_seq_length)",
         "settings": {k: v for k, v in vars(args).items() if k not in ("fresh", "out", "work")},

@@ -56,7 +56,8 @@ def combine(work: Path, out: Path, args: argparse.Namespace) -> None:
         "benchmark": "train_finetune_medquad", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "device": f"cpu ({platform.machine()}), torch.set_num_threads({args.threads}) per run, runs concurrent, "
                   "2-core machine shared with other jobs",
-        "versions": {"python": sys.version.split()[0], "torch": torch.__version__, "transformers": transformers.__version__},
+        "versions": {"python": sys.version.split()[0], "torch": torch.__version__,
+                     "transformers": transformers.__version__},
         "model": "sentence-transformers/all-MiniLM-L6-v2", "train_pairs": args.pairs, "batch_size": args.batch_size,
         "max_length": args.max_length, "lr": args.lr, "epochs": 1,
         "eval": {"set": "medquad/dev", "queries": args.queries, "corpus": args.corpus, "seed": 0,
@@ -82,7 +83,8 @@ def rescore(work: Path, args: argparse.Namespace) -> None:
         started = time.time()
         table[name] = retrieval_scores(Embedder(model), data, views)
         print(f"{name}: nDCG@10 {table[name]['float@full']['ndcg@10']:.4f} ({time.time() - started:.0f}s)", flush=True)
-    record = {"benchmark": "train_finetune_medquad (rescore)", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    record = {"benchmark": "train_finetune_medquad (rescore)",
+              "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "device": f"cpu ({platform.machine()}, {torch.get_num_threads()} thread(s), 2-core machine shared)",
               "eval": {"set": "medquad/dev", "queries": len(data.query_ids), "corpus": len(data.corpus_ids), "seed": 0},
               "ndcg@10": {n: {k: round(v["ndcg@10"], 4) for k, v in t.items()} for n, t in table.items()},
@@ -133,7 +135,8 @@ def main() -> int:
               "seconds": round(time.time() - started, 1), "options": VARIANTS[args.run]}
     (work / f"{args.run}.json").write_text(json.dumps(result, indent=2))
     before = f"{summary['before']['ndcg@10']:.4f} -> " if summary["before"] else ""
-    print(f"{args.run}: nDCG@10 {before}{result['after']['ndcg@10']:.4f} ({summary['steps']} steps, {result['seconds']}s)")
+    print(f"{args.run}: nDCG@10 {before}{result['after']['ndcg@10']:.4f} "
+          f"({summary['steps']} steps, {result['seconds']}s)")
     combine(work, Path(args.out), args)
     return 0
 

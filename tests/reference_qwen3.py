@@ -15,7 +15,8 @@ from safetensors.torch import load_file
 
 def load_weights(directory: Path) -> dict[str, torch.Tensor]:
     index = directory / "model.safetensors.index.json"
-    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists() else ["model.safetensors"]
+    files = (sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists()
+             else ["model.safetensors"])
     weights: dict[str, torch.Tensor] = {}
     for name in files:
         for key, value in load_file(directory / name).items():

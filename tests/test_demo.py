@@ -15,7 +15,8 @@ def test_demo_runs_every_stage(tmp_path, shared_data, capsys):
     (xquad_slice / "queries.jsonl").write_text("\n".join(queries) + "\n", encoding="utf-8")
     (xquad_slice / "corpus.jsonl").write_text((source / "corpus.jsonl").read_text(encoding="utf-8"), encoding="utf-8")
     ids = {json.loads(q)["_id"] for q in queries}
-    qrels = [line for line in (source / "qrels" / "test.tsv").read_text().splitlines()[1:] if line.split("\t")[0] in ids]
+    qrels = [line for line in (source / "qrels" / "test.tsv").read_text().splitlines()[1:]
+             if line.split("\t")[0] in ids]
     (xquad_slice / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "\n".join(qrels) + "\n")
 
     demo.run("minilm", tmp_path / "out", xquad_slice)

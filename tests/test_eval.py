@@ -48,7 +48,8 @@ def write_beir(root, corpus, queries, qrels_lines):
     (root / "qrels").mkdir(parents=True, exist_ok=True)
     (root / "corpus.jsonl").write_text("".join(c if isinstance(c, str) else json.dumps(c) + "\n" for c in corpus))
     (root / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries))
-    (root / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(line + "\n" for line in qrels_lines))
+    (root / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n"
+                                             + "".join(line + "\n" for line in qrels_lines))
     return root
 
 
@@ -94,7 +95,8 @@ def test_contextual_loader_keeps_chunk_order_even_when_rows_are_shuffled(tmp_pat
     ([chunk("A", 0), chunk("A", 2)], "document 'A' lacks chunk_index 1"),
     ([chunk("A", 0), chunk("A", 0) | {"_id": "x"}], "corpus.jsonl:2: chunk 0 of document 'A' already given on line 1"),
     ([chunk("A", 0), {"_id": "z", "text": "no doc"}], "corpus.jsonl:2: contextual row 'z' needs a 'doc_id'"),
-    ([chunk("A", 0), chunk("A", 1) | {"chunk_index": "1"}], "corpus.jsonl:2: 'chunk_index' must be a non-negative integer"),
+    ([chunk("A", 0), chunk("A", 1) | {"chunk_index": "1"}],
+     "corpus.jsonl:2: 'chunk_index' must be a non-negative integer"),
 ])
 def test_contextual_loader_rejects_gaps_and_duplicates(tmp_path, rows, expected):
     with pytest.raises(DataError, match=expected):

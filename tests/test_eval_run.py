@@ -29,7 +29,8 @@ def _slice_beir(src, dst, n_queries, extra_docs=0, docs=None):
     queries = [q for q in (src / "queries.jsonl").read_text().splitlines() if json.loads(q)["_id"] in qids]
     (dst / "corpus.jsonl").write_text("".join(json.dumps(c) + "\n" for c in keep))
     (dst / "queries.jsonl").write_text("\n".join(queries) + "\n")
-    (dst / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join("\t".join(r) + "\n" for r in qrels))
+    (dst / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n"
+                                            + "".join("\t".join(r) + "\n" for r in qrels))
     return dst
 
 
@@ -65,7 +66,8 @@ def test_eval_runs_every_precision_and_dimension_and_reuses_the_cache(minilm, xq
     md = tmp_path / "docs" / "quality.md"
     assert main(["report", str(tmp_path / "out" / "results.json"), "--output", str(md)]) == 0
     text = md.read_text()
-    assert "## What the numbers mean for choosing settings" in text and "![quality_vs_bytes](quality/quality_vs_bytes.png)" in text
+    assert "## What the numbers mean for choosing settings" in text
+    assert "![quality_vs_bytes](quality/quality_vs_bytes.png)" in text
     assert json.loads((tmp_path / "docs" / "quality" / "results.json").read_text())["results"] == data["results"]
 
 
@@ -118,7 +120,8 @@ def test_mteb_adapter_matches_our_eval_on_a_local_task(minilm, xquad_slice):
 
     model = MTEBEncoder(embedder=minilm, truncation="right")
     assert isinstance(model, mteb.models.EncoderProtocol)
-    batches = [{"text": ["a question?", ""], "query": ["a question?", ""]}, {"text": ["Instruct: x\nQuery: y"], "query": ["y"]}]
+    batches = [{"text": ["a question?", ""], "query": ["a question?", ""]}, {"text": ["Instruct: x\nQuery: y"],
+                                                                             "query": ["y"]}]
     vectors = model.encode(batches)
     np.testing.assert_allclose(vectors[0], minilm.encode("a question?"), atol=1e-6)
     assert not vectors[1].any()  # empty text: zero vector
@@ -126,4 +129,5 @@ def test_mteb_adapter_matches_our_eval_on_a_local_task(minilm, xquad_slice):
 
     result = mteb.evaluate(model, [local_retrieval_task(xquad_slice)], cache=None, show_progress_bar=False)
     ours = tasks.query_to_doc(minilm, load_beir(xquad_slice), tasks.Settings(precisions=("float",), truncation="right"))
-    assert result.task_results[0].scores["test"][0]["ndcg_at_10"] == pytest.approx(ours[0]["metrics"]["ndcg@10"], abs=1e-4)
+    assert result.task_results[0].scores["test"][0]["ndcg_at_10"] == pytest.approx(ours[0]["metrics"]["ndcg@10"],
+                                                                                   abs=1e-4)

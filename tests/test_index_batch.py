@@ -10,6 +10,7 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from pplx_embed.cli import main  # noqa: E402
+from pplx_embed.errors import InputError  # noqa: E402
 from pplx_embed.index.batch import embed_files, read_parts  # noqa: E402
 
 
@@ -40,7 +41,7 @@ def test_ray_batch_embedding_writes_exact_codes_and_resumes(tmp_path, tiny_pplx,
     assert embed_files([str(src)], str(out), rows_per_file=4)["written"] == 0
     with pytest.raises(ValueError, match="no 'body' column"):
         embed_files([str(src)], str(tmp_path / "o2"), field="body")
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(InputError, match="input not found"):
         embed_files([str(tmp_path / "missing.jsonl")], str(tmp_path / "o3"))
 
 

@@ -52,7 +52,8 @@ def test_qwen3_tokenizer_matches_tiktoken(qwen3_tokenizer, shared_data):
 
 def test_hidden_states_and_pooling_match_reference(tiny_pplx, tiny_pplx_dir):
     ids = tiny_pplx.tokenize(TEXTS)
-    batch = torch.nn.utils.rnn.pad_sequence([torch.tensor(i) for i in ids], batch_first=True, padding_value=SEP_TOKEN_ID)
+    batch = torch.nn.utils.rnn.pad_sequence([torch.tensor(i) for i in ids], batch_first=True,
+                                            padding_value=SEP_TOKEN_ID)
     mask = (torch.arange(batch.shape[1])[None] < torch.tensor([len(i) for i in ids])[:, None]).long()
     with torch.inference_mode():
         hidden = tiny_pplx.model(input_ids=batch, attention_mask=mask).last_hidden_state
@@ -62,7 +63,8 @@ def test_hidden_states_and_pooling_match_reference(tiny_pplx, tiny_pplx_dir):
         # padding in the batch must not change a sequence's states (padding is masked)
         np.testing.assert_allclose(hidden[row, : len(seq)].numpy(), expected.numpy(), atol=1e-5, rtol=0)
         np.testing.assert_allclose(pooled[row], expected.mean(0).numpy(), atol=1e-5, rtol=0)
-        assert np.array_equal(tiny_pplx.encode(TEXTS[row], "int8"), ref.int8(expected.mean(0).float()).numpy().astype(np.int8))
+        assert np.array_equal(tiny_pplx.encode(TEXTS[row], "int8"),
+                              ref.int8(expected.mean(0).float()).numpy().astype(np.int8))
     bits = np.packbits(pooled >= 0, axis=-1)
     assert np.array_equal(tiny_pplx.encode(TEXTS, "binary"), bits)
     assert np.array_equal(tiny_pplx.encode(TEXTS, "ubinary"), bits)
@@ -197,7 +199,8 @@ def test_matryoshka_truncates_before_quantizing(minilm):
     for d in (128, 256):
         np.testing.assert_allclose(minilm.encode(TEXTS, dimensions=d), full[:, :d], atol=1e-7)
         assert np.array_equal(minilm.encode(TEXTS, "int8", d), minilm.encode(TEXTS, "int8")[:, :d])
-        assert np.array_equal(minilm.encode(TEXTS, "binary", d), np.packbits(minilm.encode(TEXTS, "pm1")[:, :d] > 0, -1))
+        assert np.array_equal(minilm.encode(TEXTS, "binary", d), np.packbits(minilm.encode(TEXTS, "pm1")[:, :d] > 0,
+                                                                             -1))
     for bad in (64, 385, 0, 200.5, True):
         with pytest.raises(ValueError, match="dimensions"):
             minilm.encode(TEXTS, dimensions=bad)

@@ -1,8 +1,9 @@
 """Data parallelism: 2 processes (torchrun, gloo, CPU) train exactly like 1 process on the doubled batch.
 
 SGD makes the update linear in the gradient, so equal weights mean equal gradients (Adam's
-normalisation would hide a wrong gradient scale). The 2-process run also uses gradient caching (micro-batches of 2), so the test covers the
-cross-process gather of embeddings, DDP gradient averaging and the cached backward together.
+normalisation would hide a wrong gradient scale). The 2-process run also uses gradient caching
+(micro-batches of 2), so the test covers the cross-process gather of embeddings, DDP gradient
+averaging and the cached backward together.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pplx_embed.train.contrastive import train_stage
 from pplx_embed.train.config import stage_config
+from pplx_embed.train.contrastive import train_stage
 
 TOPICS = ["asthma", "diabetes", "measles", "anemia", "gout", "malaria", "rabies", "scurvy"]
 
@@ -29,7 +30,8 @@ def test_two_processes_match_one_process_on_the_doubled_batch(tmp_path, tiny_ppl
     pairs.write_text("".join(json.dumps({"query": f"symptoms of {t}", "positive": f"{t} causes fever and pain."}) + "\n"
                              for t in TOPICS))
     common = dict(stage="pairs", model=str(tiny_pplx_dir), max_length=16, query_max_length=16, max_steps=2,
-                  log_every=1, phases=[{"data": str(pairs)}], optim={"optimizer": "sgd", "lr": 5.0, "weight_decay": 0.0, "max_grad_norm": None},
+                  log_every=1, phases=[{"data": str(pairs)}], optim={"optimizer": "sgd", "lr": 5.0,
+                                                                     "weight_decay": 0.0, "max_grad_norm": None},
                   loss={"quantizations": ["float", "int8"], "mrl_dims": [32]})
     train_stage(stage_config(output=str(tmp_path / "one"), batch_size=4, **common), progress=False)
 
@@ -56,7 +58,8 @@ def test_two_processes_match_one_process_on_the_doubled_batch(tmp_path, tiny_ppl
 
 
 def test_fsdp_checkpoint_resumes_exactly(tmp_path, tiny_pplx_dir):
-    """2-process FSDP with AdamW: 1 step, stop, resume to step 2 == 2 steps straight (full weights and optimizer state)."""
+    """2-process FSDP with AdamW: 1 step, stop, resume to step 2 == 2 steps straight (full weights and
+    optimizer state)."""
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("".join(json.dumps({"query": f"symptoms of {t}", "positive": f"{t} causes fever and pain."}) + "\n"
                              for t in TOPICS))
@@ -95,7 +98,8 @@ def test_diffusion_pretraining_fsdp_equals_ddp(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     for parallel, port in (("ddp", 29536), ("fsdp", 29537)):
         config = tmp_path / f"{parallel}.json"
-        config.write_text(json.dumps(dict(model="random:tiny", output=str(tmp_path / parallel), data=str(tmp_path / "docs.txt"),
+        config.write_text(json.dumps(dict(model="random:tiny", output=str(tmp_path / parallel),
+                                          data=str(tmp_path / "docs.txt"),
                                           seq_len=32, batch_size=2, steps=3, lr=3e-3, log_every=1, parallel=parallel)))
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
                "-m", "pplx_embed.cli", "train", "diffusion", "--config", str(config), "--quiet"]

@@ -10,9 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from pplx_embed.model.quantization import to_int8, to_pm1
-from pplx_embed.train.losses import (
-    contextual_dual_loss, cosine_scores, false_negative_mask, info_nce, mrl_qat_loss,
-)
+from pplx_embed.train.losses import contextual_dual_loss, cosine_scores, false_negative_mask, info_nce, mrl_qat_loss
 from pplx_embed.train.merge import slerp, slerp_state_dicts
 from pplx_embed.train.quant import fake_quantize, ste_binary, ste_int8
 

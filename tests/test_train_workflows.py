@@ -26,8 +26,8 @@ TOPICS = ["asthma", "diabetes", "measles", "anemia", "gout", "malaria", "rabies"
 def write_pairs(path: Path, n: int = 12) -> Path:
     with path.open("w") as f:
         for t in TOPICS[:n]:
-            f.write(json.dumps({"query": f"What are the symptoms of {t}?",
-                                "positive": f"The symptoms of {t} include fever and pain. {t} is treated by doctors."}) + "\n")
+            positive = f"The symptoms of {t} include fever and pain. {t} is treated by doctors."
+            f.write(json.dumps({"query": f"What are the symptoms of {t}?", "positive": positive}) + "\n")
     return path
 
 
@@ -112,12 +112,14 @@ def test_diffusion_pretraining_from_a_causal_qwen3_lowers_the_loss_and_loads(tmp
             return m(noisy, blocks[:4], masked, ratio).item()
 
     before = fixed_loss(model)
-    config = DiffusionConfig(model=str(tmp_path / "causal"), output=str(tmp_path / "out"), data=str(tmp_path / "docs.txt"),
+    config = DiffusionConfig(model=str(tmp_path / "causal"), output=str(tmp_path / "out"),
+                             data=str(tmp_path / "docs.txt"),
                              seq_len=32, batch_size=2, steps=4, lr=3e-3, log_every=1)
     result = train_diffusion(config, progress=False)
     trained = DiffusionLM(causal_qwen3(str(tmp_path / "causal"))[0])
     trained.encoder.load_state_dict(Embedder(result["output"]).model.state_dict())
-    trained.lm_head.load_state_dict(torch.load(Path(result["output"]) / "trainer_state.pt", weights_only=False)["lm_head"])
+    trained.lm_head.load_state_dict(torch.load(Path(result["output"]) / "trainer_state.pt",
+                                               weights_only=False)["lm_head"])
     assert fixed_loss(trained) < before
     emb = Embedder(result["output"])
     assert emb.checkpoint.config["model_type"] == "bidirectional_pplx_qwen3"
@@ -157,7 +159,8 @@ def test_export_encoder_causal_and_bidirectional_arms_and_causal_pair_training(t
     assert not torch.allclose(b[0, 0], b[1, 0])  # bidirectional: a later token changes the first state
     out = tmp_path / "pairs"
     config = stage_config(stage="pairs", model=str(tmp_path / "causal"), output=str(out), batch_size=4, max_length=32,
-                          log_every=1, max_steps=2, optim={"lr": 1e-3}, phases=[{"data": str(write_pairs(tmp_path / "p.jsonl"))}])
+                          log_every=1, max_steps=2, optim={"lr": 1e-3},
+                          phases=[{"data": str(write_pairs(tmp_path / "p.jsonl"))}])
     train_stage(config, progress=False)
     trained = states(out / "last")
     assert torch.allclose(trained[0, :3], trained[1, :3]) and not torch.allclose(trained, c)  # trained, still causal
@@ -220,7 +223,8 @@ def test_curriculum_phases_and_sharded_batches():
 
 
 def test_example_configs_load_and_bad_configs_are_explained(tmp_path):
-    for name in ("pairs-curriculum.yaml", "pairs-fsdp.yaml", "contextual.yaml", "triplets.yaml", "finetune-medquad.json"):
+    for name in ("pairs-curriculum.yaml", "pairs-fsdp.yaml", "contextual.yaml", "triplets.yaml",
+                 "finetune-medquad.json"):
         config = load_stage_config(ROOT / "configs" / name)
         assert config.phases and config.loss.temperature == 0.05
     assert load_stage_config(ROOT / "configs" / "pairs-fsdp.yaml").parallel == "fsdp"
@@ -266,4 +270,5 @@ def test_finetune_cli_and_its_errors(tmp_path, tiny_pplx_dir, capsys):
     rc = main(["finetune", "--model", str(tiny_pplx_dir), "--train", str(tmp_path / "broken.jsonl"), "-o",
                str(tmp_path / "ft2"), "--quiet"])
     err = capsys.readouterr().err
-    assert rc == 2 and "broken.jsonl:2: field 'positive' must be a non-empty string" in err and len(err.splitlines()) == 1
+    assert rc == 2 and len(err.splitlines()) == 1
+    assert "broken.jsonl:2: field 'positive' must be a non-empty string" in err

@@ -29,7 +29,8 @@ def existing_path(path: str | Path, what: str = "file") -> Path:
 
 
 def read_texts(path: str, field: str = "text") -> list[str]:
-    """Texts from a ``.jsonl`` file (``field`` of each object, or a bare string per line) or a text file (one per line)."""
+    """Texts from a ``.jsonl`` file (``field`` of each object, or a bare string per line) or a text file
+    (one per line); ``-`` reads stdin."""
     if path == "-":
         lines = sys.stdin.read().splitlines()
         name = "stdin"

@@ -108,7 +108,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--sets", type=_list, default=None,
                     help="folder of parallel sets: only these, e.g. en,de,zh (default: all)")
     ev.add_argument("--pivot", default="en", help="query language for query-to-query retrieval (default en)")
-    ev.add_argument("--query-model", default=None, help="embed queries with this model (e.g. v1 queries, context-v1 chunks)")
+    ev.add_argument("--query-model", default=None,
+                    help="embed queries with this model (e.g. v1 queries, context-v1 chunks)")
     ev.add_argument("--rescore", type=int, default=DEFAULT_RESCORE,
                     help=f"binary+rescore: candidates re-ordered with int8 (default {DEFAULT_RESCORE})")
     ev.add_argument("--sample-corpus", type=int, default=None, metavar="N",

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from pplx_embed.cli.common import add_model_args, load_embedder
 from pplx_embed.errors import InputError as CLIError
@@ -168,10 +169,9 @@ def cmd_delete(args: argparse.Namespace) -> int:
 def cmd_batch(args: argparse.Namespace) -> int:
     from pplx_embed.index.batch import embed_files
 
-    written = embed_files(args.input, args.output, model=args.model, field=args.field,
+    written = embed_files(args.input, args.output, options=EmbedderOptions.from_args(args), field=args.field,
                           quantizations=tuple(args.quantization or ("int8", "binary")), dimensions=args.dimensions,
                           rows_per_file=args.rows_per_file, num_cpus=args.num_cpus, num_gpus=args.num_gpus,
-                          device=args.device, max_batch_tokens=args.max_batch_tokens,
                           show_progress_bar=not args.quiet)
     if args.index:
         from pplx_embed.index.batch import ingest_parts

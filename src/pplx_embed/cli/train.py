@@ -1,4 +1,4 @@
-"""Commands: ``pplx-embed train diffusion|pairs|contextual|triplets``, ``merge``, ``export-encoder`` and ``finetune``."""
+"""``pplx-embed train diffusion|pairs|contextual|triplets``, ``merge``, ``export-encoder`` and ``finetune``."""
 
 from __future__ import annotations
 
@@ -94,7 +94,8 @@ def register(sub) -> None:
     export.set_defaults(func=cmd_export_encoder)
 
     ft = sub.add_parser("finetune", help="fine-tune a model on query/positive pairs (JSONL)")
-    ft.add_argument("--model", "-m", required=True, help="alias (minilm, pplx-embed-v1-0.6b ...) or checkpoint directory")
+    ft.add_argument("--model", "-m", required=True,
+                    help="alias (minilm, pplx-embed-v1-0.6b ...) or checkpoint directory")
     ft.add_argument("--train", required=True, help='pairs JSONL: {"query": ..., "positive": ...} per line')
     ft.add_argument("--eval", default=None, help="BEIR directory to evaluate before/after (early stopping, best kept)")
     ft.add_argument("--output", "-o", required=True, help="output directory (best/, last/, log.jsonl, summary.json)")
@@ -106,7 +107,8 @@ def register(sub) -> None:
     ft.add_argument("--temperature", type=float, default=0.05)
     ft.add_argument("--micro-batch", type=int, default=None, help="gradient caching: embed in pieces of this size")
     ft.add_argument("--qat", default=None, help="quantization-aware views, e.g. float,int8,binary")
-    ft.add_argument("--mrl-dims", type=_comma_ints, default=None, help="Matryoshka dims trained besides full, e.g. 128,256")
+    ft.add_argument("--mrl-dims", type=_comma_ints, default=None,
+                    help="Matryoshka dims trained besides full, e.g. 128,256")
     ft.add_argument("--eval-every", type=int, default=None, help="evaluate every N steps (default: each epoch)")
     ft.add_argument("--patience", type=int, default=3, help="evaluations without improvement before stopping")
     ft.add_argument("--eval-max-queries", type=int, default=None)

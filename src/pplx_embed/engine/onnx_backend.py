@@ -19,13 +19,12 @@ import hashlib
 import inspect
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from pplx_embed.atomic import atomic_path
 from pplx_embed.engine.threads import physical_cores
 from pplx_embed.model.pooling import Span, pool_spans
 
@@ -129,23 +128,18 @@ def prepare_onnx(model: torch.nn.Module, checkpoint_path: Path, variant: str = "
     if model_file.is_file():
         return model_file
     fp32 = prepare_onnx(model, checkpoint_path, "onnx", pooling, name) if variant == "onnx-int8" else None
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=".export-", dir=entry.parent))
     try:
-        if fp32 is None:
-            export_onnx(model, work / "model.onnx", pooled_outputs=pooling == "mean")
-        else:
-            quantize_int8(fp32, work / "model.onnx")
-        outputs = OUTPUTS if pooling == "mean" else OUTPUTS[:1]
-        (work / "export.json").write_text(json.dumps({"checkpoint": str(checkpoint_path), "variant": variant,
-                                                      "outputs": outputs}, indent=2))
-        try:
-            work.rename(entry)
-        except OSError:  # another process finished the same export first
-            if not model_file.is_file():
-                raise
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+        with atomic_path(entry, directory=True) as work:
+            if fp32 is None:
+                export_onnx(model, work / "model.onnx", pooled_outputs=pooling == "mean")
+            else:
+                quantize_int8(fp32, work / "model.onnx")
+            outputs = OUTPUTS if pooling == "mean" else OUTPUTS[:1]
+            (work / "export.json").write_text(json.dumps({"checkpoint": str(checkpoint_path), "variant": variant,
+                                                          "outputs": outputs}, indent=2))
+    except OSError:  # another process finished the same export first
+        if not model_file.is_file():
+            raise
     return model_file
 
 

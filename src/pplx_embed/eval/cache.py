@@ -2,8 +2,8 @@
 
 An entry is keyed by the model (name + weight files), the encoding settings (precision,
 truncation, plain or late chunking) and a SHA-256 of the exact texts in order; it holds
-full-dimension pooled vectors (plain texts) or the output of ``Embedder.encode_contextual``. Entries are written to a temporary file and renamed,
-so an interrupted run never leaves a corrupt entry.
+full-dimension pooled vectors (plain texts) or the output of ``Embedder.encode_contextual``.
+Entries are written to a temporary file and renamed, so an interrupted run never leaves a corrupt entry.
 """
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from pplx_embed.atomic import atomic_path
 
 DEFAULT_DIR = Path(os.environ.get("PPLX_EMBED_CACHE", Path.home() / ".cache" / "pplx-embed")) / "eval"
 
@@ -58,15 +58,8 @@ class EmbeddingCache:
     def _store(self, key: str, array: np.ndarray) -> None:
         if self.root is None:
             return
-        self.root.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.root, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.save(f, array, allow_pickle=False)
-            os.replace(tmp, self.root / f"{key}.npy")
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_path(self.root / f"{key}.npy") as tmp, tmp.open("wb") as f:
+            np.save(f, array, allow_pickle=False)
 
     def pooled(self, embedder, texts: list[str], truncation: str | None = None,
                show_progress_bar: bool = False) -> np.ndarray:

@@ -7,9 +7,9 @@ Every malformed line is reported as ``file:line: what is wrong`` (a :class:`Data
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 from pplx_embed.errors import InputError
 from pplx_embed.jsonl import iter_jsonl
@@ -146,7 +146,8 @@ def _corpus(path: Path) -> tuple[list[str], list[str], list[tuple[str, list[int]
                 raise DataError(f"{where}: 'chunk_index' must be a non-negative integer, got {index!r}")
             by_index = chunks.setdefault(str(doc), {})
             if index in by_index:
-                raise DataError(f"{where}: chunk {index} of document {doc!r} already given on line {by_index[index][1]}")
+                raise DataError(f"{where}: chunk {index} of document {doc!r} already given on line "
+                                f"{by_index[index][1]}")
             by_index[index] = (len(ids), number)
         elif "doc_id" in row:
             raise DataError(f"{where}: row has a 'doc_id' but the first row has none; "

@@ -167,7 +167,8 @@ def _plt():
 def plot_quality_vs_bytes(results: list[dict], path: Path) -> Path | None:
     """One panel per dataset: main metric vs bytes per vector (log scale), a line per precision."""
     panels = _by(_headline(results), "dataset", "task", "model")
-    panels = {k: v for k, v in panels.items() if len({r["dimensions"] for r in v}) + len({r["precision"] for r in v}) > 2}
+    panels = {k: v for k,
+              v in panels.items() if len({r["dimensions"] for r in v}) + len({r["precision"] for r in v}) > 2}
     if not panels:
         return None
     plt = _plt()
@@ -175,7 +176,7 @@ def plot_quality_vs_bytes(results: list[dict], path: Path) -> Path | None:
     nrows = (len(panels) + cols - 1) // cols
     fig, axes = plt.subplots(nrows, cols, figsize=(6.5 * cols, 4.2 * nrows), squeeze=False)
     markers = {"float": "o", "int8": "s", "binary": "^", "binary+rescore": "D"}
-    for ax, ((dataset, task, model), rows) in zip(axes.flat, panels.items()):
+    for ax, ((dataset, task, _model), rows) in zip(axes.flat, panels.items()):
         for precision, prow in _by(rows, "precision").items():
             prow = sorted(prow, key=lambda r: r["bytes"])
             xs, ys = [r["bytes"] for r in prow], [_main_metric(r) * (1 if task == "sts" else 100) for r in prow]
@@ -305,7 +306,7 @@ def guidance(results: list[dict], runs: list[dict] = ()) -> str:
                   "commands with a pplx-embed checkpoint to measure it.", ""]
     groups = _by(_headline(results), "task", "dataset", "model")
     bullets = []
-    for (task, dataset, model), rows in groups.items():
+    for (task, dataset, _model), rows in groups.items():
         full = max(r["dimensions"] for r in rows)
         ref = _find(rows, "float", full)
         if ref is None:
@@ -321,9 +322,11 @@ def guidance(results: list[dict], runs: list[dict] = ()) -> str:
                 delta = _main_metric(r) * scale - base
                 parts.append(f"{PRECISION_LABEL[precision]}@{dims} {delta:+.1f} ({_fmt_bytes(r['bytes'])} B)")
         if parts:
-            sampled = f" (sampled corpus: {ref['corpus']} of {ref['corpus_sampled_from']})" if ref.get("corpus_sampled_from") else ""
+            sampled = (f" (sampled corpus: {ref['corpus']} of {ref['corpus_sampled_from']})"
+                       if ref.get("corpus_sampled_from") else "")
             bullets.append(f"- **{dataset}**{sampled}{' (late chunking)' if task == 'contextual' else ''}: "
-                           f"float32@{full} {name} {base:.1f} ({_fmt_bytes(ref['bytes'])} B); " + ", ".join(parts) + ".")
+                           f"float32@{full} {name} {base:.1f} ({_fmt_bytes(ref['bytes'])} B); "
+                           + ", ".join(parts) + ".")
     lines += ["Change against full-width float32, in points of the main metric (bytes stored per vector; "
               "binary + rescore counts the bits searched plus the int8 vector kept for rescoring):", ""]
     lines += bullets + [""]
@@ -354,14 +357,16 @@ def guidance(results: list[dict], runs: list[dict] = ()) -> str:
         other = [r["metrics"]["ndcg@10"] for r in cross]
         from_en = [r["metrics"]["ndcg@10"] for r in cross if r["query_language"] == "en"]
         text = (f"- **Across languages** ({cross[0]['dataset'].split('/')[0]}, {PRECISION_LABEL[cross[0]['precision']]}"
-                f"@{cross[0]['dimensions']}): same-language retrieval averages nDCG@10 {100 * sum(same) / max(len(same), 1):.1f} "
+                f"@{cross[0]['dimensions']}): same-language retrieval averages nDCG@10 "
+                f"{100 * sum(same) / max(len(same), 1):.1f} "
                 f"over {len(same)} languages; queries against a corpus in another language average "
                 f"{100 * sum(other) / len(other):.1f}")
         if from_en:
             text += f" (English queries: {100 * sum(from_en) / len(from_en):.1f})"
         q2q = [r["metrics"]["mrr@10"] for r in results if r["task"] == "query-to-query"]
         if q2q:
-            text += f"; finding a query's own translation among another language's queries: MRR@10 {100 * sum(q2q) / len(q2q):.1f}"
+            text += ("; finding a query's own translation among another language's queries: "
+                     f"MRR@10 {100 * sum(q2q) / len(q2q):.1f}")
         lines += [text + ". A large gap means the model matches surface words rather than meaning across "
                   "languages: choose a multilingual model (pplx-embed was trained cross-lingually) if users "
                   "search in one language and documents are in another.", ""]

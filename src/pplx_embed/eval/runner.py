@@ -57,7 +57,8 @@ def write_report(records: list[dict], embedder, data: str | Path, out: str | Pat
     """``out/results.json`` (records + run metadata), ``out/report.md`` and its plots; returns the JSON path."""
     out = Path(out)
     cache = settings.cache
-    meta = report.run_meta(embedder, command, seconds, data=str(data), cache={"hits": cache.hits, "misses": cache.misses})
+    meta = report.run_meta(embedder, command, seconds, data=str(data), cache={"hits": cache.hits,
+                                                                              "misses": cache.misses})
     path = report.save(out / "results.json", [meta], records)
     report.render([meta], records, out, out / "report.md", title=f"Evaluation of {embedder.name} on {data}",
                   generator=generator)

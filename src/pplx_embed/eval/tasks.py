@@ -114,8 +114,9 @@ def query_to_doc(embedder, ds: RetrievalSet, s: Settings, query_embedder=None) -
     qe = query_embedder or embedder
     queries, docs = embed_texts(qe, ds.query_texts, s), embed_texts(embedder, ds.corpus_texts, s)
     base = _base("retrieval", ds.name, embedder, query_embedder, s, queries=len(ds.query_ids),
-                 corpus=len(ds.corpus_ids), corpus_sampled_from=ds.sampled_from, over_limit={"queries": _over_limit(qe, ds.query_texts),
-                                                        "corpus": _over_limit(embedder, ds.corpus_texts)})
+                 corpus=len(ds.corpus_ids), corpus_sampled_from=ds.sampled_from,
+                 over_limit={"queries": _over_limit(qe, ds.query_texts),
+                             "corpus": _over_limit(embedder, ds.corpus_texts)})
     return _retrieve(queries, docs, ds, ds.corpus_ids, embedder.dimension, s, base)
 
 

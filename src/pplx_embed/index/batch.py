@@ -16,6 +16,10 @@ from typing import Any
 
 import numpy as np
 
+from pplx_embed.atomic import atomic_path
+from pplx_embed.errors import InputError
+from pplx_embed.options import EmbedderOptions
+
 COLUMNS = ("int8", "binary", "float")
 
 
@@ -27,12 +31,12 @@ def _input_files(inputs: list[str]) -> list[Path]:
             files += sorted(f for f in p.iterdir() if f.suffix in (".jsonl", ".parquet"))
         elif p.is_file():
             if p.suffix not in (".jsonl", ".parquet"):
-                raise ValueError(f"{item}: batch input must be .jsonl or .parquet")
+                raise InputError(f"{item}: batch input must be .jsonl or .parquet")
             files.append(p)
         else:
-            raise FileNotFoundError(f"input not found: {item}")
+            raise InputError(f"input not found: {item}")
     if not files:
-        raise ValueError("no .jsonl or .parquet input files")
+        raise InputError("no .jsonl or .parquet input files")
     return files
 
 
@@ -42,7 +46,7 @@ def _read_table(path: Path, field: str):
 
     table = pq.read_table(path) if path.suffix == ".parquet" else pj.read_json(path)
     if field not in table.column_names:
-        raise ValueError(f"{path}: no {field!r} column (columns: {', '.join(table.column_names)})")
+        raise InputError(f"{path}: no {field!r} column (columns: {', '.join(table.column_names)})")
     return table
 
 
@@ -57,13 +61,15 @@ def _shards(files: list[Path], field: str, rows_per_file: int) -> list[dict[str,
 
 
 class EmbedShards:
-    """A Ray Data actor: loads the model once, embeds whole shards and writes their parts."""
+    """A Ray Data actor: loads the model once, embeds whole shards and writes their parts.
 
-    def __init__(self, model: str | None, output: str, field: str, quantizations: tuple[str, ...],
-                 dimensions: int | None, device: str | None, max_batch_tokens: int):
-        from pplx_embed import Embedder
+    Over-long texts are cut from the right unless the options ask for ``left``.
+    """
 
-        self.embedder = Embedder(model, device=device, max_batch_tokens=max_batch_tokens)
+    def __init__(self, options: EmbedderOptions, output: str, field: str, quantizations: tuple[str, ...],
+                 dimensions: int | None):
+        self.embedder = options.build()
+        self.truncation = options.truncation or "right"
         self.output, self.field, self.quantizations, self.dimensions = Path(output), field, quantizations, dimensions
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
@@ -76,7 +82,7 @@ class EmbedShards:
         for file, start, stop, part in zip(batch["file"], batch["start"], batch["stop"], batch["part"]):
             table = _read_table(Path(file), self.field).slice(int(start), int(stop) - int(start))
             texts = table.column(self.field).to_pylist()
-            floats = self.embedder.encode(texts, dimensions=self.dimensions, truncation="right")
+            floats = self.embedder.encode(texts, dimensions=self.dimensions, truncation=self.truncation)
             columns = {name: table.column(name) for name in table.column_names}
             for q in self.quantizations:
                 codes = quantize(floats, q)
@@ -87,26 +93,29 @@ class EmbedShards:
             out = pa.table(columns).replace_schema_metadata({
                 "model": self.embedder.name, "dimensions": str(floats.shape[1]),
                 "quantizations": ",".join(self.quantizations), "source": str(file), "start": str(start)})
-            tmp = self.output / f".{part}.tmp"
-            pq.write_table(out, tmp)
-            os.replace(tmp, self.output / part)  # a part exists only once it is complete
+            with atomic_path(self.output / part) as tmp:  # a part exists only once it is complete
+                pq.write_table(out, tmp)
             done.append(part)
         return {"part": done}
 
 
-def embed_files(inputs: list[str], output: str, *, model: str | None = None, field: str = "text",
+def embed_files(inputs: list[str], output: str, *, options: EmbedderOptions | None = None, field: str = "text",
                 quantizations: tuple[str, ...] = ("int8", "binary"), dimensions: int | None = None,
                 rows_per_file: int = 4096, num_cpus: int | None = None, num_gpus: float = 0,
-                concurrency: int | None = None, device: str | None = None, max_batch_tokens: int = 16384,
-                show_progress_bar: bool = True) -> dict[str, Any]:
-    """Embed every row's ``field`` into Parquet parts under ``output``; skips parts already written."""
+                concurrency: int | None = None, show_progress_bar: bool = True) -> dict[str, Any]:
+    """Embed every row's ``field`` into Parquet parts under ``output``; skips parts already written.
+
+    Every actor loads the model of ``options`` (default: :meth:`EmbedderOptions.from_env`).
+    """
     import ray
+
+    options = options or EmbedderOptions.from_env()
 
     for q in quantizations:
         if q not in COLUMNS:
-            raise ValueError(f"unknown batch quantization {q!r}; choose from {', '.join(COLUMNS)}")
+            raise InputError(f"unknown batch quantization {q!r}; choose from {', '.join(COLUMNS)}")
     if rows_per_file < 1:
-        raise ValueError("rows_per_file must be positive")
+        raise InputError("rows_per_file must be positive")
     files = _input_files(list(inputs))
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
@@ -127,9 +136,8 @@ def embed_files(inputs: list[str], output: str, *, model: str | None = None, fie
             concurrency = max(1, int(ray.cluster_resources().get("GPU", 0) / num_gpus)) if num_gpus else 1
         written = ray.data.from_items(todo, override_num_blocks=len(todo)).map_batches(
             EmbedShards, batch_size=1, concurrency=concurrency, num_gpus=num_gpus or None, num_cpus=1,
-            fn_constructor_kwargs={"model": model, "output": str(out), "field": field,
-                                   "quantizations": tuple(quantizations), "dimensions": dimensions,
-                                   "device": device, "max_batch_tokens": max_batch_tokens},
+            fn_constructor_kwargs={"options": options, "output": str(out), "field": field,
+                                   "quantizations": tuple(quantizations), "dimensions": dimensions},
         ).take_all()
     finally:
         if started:
@@ -141,7 +149,7 @@ def embed_files(inputs: list[str], output: str, *, model: str | None = None, fie
 def _parts(output: str) -> list[Path]:
     parts = sorted(Path(output).glob("part-*.parquet"))
     if not parts:
-        raise FileNotFoundError(f"no parts in {output}")
+        raise InputError(f"no parts in {output}")
     return parts
 
 
@@ -195,13 +203,13 @@ def ingest_parts(output: str, location: str, *, id_field: str = "id", text_field
             metadata = table.select(extra).to_pylist() if extra else None
             if store.store_float:
                 if "float" not in table.column_names:
-                    raise ValueError(f"{location} keeps float vectors; embed with -q float to index these parts")
+                    raise InputError(f"{location} keeps float vectors; embed with -q float to index these parts")
                 store.upsert(texts, ids=ids, vectors=_matrix(table, "float", np.float32), metadata=metadata,
                              model=meta.get("model"))
             else:
                 for needed in ("int8", "binary"):
                     if needed not in table.column_names:
-                        raise ValueError(f"{part.name} has no {needed} column; embed with -q int8 -q binary")
+                        raise InputError(f"{part.name} has no {needed} column; embed with -q int8 -q binary")
                 binary = np.frombuffer(b"".join(table.column("binary").to_pylist()), np.uint8).reshape(n, -1)
                 store.upsert_codes(ids, _matrix(table, "int8", np.int8), binary, texts=texts, metadata=metadata,
                                    model=meta.get("model"))

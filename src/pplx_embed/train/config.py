@@ -166,8 +166,8 @@ def _build(cls, data: typing.Any, where: str):
             kwargs[key] = _build(target, value, f"{where}.{key}")
         else:
             kwargs[key] = value
-    missing = [f.name for f in dataclasses.fields(cls)
-               if f.name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [f.name for f in dataclasses.fields(cls) if f.name not in kwargs
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     if missing:
         raise InputError(f"{where}: missing required key(s) {', '.join(missing)}")
     return cls(**kwargs)

@@ -31,14 +31,21 @@ from tqdm.auto import tqdm
 
 from pplx_embed.errors import InputError
 from pplx_embed.model.pooling import Sequence
+from pplx_embed.options import EmbedderOptions
 from pplx_embed.train import distributed as dist
-from pplx_embed.train.schedule import restore, warmup_linear
 from pplx_embed.train.config import StageConfig, to_dict
 from pplx_embed.train.data import (
-    ContextualExample, Pair, epoch_batches, load_contextual, load_pairs, read_jsonl, select_phase,
+    ContextualExample,
+    Pair,
+    epoch_batches,
+    load_contextual,
+    load_pairs,
+    read_jsonl,
+    select_phase,
 )
 from pplx_embed.train.encoder import TrainableEncoder
 from pplx_embed.train.losses import contextual_dual_loss, cosine_scores, false_negative_mask, info_nce, mrl_qat_loss
+from pplx_embed.train.schedule import restore, warmup_linear
 
 GroupLoss = Callable[[list[torch.Tensor]], tuple[torch.Tensor, dict[str, float]]]
 
@@ -68,7 +75,8 @@ class ContrastiveTrainer:
             self.state = torch.load(last / "trainer_state.pt", weights_only=False)
             source = str(last)
         device = config.device or dist.default_device()
-        self.encoder = TrainableEncoder(source, device, config.max_length, config.gradient_checkpointing)
+        options = EmbedderOptions(model=str(source), device=device)  # the config decides, not PPLX_EMBED_*
+        self.encoder = TrainableEncoder(options, config.max_length, config.gradient_checkpointing)
         self.encoder.model.train()
         if config.parallel == "fsdp" and config.eval is not None and self.world > 1:
             raise InputError("eval during training is not supported with parallel: fsdp; evaluate the saved "
@@ -82,7 +90,8 @@ class ContrastiveTrainer:
             self.total_steps = min(self.total_steps, config.max_steps)
         decay = [p for n, p in self.encoder.model.named_parameters() if p.ndim > 1]
         no_decay = [p for n, p in self.encoder.model.named_parameters() if p.ndim <= 1]
-        groups = [{"params": decay, "weight_decay": config.optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        groups = [{"params": decay, "weight_decay": config.optim.weight_decay},
+                  {"params": no_decay, "weight_decay": 0.0}]
         optimizer = torch.optim.AdamW if config.optim.optimizer == "adamw" else torch.optim.SGD
         self.optimizer = optimizer(groups, lr=config.optim.lr)
         self.scheduler = warmup_linear(self.optimizer, config.optim.warmup_steps, self.total_steps)
@@ -124,7 +133,8 @@ class ContrastiveTrainer:
             if not pairs or any(not p.negatives for p in pairs):
                 raise InputError(f"triplet phase {phase.data}: every pair needs a 'negative' (or configure mining)")
             count = min(len(p.negatives) for p in pairs)
-            pairs = [Pair(p.query, p.positive, p.negatives[:count], p.lang, p.query_lang, p.positive_lang) for p in pairs]
+            pairs = [Pair(p.query, p.positive, p.negatives[:count], p.lang, p.query_lang, p.positive_lang)
+                     for p in pairs]
         return pairs
 
     def _pair_batch(self, pairs: list[Pair]) -> Batch:
@@ -165,7 +175,8 @@ class ContrastiveTrainer:
             exclude = false_negative_mask(cosine_scores(queries, chunks), positives, cfg.loss.false_negative_margin,
                                           cosine_scores(chunks, chunks), cfg.loss.duplicate_threshold)
             return mrl_qat_loss(
-                lambda q, c: contextual_dual_loss(q, c, chunk_doc, positives, cfg.loss.temperature, exclude, weights)[0],
+                lambda q, c: contextual_dual_loss(q, c, chunk_doc, positives, cfg.loss.temperature, exclude,
+                                                  weights)[0],
                 queries, chunks, self._dims(), cfg.loss.quantizations)
 
         return Batch(groups, loss, gather=False)

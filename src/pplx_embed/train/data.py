@@ -16,7 +16,6 @@ from pathlib import Path
 
 from pplx_embed.errors import InputError
 from pplx_embed.jsonl import iter_jsonl
-
 from pplx_embed.train.config import PhaseConfig
 
 
@@ -122,7 +121,8 @@ def select_phase(pairs: list[Pair], phase: PhaseConfig, seed: int = 0) -> list[P
     return out
 
 
-def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1) -> list[list[int]]:
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int = 0,
+                  world_size: int = 1) -> list[list[int]]:
     """This process's example indices for each step of one epoch.
 
     A seeded permutation is cut into global batches of ``batch_size × world_size`` (the last

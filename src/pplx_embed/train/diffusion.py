@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from pplx_embed.atomic import atomic_path
 from pplx_embed.errors import InputError
 from pplx_embed.model.encoder import PPLXQwen3Config, PPLXQwen3Model
 from pplx_embed.model.synthetic import pplx_config, write_sentence_transformers_files
@@ -142,17 +143,13 @@ def _write_encoder_checkpoint(encoder: torch.nn.Module, tokenizer, directory: Pa
     """A Qwen3 token encoder as a runtime checkpoint (mean pooling, ``training.json``), written atomically."""
     import shutil
 
-    tmp = directory.with_name(directory.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_encoder(encoder, tokenizer, tmp, weights=weights)
-    write_sentence_transformers_files(tmp, encoder.config.hidden_size, encoder.config.max_position_embeddings)
-    (tmp / "training.json").write_text(json.dumps(info, indent=2))
-    if state is not None:
-        torch.save(state, tmp / "trainer_state.pt")
-    if directory.exists():
-        shutil.rmtree(directory)
-    tmp.rename(directory)
+    with atomic_path(directory, directory=True) as tmp:
+        save_encoder(encoder, tokenizer, tmp, weights=weights)
+        write_sentence_transformers_files(tmp, encoder.config.hidden_size, encoder.config.max_position_embeddings)
+        (tmp / "training.json").write_text(json.dumps(info, indent=2))
+        if state is not None:
+            torch.save(state, tmp / "trainer_state.pt")
+        shutil.rmtree(directory, ignore_errors=True)  # the previous save goes once this one is complete
     return directory
 
 
@@ -229,7 +226,8 @@ def train_diffusion(config: DiffusionConfig, resume: bool = False, progress: boo
         weights, optimizer_state = dist.full_state(model, optimizer)  # a collective under FSDP
         if not dist.is_main():
             return
-        part = lambda prefix: {k.removeprefix(prefix): v for k, v in weights.items() if k.startswith(prefix)}  # noqa: E731
+        part = lambda prefix: {k.removeprefix(prefix): v  # noqa: E731
+                               for k, v in weights.items() if k.startswith(prefix)}
         state = {"optimizer": optimizer_state, "scheduler": scheduler.state_dict(), "step": step,
                  "history": history, "generator": generator.get_state(),
                  "lm_head": part("lm_head.") if model.lm_head is not None else None}
@@ -243,7 +241,8 @@ def train_diffusion(config: DiffusionConfig, resume: bool = False, progress: boo
                 else contextlib.nullcontext())
     started = time.time()
     model.train()
-    bar = tqdm(total=config.steps, initial=step, disable=not (progress and dist.is_main()), desc="diffusion", unit="step")
+    bar = tqdm(total=config.steps, initial=step, disable=not (progress and dist.is_main()), desc="diffusion",
+               unit="step")
     while step < config.steps:
         slot = step % per_epoch
         order = epoch_order(step // per_epoch)

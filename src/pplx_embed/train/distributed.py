@@ -99,8 +99,7 @@ def full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None =
     """Unsharded (model, optimizer) state dicts on CPU; a collective under FSDP (call it on every process)."""
     if not is_sharded(model):
         return model.state_dict(), optimizer.state_dict() if optimizer is not None else None
-    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                         get_optimizer_state_dict)
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
 
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     weights = get_model_state_dict(model, options=options)

@@ -16,12 +16,13 @@ from pathlib import Path
 
 import torch
 
+from pplx_embed.atomic import atomic_path
 from pplx_embed.embedder import Embedder
 from pplx_embed.errors import InputError
-from pplx_embed.model.pooling import Sequence
 from pplx_embed.model.encoder import PPLX_MODEL_TYPE
 from pplx_embed.model.late_chunking import join_chunks
-from pplx_embed.model.pooling import pool_spans
+from pplx_embed.model.pooling import Sequence, pool_spans
+from pplx_embed.options import EmbedderOptions
 
 # sentence-transformers files copied next to the weights so the runtime reads pooling/normalization.
 ST_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json")
@@ -30,9 +31,8 @@ ST_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transf
 class TrainableEncoder:
     """Wraps an :class:`Embedder` for training: ``sequences`` → differentiable pooled embeddings."""
 
-    def __init__(self, model: str | Path, device: str | None = None, max_length: int = 256,
-                 gradient_checkpointing: bool = False):
-        self.embedder = Embedder(str(model), device=device, dtype="float32")
+    def __init__(self, options: EmbedderOptions, max_length: int = 256, gradient_checkpointing: bool = False):
+        self.embedder = Embedder(options=options.replace(backend="torch", dtype="float32"))  # gradients need both
         self.model: torch.nn.Module = self.embedder.model
         self.tokenizer = self.embedder.tokenizer
         self.device = self.embedder.device
@@ -83,7 +83,8 @@ class TrainableEncoder:
         for row, seq in enumerate(sequences):
             ids[row, : len(seq.ids)] = torch.tensor(seq.ids)
             mask[row, : len(seq.ids)] = 1
-        hidden = (module or self.model)(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).last_hidden_state
+        hidden = (module or self.model)(input_ids=ids.to(self.device),
+                                        attention_mask=mask.to(self.device)).last_hidden_state
         return pool_spans(hidden, [s.spans for s in sequences], self.pooling)
 
     # ---- output ------------------------------------------------------------------------------
@@ -96,17 +97,13 @@ class TrainableEncoder:
         Written to a temporary sibling and renamed, so ``directory`` is always complete or absent.
         """
         directory = Path(directory)
-        tmp = directory.with_name(directory.name + ".partial")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        save_encoder(self.model, self.tokenizer, tmp, source=self.embedder.checkpoint.path, weights=weights)
-        if info:
-            (tmp / "training.json").write_text(json.dumps(info, indent=2))
-        if state:
-            torch.save(state, tmp / "trainer_state.pt")
-        if directory.exists():
-            shutil.rmtree(directory)
-        tmp.rename(directory)
+        with atomic_path(directory, directory=True) as tmp:
+            save_encoder(self.model, self.tokenizer, tmp, source=self.embedder.checkpoint.path, weights=weights)
+            if info:
+                (tmp / "training.json").write_text(json.dumps(info, indent=2))
+            if state:
+                torch.save(state, tmp / "trainer_state.pt")
+            shutil.rmtree(directory, ignore_errors=True)  # the previous save goes once this one is complete
         return directory
 
 

@@ -68,7 +68,6 @@ def retrieval_scores(embedder: Embedder, data: EvalSet, views: list[View] = (("f
     Texts longer than the model's limit are right-truncated.
     """
     from pplx_embed.eval.metrics import evaluate
-
     from pplx_embed.train.losses import view_name
 
     was_training = embedder.model.training

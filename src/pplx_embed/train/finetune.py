@@ -19,7 +19,8 @@ def finetune_config(model: str, train: str, output: str, eval_dir: str | None = 
                     quantizations: list[str] | None = None,
                     mrl_dims: list[int] | None = None, micro_batch: int | None = None,
                     eval_every: int | None = None, patience: int | None = 3, eval_max_queries: int | None = None,
-                    eval_max_corpus: int | None = None, eval_views: list[str] | None = None, eval_before: bool = True, warmup_steps: int = 0, seed: int = 0,
+                    eval_max_corpus: int | None = None, eval_views: list[str] | None = None, eval_before: bool = True,
+                    warmup_steps: int = 0, seed: int = 0,
                     device: str | None = None, max_steps: int | None = None, log_every: int = 10) -> StageConfig:
     """The :class:`StageConfig` of a fine-tuning run (a ``pairs`` stage with one phase)."""
     evaluation = None

@@ -61,7 +61,8 @@ def info_nce(queries: torch.Tensor, candidates: torch.Tensor, positives: torch.T
 def contextual_dual_loss(queries: torch.Tensor, chunks: torch.Tensor, chunk_doc: torch.Tensor,
                          positives: torch.Tensor, temperature: float = 0.05,
                          exclude: torch.Tensor | None = None,
-                         weights: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> tuple[torch.Tensor, dict[str, float]]:
+                         weights: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> tuple[torch.Tensor, dict[str,
+                                                                                                            float]]:
     """Dual contextual loss at chunk and document level.
 
     ``chunks`` are late-chunked embeddings of all documents in the batch, ``chunk_doc[c]`` the
@@ -75,7 +76,8 @@ def contextual_dual_loss(queries: torch.Tensor, chunks: torch.Tensor, chunk_doc:
     other_docs = chunk_doc[None, :] != chunk_doc[positives][:, None]
     in_sequence = info_nce(queries, chunks, positives, temperature, other_docs)
     n_docs = int(chunk_doc.max()) + 1
-    sums = torch.zeros(n_docs, chunks.shape[1], dtype=chunks.dtype, device=chunks.device).index_add(0, chunk_doc, chunks)
+    sums = torch.zeros(n_docs, chunks.shape[1], dtype=chunks.dtype, device=chunks.device).index_add(0, chunk_doc,
+                                                                                                    chunks)
     counts = torch.bincount(chunk_doc, minlength=n_docs).clamp(min=1)[:, None]
     document = info_nce(queries, sums / counts, chunk_doc[positives], temperature)
     total = weights[0] * in_batch + weights[1] * in_sequence + weights[2] * document

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from pplx_embed.atomic import atomic_path
 from pplx_embed.errors import InputError
 
 
@@ -43,7 +44,8 @@ def slerp_state_dicts(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], t:
         raise InputError(f"t must be between 0 and 1, got {t}")
     if a.keys() != b.keys():
         diff = sorted(set(a) ^ set(b))[:5]
-        raise InputError(f"checkpoints have different parameters (e.g. {', '.join(diff)}); merge same-architecture models")
+        raise InputError(f"checkpoints have different parameters (e.g. {', '.join(diff)}); "
+                         "merge same-architecture models")
     return {name: slerp(a[name], b[name], t) for name in a}
 
 
@@ -73,13 +75,11 @@ def merge_checkpoints(a: str | Path, b: str | Path, out: str | Path, t: float = 
         tensors_b.update(load_file(f))
     tensors_a = {k: v for part in weights_a.values() for k, v in part.items()}
     merged = slerp_state_dicts(tensors_a, tensors_b, t)
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(a, tmp, ignore=shutil.ignore_patterns("*.safetensors", "trainer_state*", "optimizer*"))
-    for name, part in weights_a.items():
-        save_file({k: merged[k].contiguous() for k in part}, str(tmp / name), metadata={"format": "pt"})
-    (tmp / "merge.json").write_text(json.dumps({"method": "slerp", "t": t, "a": str(a), "b": str(b)}, indent=2))
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)  # complete or absent: a crash never leaves a half-written checkpoint at ``out``
+    with atomic_path(out, directory=True) as tmp:  # complete or absent, whatever crashes in between
+        shutil.copytree(a, tmp, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("*.safetensors", "trainer_state*", "optimizer*"))
+        for name, part in weights_a.items():
+            save_file({k: merged[k].contiguous() for k in part}, str(tmp / name), metadata={"format": "pt"})
+        (tmp / "merge.json").write_text(json.dumps({"method": "slerp", "t": t, "a": str(a), "b": str(b)}, indent=2))
+        shutil.rmtree(out, ignore_errors=True)
     return out

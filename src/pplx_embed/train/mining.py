@@ -41,7 +41,8 @@ def mine_hard_negatives(embedder: Embedder, pairs: list[Pair], corpus: list[str]
             for j in ranked:
                 if corpus[j] == pair.positive or dup[row, j] >= config.duplicate_threshold:
                     continue
-                if config.max_score_ratio is not None and scores[row, j] > config.max_score_ratio * positive_scores[row]:
+                if config.max_score_ratio is not None and scores[row,
+                                                                 j] > config.max_score_ratio * positive_scores[row]:
                     continue
                 negatives.append(corpus[j])
                 if len(negatives) == config.num_negatives:
