@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from pplx_embed.cli import main
+from pplx_embed.model.checkpoint import minilm_path
 
 
 def cli(*args: str, stdin: str | None = None) -> SimpleNamespace:
@@ -91,6 +92,11 @@ def test_info_reports_model_facts(tiny_pplx_dir):
         (["embed", "{bad}", "-o", "{tmp}/x.npy", "-m", "minilm"], "bad.jsonl:2: not valid JSON"),
         (["embed", "{empty}", "-o", "{tmp}/x.npy", "-m", "minilm"], "holds no texts"),
         (["info", "{tmp}"], "has no config.json"),
+        (["info", "{noweights}"], "has no weights"),
+        (["embed", "{texts}", "-o", "{tmp}/x.npy", "-m", "minilm", "--device", "tpu9"], "unknown device 'tpu9'"),
+        (["embed", "{texts}", "-o", "{tmp}/x.npy", "-m", "minilm", "--device", "cuda:7"], "is not available"),
+        (["eval", "--data", "{tmp}/nothing", "-m", "minilm"], "data not found"),
+        (["report", "{tmp}/no-results.json"], "results file not found"),
     ],
 )
 def test_bad_input_gives_one_clear_line(args, message, texts_file, tmp_path):
@@ -98,8 +104,48 @@ def test_bad_input_gives_one_clear_line(args, message, texts_file, tmp_path):
     bad.write_text('{"text": "fine"}\n{not json}\n')
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n")
-    args = [a.format(texts=texts_file, tmp=tmp_path, bad=bad, empty=empty) for a in args]
+    noweights = tmp_path / "noweights"
+    noweights.mkdir()
+    for name in ("config.json", "modules.json", "tokenizer.json", "tokenizer_config.json"):
+        (noweights / name).write_bytes((minilm_path() / name).read_bytes())
+    args = [a.format(texts=texts_file, tmp=tmp_path, bad=bad, empty=empty, noweights=noweights) for a in args]
     result = cli(*args)
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "x.npy").exists()
+
+
+def test_a_bug_is_exit_1_with_one_line_and_debug_prints_the_traceback(texts_file, tmp_path):
+    """Only InputError is the user's fault; anything else is ours: status 1, one line, --debug for more."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    args = ["embed", str(texts_file), "-o", str(blocker / "x.npy"), "-m", "minilm", "--quiet"]
+    result = cli(*args)
+    assert result.returncode == 1 and len(result.stderr.splitlines()) == 1
+    assert result.stderr.startswith("pplx-embed: internal error: ") and "rerun with --debug" in result.stderr
+    debug = cli(*args, "--debug")  # accepted after the command as well as before it
+    assert debug.returncode == 1 and "Traceback (most recent call last)" in debug.stderr
+    assert cli("--debug", *args).returncode == 1
+
+
+def test_usage_errors_are_status_2_and_bench_is_a_script_now():
+    for argv in (["embed"], ["bench"], ["eval", "--data", "x", "--max-batch-tokens", "0"]):
+        with pytest.raises(SystemExit) as exc:
+            cli(*argv)
+        assert exc.value.code == 2
+
+
+def test_model_flags_reach_every_command():
+    """One declaration (EmbedderOptions.add_arguments): the same flags on every command that loads a model."""
+    from pplx_embed.cli import build_parser
+
+    flags = ["--backend", "onnx", "--dtype", "float32", "--device", "cpu", "--max-batch-tokens", "512",
+             "--max-batch-size", "8", "--truncation", "left"]
+    parser = build_parser()
+    commands = [["embed", "in.txt", "-o", "o.npy"], ["info"], ["demo"], ["eval", "--data", "d"],
+                ["index", "create", "ix"], ["index", "add", "ix", "in.jsonl"], ["index", "search", "ix", "q"],
+                ["batch", "in.jsonl", "-o", "out"]]
+    for command in commands:
+        args = parser.parse_args(command + flags)
+        assert (args.backend, args.dtype, args.device, args.max_batch_tokens, args.max_batch_size,
+                args.truncation) == ("onnx", "float32", "cpu", 512, 8, "left"), command

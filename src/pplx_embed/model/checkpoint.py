@@ -147,4 +147,6 @@ def load_checkpoint(name: str | os.PathLike | None = None) -> Checkpoint:
     dimension = config.get("hidden_size") or config.get("dim")
     if not dimension:
         raise ModelNotFoundError(f"{path / 'config.json'} has no hidden_size: not an encoder checkpoint")
+    if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
+        raise ModelNotFoundError(f"{path} has no weights (*.safetensors or *.bin): an incomplete checkpoint")
     return Checkpoint(recorded, path, config, pooling or "mean", normalize, int(max_length), int(dimension))
