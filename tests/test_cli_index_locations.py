@@ -1,6 +1,6 @@
 """``pplx-embed index create/add/search/stats`` through the CLI on every kind of location: an embedded
 directory, Milvus Lite (``milvus:FILE#collection``) and a local PostgreSQL with pgvector
-(``pgserver:DIR#table``), with the same flags (``--first-stage`` included) and the same results."""
+(``pgserver:DIR#table``): the same commands, the same flags and the same results."""
 
 from __future__ import annotations
 
@@ -32,13 +32,12 @@ def location(request, tmp_path) -> str:
             "pgserver": f"pgserver:{tmp_path / 'pgdata'}#kb"}[request.param]
 
 
-@pytest.mark.parametrize("first_stage", ["flat", "ivf"])
-def test_index_commands_on_every_location(location, first_stage, tmp_path, tiny_pplx_dir, capsys):
+def test_index_commands_on_every_location(location, tmp_path, tiny_pplx_dir, capsys):
     model = str(tiny_pplx_dir)
     data = tmp_path / "items.jsonl"
     data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in ROWS), encoding="utf-8")
 
-    code, out, err = run(capsys, "index", "create", location, "--model", model, "--first-stage", first_stage)
+    code, out, err = run(capsys, "index", "create", location, "--model", model)
     assert code == 0, err
     assert json.loads(out)["dimensions"] == 64
     code, _, err = run(capsys, "index", "add", location, str(data), "--quiet")
