@@ -9,6 +9,7 @@ from tqdm.auto import tqdm
 
 from pplx_embed.engine.batching import Sequence, plan_batches
 from pplx_embed.model.pooling import Span
+from pplx_embed.options import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_BATCH_TOKENS
 
 
 class Backend(Protocol):
@@ -22,7 +23,7 @@ class Engine:
     """Packs sequences into token-budget batches, runs a backend, returns vectors in input order."""
 
     def __init__(self, backend: Backend, dimension: int, pad_id: int, pooling: str = "mean",
-                 max_batch_tokens: int = 16384, max_batch_size: int = 256):
+                 max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE):
         self.backend = backend
         self.dimension = dimension
         self.pad_id = pad_id
