@@ -149,3 +149,15 @@ def test_model_flags_reach_every_command():
         args = parser.parse_args(command + flags)
         assert (args.backend, args.dtype, args.device, args.max_batch_tokens, args.max_batch_size,
                 args.truncation) == ("onnx", "float32", "cpu", 512, 8, "left"), command
+
+
+def test_finetune_help_explains_every_option_with_its_default(capsys):
+    with pytest.raises(SystemExit):
+        main(["finetune", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "sampled at random" in text and "drops the last partial batch" in text
+    assert "--batch-size BATCH_SIZE pairs per step" in text and "(default: 32)" in text and "(default: 2e-05)" in text
+    from pplx_embed.cli import build_parser
+
+    finetune = build_parser()._subparsers._group_actions[0].choices["finetune"]
+    assert [a.dest for a in finetune._actions if not a.help] == []

@@ -26,6 +26,10 @@ def test_metrics_match_hand_computed_values_on_graded_qrels():
     assert m["mrr@10"] == pytest.approx(0.5 / 2)  # first hit of q1 at rank 2
     assert m["map"] == pytest.approx(((1 / 2 + 2 / 3) / 2) / 2)  # precisions at the two hits of q1
     assert m["recall@10"] == pytest.approx(0.5)  # q1 found both, q2 none
+    assert m["accuracy@1"] == 0.0 and m["recall@1"] == 0.0  # neither query's best hit is relevant
+    top = evaluate(qrels, {"q1": {"d1": 0.9, "d2": 0.8, "d3": 0.7}, "q2": {"d5": 0.5}})
+    assert top["accuracy@1"] == pytest.approx(1 / 2)  # q1's best hit is relevant, q2's is not
+    assert top["recall@1"] == pytest.approx((1 / 2) / 2)  # q1 found one of its two relevant rows at rank 1
 
 
 def test_mrr_is_cut_at_ten_and_missing_queries_score_zero():

@@ -4,6 +4,7 @@ MTEB adapter on a local task."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -48,7 +49,8 @@ def test_eval_runs_every_precision_and_dimension_and_reuses_the_cache(minilm, xq
     assert set(rows) == {(p, d) for p in ("float", "int8", "binary", "binary+rescore") for d in (128, 384)}
     for r in rows.values():
         assert r["model"] == "sentence-transformers/all-MiniLM-L6-v2" and r["truncation"] == "right"
-        assert set(r["metrics"]) == {"ndcg@10", "recall@10", "recall@100", "recall@1000", "mrr@10", "map"}
+        assert set(r["metrics"]) == {"ndcg@10", "accuracy@1", "recall@1", "recall@10", "recall@100", "recall@1000",
+                                     "mrr@10", "map"}
         assert r["queries"] == 24 and r["corpus"] >= 10
     assert rows[("float", 384)]["metrics"]["ndcg@10"] > 0.6  # MiniLM finds English XQuAD paragraphs
     assert rows[("binary", 384)]["bytes"] == 48 and rows[("int8", 128)]["bytes"] == 128
@@ -131,3 +133,47 @@ def test_mteb_adapter_matches_our_eval_on_a_local_task(minilm, xquad_slice):
     ours = tasks.query_to_doc(minilm, load_beir(xquad_slice), tasks.Settings(precisions=("float",), truncation="right"))
     assert result.task_results[0].scores["test"][0]["ndcg_at_10"] == pytest.approx(ours[0]["metrics"]["ndcg@10"],
                                                                                    abs=1e-4)
+
+
+def test_over_long_texts_are_refused_before_anything_is_embedded(minilm, xquad_slice, tmp_path, capsys):
+    data = tmp_path / "long"
+    shutil.copytree(xquad_slice, data)
+    rows = [json.loads(line) for line in (data / "corpus.jsonl").read_text().splitlines()]
+    rows[-1]["text"] = "curiosity " * 600  # far beyond MiniLM's 256 tokens; queries come first and fit
+    (data / "corpus.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cache = tmp_path / "cache"
+    assert main(["eval", "--model", "minilm", "--data", str(data), "--cache", str(cache), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "corpus rows are longer than" in err and "--truncation right" in err and len(err.splitlines()) == 1
+    assert not cache.exists() or not any(cache.rglob("*.npy"))  # not even the queries were embedded
+
+
+def test_query_filter_keeps_the_matching_queries_and_names_them(minilm, xquad_slice, tmp_path, capsys):
+    data = tmp_path / "kinds"
+    shutil.copytree(xquad_slice, data)
+    queries = [json.loads(line) for line in (data / "queries.jsonl").read_text().splitlines()]
+    for i, q in enumerate(queries):
+        q["kind"] = "even" if i % 2 == 0 else "odd"
+        q["n"] = i
+    (data / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries))
+    args = ["eval", "--model", "minilm", "--data", str(data), "-q", "float", "--truncation", "right", "--no-cache",
+            "--quiet", "--output", str(tmp_path / "out")]
+    assert main(args + ["--query-filter", "kind=even"]) == 0
+    (record,) = json.loads((tmp_path / "out" / "results.json").read_text())["results"]
+    assert record["queries"] == sum(q["kind"] == "even" for q in queries)
+    assert record["dataset"].endswith("[kind='even']")
+    assert "Acc@1" in capsys.readouterr().out
+    assert main(args + ["--query-filter", "kind=odd", "--query-filter", "n=1"]) == 0  # JSON values; all must hold
+    (record,) = json.loads((tmp_path / "out" / "results.json").read_text())["results"]
+    assert record["queries"] == 1
+    assert main(args + ["--query-filter", "kind=none"]) == 2
+    assert "no query has kind='none'" in capsys.readouterr().err
+
+
+def test_cross_lingual_needs_two_languages(minilm, xquad_slice, tmp_path, capsys):
+    one = tmp_path / "one"
+    shutil.copytree(xquad_slice, one / "en")
+    for data in (xquad_slice, one):
+        assert main(["eval", "--model", "minilm", "--data", str(data), "--cross-lingual", "--no-cache"]) == 2
+        err = capsys.readouterr().err
+        assert "--cross-lingual needs" in err and len(err.splitlines()) == 1

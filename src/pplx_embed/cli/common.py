@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from pplx_embed.errors import InputError
 from pplx_embed.options import EmbedderOptions
@@ -26,6 +27,20 @@ def existing_path(path: str | Path, what: str = "file") -> Path:
     if not Path(path).exists():
         raise InputError(f"{what} not found: {path}")
     return Path(path)
+
+
+def field_values(pairs: list[str], flag: str) -> dict[str, Any]:
+    """``FIELD=VALUE`` pairs → {field: value}; a value is JSON when it parses (``n=3`` is a number), else a string."""
+    where: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise InputError(f"{flag} takes key=value, got {pair!r}")
+        try:
+            where[key] = json.loads(value)
+        except json.JSONDecodeError:
+            where[key] = value
+    return where
 
 
 def read_texts(path: str, field: str = "text") -> list[str]:

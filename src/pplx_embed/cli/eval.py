@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from pplx_embed.cli.common import add_model_args, existing_path
+from pplx_embed.cli.common import add_model_args, existing_path, field_values
 from pplx_embed.errors import InputError
 from pplx_embed.eval.cache import DEFAULT_DIR
 from pplx_embed.eval.retrieval import DEFAULT_RESCORE, PRECISIONS
@@ -54,21 +54,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
     query_embedder = options.replace(model=args.query_model).build() if args.query_model else None
     records = run(embedder, args.data, settings, query_embedder=query_embedder, split=args.split,
                   contextual=args.contextual, cross_lingual=args.cross_lingual, sets=args.sets, pivot=args.pivot,
-                  sample_corpus=args.sample_corpus)
-    if args.cross_lingual and not any(r["task"] == "cross-lingual" for r in records):
-        print("pplx-embed eval: --cross-lingual needs a folder of parallel BEIR sets; ignored", file=sys.stderr)
+                  sample_corpus=args.sample_corpus, query_filter=field_values(args.query_filter, "--query-filter"))
     argv = shlex.join(["pplx-embed", "eval", *sys.argv[2:]]) if sys.argv[1:2] == ["eval"] else None
     out = Path(args.output)
     path = write_report(records, embedder, args.data, out, time.perf_counter() - start, settings, argv)
     for r in records:
         if r["task"] in ("cross-lingual", "query-to-query"):
             continue  # a matrix: see report.md
-        main = r["metrics"].get("ndcg@10", r["metrics"].get("spearman", 0.0))
-        name = "spearman" if r["task"] == "sts" else "nDCG@10"
-        main = main if r["task"] == "sts" else 100 * main
+        m = r["metrics"]
+        score = f"spearman {m['spearman']:6.2f}" if r["task"] == "sts" else \
+            f"nDCG@10 {100 * m['ndcg@10']:6.2f}  Acc@1 {100 * m['accuracy@1']:6.2f}"
         mode = f" {r['mode']}" if "mode" in r else ""
-        print(f"{r['task']:<15} {r['dataset']:<22}{mode:<12} {r['precision']:<15} {r['dimensions']:>5}d "
-              f"{name} {main:6.2f}")
+        print(f"{r['task']:<15} {r['dataset']:<22}{mode:<12} {r['precision']:<15} {r['dimensions']:>5}d {score}")
     print(f"wrote {path} and {out / 'report.md'} ({len(records)} results, {time.perf_counter() - start:.0f} s)",
           file=sys.stderr)
     return 0
@@ -107,6 +104,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                          "and query-to-query retrieval from --pivot")
     ev.add_argument("--sets", type=_list, default=None,
                     help="folder of parallel sets: only these, e.g. en,de,zh (default: all)")
+    ev.add_argument("--query-filter", action="append", default=[], metavar="FIELD=VALUE",
+                    help="evaluate only the queries whose FIELD (in queries.jsonl) equals VALUE (JSON or string); "
+                         "repeatable, all must hold")
     ev.add_argument("--pivot", default="en", help="query language for query-to-query retrieval (default en)")
     ev.add_argument("--query-model", default=None,
                     help="embed queries with this model (e.g. v1 queries, context-v1 chunks)")

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pplx_embed.cli.common import add_model_args, load_embedder
+from pplx_embed.cli.common import add_model_args, field_values, load_embedder
 from pplx_embed.errors import InputError as CLIError
 from pplx_embed.jsonl import iter_jsonl
 from pplx_embed.options import EmbedderOptions
@@ -113,19 +113,6 @@ def cmd_add(args: argparse.Namespace) -> int:
     return 0
 
 
-def _filter(pairs: list[str]) -> dict[str, Any]:
-    where = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise CLIError(f"--filter takes key=value, got {pair!r}")
-        try:
-            where[key] = json.loads(value)
-        except json.JSONDecodeError:
-            where[key] = value
-    return where
-
-
 def cmd_search(args: argparse.Namespace) -> int:
     index = _open(args, with_model=True)
     queries = list(args.query)
@@ -135,8 +122,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise CLIError("give a query, or --queries FILE.jsonl")
     if args.nprobe is not None:
         index.nprobe = args.nprobe
-    results = index.search_many(queries, args.k, filter=_filter(args.filter), candidates=args.candidates,
-                                rescore=args.rescore)
+    results = index.search_many(queries, args.k, filter=field_values(args.filter, "--filter"),
+                                candidates=args.candidates, rescore=args.rescore)
     for query, hits in zip(queries, results):
         print(json.dumps({"query": query, "model": index.model, "hits": [h.to_dict() for h in hits]},
                          ensure_ascii=False))

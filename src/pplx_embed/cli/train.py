@@ -7,6 +7,15 @@ import json
 import sys
 
 
+class _DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows ``(default: X)`` where there is a value to show (not for required or unset options)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.required or action.default is None or action.default is False or action.default == argparse.SUPPRESS:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def _comma_ints(text: str) -> list[int]:
     try:
         return [int(x) for x in text.split(",") if x]
@@ -93,30 +102,40 @@ def register(sub) -> None:
                         help="causal: keep the causal mask (ablation arm); bidirectional: mask off, no training")
     export.set_defaults(func=cmd_export_encoder)
 
-    ft = sub.add_parser("finetune", help="fine-tune a model on query/positive pairs (JSONL)")
-    ft.add_argument("--model", "-m", required=True,
-                    help="alias (minilm, pplx-embed-v1-0.6b ...) or checkpoint directory")
+    ft = sub.add_parser("finetune", help="fine-tune a model on query/positive pairs (JSONL)",
+                        formatter_class=_DefaultsHelp,
+                        description="In-batch InfoNCE on your own query/positive pairs, evaluated before and after "
+                                    "(early stopping keeps the best checkpoint). Each epoch shuffles the pairs and "
+                                    "drops the last partial batch. See docs/training.md.")
+    ft.add_argument("--model", "-m", required=True, help="alias (minilm, pplx-embed-v1-0.6b ...) or checkpoint "
+                                                         "directory to start from")
     ft.add_argument("--train", required=True, help='pairs JSONL: {"query": ..., "positive": ...} per line')
     ft.add_argument("--eval", default=None, help="BEIR directory to evaluate before/after (early stopping, best kept)")
     ft.add_argument("--output", "-o", required=True, help="output directory (best/, last/, log.jsonl, summary.json)")
-    ft.add_argument("--epochs", type=int, default=1)
-    ft.add_argument("--batch-size", type=int, default=32)
-    ft.add_argument("--lr", type=float, default=2e-5)
-    ft.add_argument("--max-examples", type=int, default=None)
+    ft.add_argument("--epochs", type=int, default=1, help="passes over the training pairs")
+    ft.add_argument("--batch-size", type=int, default=32, help="pairs per step; each query's negatives are the other "
+                                                               "positives of its batch")
+    ft.add_argument("--lr", type=float, default=2e-5, help="peak learning rate (AdamW, linear decay)")
+    ft.add_argument("--max-examples", type=int, default=None,
+                    help="train on this many pairs sampled at random (seeded by --seed); default: all")
     ft.add_argument("--max-length", type=int, default=256, help="document tokens (queries: 64)")
-    ft.add_argument("--temperature", type=float, default=0.05)
-    ft.add_argument("--micro-batch", type=int, default=None, help="gradient caching: embed in pieces of this size")
-    ft.add_argument("--qat", default=None, help="quantization-aware views, e.g. float,int8,binary")
+    ft.add_argument("--temperature", type=float, default=0.05, help="InfoNCE softmax temperature")
+    ft.add_argument("--micro-batch", type=int, default=None,
+                    help="gradient caching: embed in pieces of this size (same result, less memory)")
+    ft.add_argument("--qat", default=None,
+                    help="quantization-aware views to train, e.g. float,int8,binary (default: float only)")
     ft.add_argument("--mrl-dims", type=_comma_ints, default=None,
                     help="Matryoshka dims trained besides full, e.g. 128,256")
     ft.add_argument("--eval-every", type=int, default=None, help="evaluate every N steps (default: each epoch)")
     ft.add_argument("--patience", type=int, default=3, help="evaluations without improvement before stopping")
-    ft.add_argument("--eval-max-queries", type=int, default=None)
-    ft.add_argument("--eval-max-corpus", type=int, default=None, help="corpus subset: relevant rows + random others")
-    ft.add_argument("--warmup-steps", type=int, default=0)
-    ft.add_argument("--max-steps", type=int, default=None)
-    ft.add_argument("--seed", type=int, default=0)
-    ft.add_argument("--device", default=None)
+    ft.add_argument("--eval-max-queries", type=int, default=None,
+                    help="evaluate on this many random queries (default: all)")
+    ft.add_argument("--eval-max-corpus", type=int, default=None,
+                    help="corpus subset: relevant rows + random others, this many in all (default: all)")
+    ft.add_argument("--warmup-steps", type=int, default=0, help="linear learning-rate warm-up steps")
+    ft.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (default: all epochs)")
+    ft.add_argument("--seed", type=int, default=0, help="seed of shuffling, sampling and initialisation")
+    ft.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     ft.add_argument("--resume", action="store_true", help="continue from <output>/last")
-    ft.add_argument("--quiet", action="store_true")
+    ft.add_argument("--quiet", action="store_true", help="no progress bar")
     ft.set_defaults(func=cmd_finetune)

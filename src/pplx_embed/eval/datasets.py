@@ -10,9 +10,12 @@ import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pplx_embed.errors import InputError
 from pplx_embed.jsonl import iter_jsonl
+
+_MISSING = object()  # a field a row does not have (never equal to a filter value)
 
 
 class DataError(InputError):
@@ -75,8 +78,8 @@ def _unique(seen: set[str], key: str, where: str) -> None:
     seen.add(key)
 
 
-def load_queries(path: Path) -> tuple[list[str], list[str]]:
-    """Ids and texts of a ``queries.jsonl``."""
+def load_queries(path: Path, where_fields: dict[str, Any] | None = None) -> tuple[list[str], list[str]]:
+    """Ids and texts of a ``queries.jsonl`` (only the rows whose fields equal ``where_fields``, if given)."""
     ids, texts, seen = [], [], set()
     for number, row in _jsonl(path):
         where = f"{path}:{number}"
@@ -85,8 +88,13 @@ def load_queries(path: Path) -> tuple[list[str], list[str]]:
         text = _string(row, "text", where)
         if not text.strip():
             raise DataError(f"{where}: query {qid!r} has an empty text")
+        if where_fields and any(row.get(k, _MISSING) != v for k, v in where_fields.items()):
+            continue
         ids.append(qid)
         texts.append(text)
+    if where_fields and not ids:
+        wanted = ", ".join(f"{k}={v!r}" for k, v in where_fields.items())
+        raise DataError(f"{path}: no query has {wanted}")
     return ids, texts
 
 
@@ -166,30 +174,37 @@ def _corpus(path: Path) -> tuple[list[str], list[str], list[tuple[str, list[int]
     return ids, texts, documents
 
 
-def load_beir(path: str | Path, split: str = "test", name: str | None = None) -> RetrievalSet:
+def load_beir(path: str | Path, split: str = "test", name: str | None = None,
+              query_filter: dict[str, Any] | None = None) -> RetrievalSet:
     """A BEIR directory: ``corpus.jsonl``, ``queries.jsonl``, ``qrels/<split>.tsv``.
 
-    Only queries with at least one relevant (grade > 0) row are kept; qrels naming an unknown
-    query or corpus id are an error (the files do not belong together).
+    Only queries with at least one relevant (grade > 0) row are kept, and with ``query_filter`` only
+    those whose fields equal its values (the set's name then says so, e.g. ``medquad[type='symptoms']``);
+    qrels naming an unknown query or corpus id are an error (the files do not belong together).
     """
     root = Path(path)
     if not root.is_dir():
         raise DataError(f"{root}: not a directory")
     corpus_ids, corpus_texts, documents = _corpus(root / "corpus.jsonl")
-    all_qids, all_qtexts = load_queries(root / "queries.jsonl")
+    known_q = set(load_queries(root / "queries.jsonl")[0])
+    all_qids, all_qtexts = load_queries(root / "queries.jsonl", query_filter)
     qrels_path = root / "qrels" / f"{split}.tsv"
     qrels = load_qrels(qrels_path)
-    known_q, known_c = set(all_qids), set(corpus_ids)
+    known_c = set(corpus_ids)
     for qid, judged in qrels.items():
         if qid not in known_q:
             raise DataError(f"{qrels_path}: query-id {qid!r} is not in queries.jsonl")
         for cid in judged:
             if cid not in known_c:
                 raise DataError(f"{qrels_path}: corpus-id {cid!r} (query {qid!r}) is not in corpus.jsonl")
-    qrels = {q: j for q, j in qrels.items() if any(g > 0 for g in j.values())}
+    kept = set(all_qids)
+    qrels = {q: j for q, j in qrels.items() if q in kept and any(g > 0 for g in j.values())}
     keep = [i for i, q in enumerate(all_qids) if q in qrels]
+    name = name or _name(root)
+    if query_filter:
+        name += "[" + ",".join(f"{k}={v!r}" for k, v in query_filter.items()) + "]"
     return RetrievalSet(
-        name=name or _name(root),
+        name=name,
         corpus_ids=corpus_ids, corpus_texts=corpus_texts,
         query_ids=[all_qids[i] for i in keep], query_texts=[all_qtexts[i] for i in keep],
         qrels=qrels, documents=documents,

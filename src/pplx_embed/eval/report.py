@@ -20,8 +20,8 @@ from pplx_embed.errors import InputError
 
 PRECISION_LABEL = {"float": "float32", "int8": "int8", "binary": "binary",
                    "binary+rescore": "binary + int8 rescore"}
-RETRIEVAL_COLUMNS = (("ndcg@10", "nDCG@10"), ("recall@10", "R@10"), ("recall@100", "R@100"),
-                     ("recall@1000", "R@1000"), ("mrr@10", "MRR@10"), ("map", "MAP"))
+RETRIEVAL_COLUMNS = (("ndcg@10", "nDCG@10"), ("accuracy@1", "Acc@1"), ("recall@1", "R@1"), ("recall@10", "R@10"),
+                     ("recall@100", "R@100"), ("recall@1000", "R@1000"), ("mrr@10", "MRR@10"), ("map", "MAP"))
 
 
 # ---- files -----------------------------------------------------------------------------------
@@ -86,8 +86,8 @@ def _headline(results: list[dict]) -> list[dict]:
             or (r["task"] == "contextual" and r["mode"] == "late")]
 
 
-def _pct(x: float) -> str:
-    return f"{100 * x:.1f}"
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.1f}"  # None: a metric older results files lack
 
 
 def _grid_table(rows: list[dict], with_mode: bool = False) -> list[str]:
@@ -96,7 +96,7 @@ def _grid_table(rows: list[dict], with_mode: bool = False) -> list[str]:
     for r in rows:
         cells = ([r["mode"]] if with_mode else []) + [PRECISION_LABEL[r["precision"]], str(r["dimensions"]),
                                                       _fmt_bytes(r["bytes"])]
-        cells += [_pct(r["metrics"][k]) for k, _ in RETRIEVAL_COLUMNS]
+        cells += [_pct(r["metrics"].get(k)) for k, _ in RETRIEVAL_COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 

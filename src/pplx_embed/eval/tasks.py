@@ -55,10 +55,23 @@ def _check_pair(embedder, query_embedder) -> None:
                          f"document model {embedder.name} has {embedder.dimension}; they must match")
 
 
-def _check_fit(embedder, texts: list[str], s: Settings) -> None:
+def _check_fit(embedder, texts: list[str], s: Settings, what: str = "texts") -> None:
     if s.truncation is None and (over := _over_limit(embedder, texts)):
-        raise InputError(f"{over} of {len(texts)} texts are longer than {embedder.name}'s {embedder.max_length}-token "
+        raise InputError(f"{over} of {len(texts)} {what} are longer than {embedder.name}'s {embedder.max_length}-token "
                          "context; pass truncation='right' (CLI: --truncation right) to cut them")
+
+
+def check_inputs(embedder, sets: list[RetrievalSet | STSSet], s: Settings, query_embedder=None) -> None:
+    """Refuse what a task would refuse (mismatched models, over-long texts unless truncating), for every
+    set at once, before anything is embedded."""
+    _check_pair(embedder, query_embedder)
+    s.dims(embedder.dimension)
+    for ds in sets:
+        if isinstance(ds, STSSet):
+            _check_fit(embedder, ds.sentences1 + ds.sentences2, s, f"{ds.name} sentences")
+        else:
+            _check_fit(query_embedder or embedder, ds.query_texts, s, f"{ds.name} queries")
+            _check_fit(embedder, ds.corpus_texts, s, f"{ds.name} corpus rows")
 
 
 def embed_texts(embedder, texts: list[str], s: Settings) -> Embeddings:
