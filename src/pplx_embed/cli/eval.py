@@ -45,6 +45,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     existing_path(args.data, "data")
+    query_filter = field_values(args.query_filter, "--query-filter")  # checked before any model loads
     settings = tasks.Settings(precisions=tuple(args.quantization), dimensions=tuple(args.dimensions),
                               truncation=args.truncation, rescore=args.rescore,
                               cache=EmbeddingCache(None if args.no_cache else args.cache),
@@ -54,7 +55,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     query_embedder = options.replace(model=args.query_model).build() if args.query_model else None
     records = run(embedder, args.data, settings, query_embedder=query_embedder, split=args.split,
                   contextual=args.contextual, cross_lingual=args.cross_lingual, sets=args.sets, pivot=args.pivot,
-                  sample_corpus=args.sample_corpus, query_filter=field_values(args.query_filter, "--query-filter"))
+                  sample_corpus=args.sample_corpus, query_filter=query_filter)
     argv = shlex.join(["pplx-embed", "eval", *sys.argv[2:]]) if sys.argv[1:2] == ["eval"] else None
     out = Path(args.output)
     path = write_report(records, embedder, args.data, out, time.perf_counter() - start, settings, argv)
