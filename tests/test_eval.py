@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -190,3 +191,11 @@ def test_sample_corpus_keeps_every_judged_row_and_records_the_full_size(tmp_path
     assert sample_corpus(ds, 10).corpus_ids == small.corpus_ids  # seeded
     with pytest.raises(ValueError, match="3 judged rows"):
         sample_corpus(ds, 2)
+
+
+def test_cache_folder_follows_the_environment_when_asked(tmp_path, monkeypatch):
+    from pplx_embed.options import cache_dir
+
+    assert cache_dir("eval", {}) == Path.home() / ".cache" / "pplx-embed" / "eval"
+    monkeypatch.setenv("PPLX_EMBED_CACHE", str(tmp_path))  # after import: still honoured
+    assert cache_dir("eval") == tmp_path / "eval" and cache_dir("onnx") == tmp_path / "onnx"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pplx_embed.options import EmbedderOptions
+from pplx_embed.options import EmbedderOptions, cache_dir
 
 DOCUMENTS = [
     "Scientists explore the universe driven by curiosity.",
@@ -99,7 +99,7 @@ def evaluate(embedder, data: Path, out: Path) -> None:
 
     print(f"\n== 4. eval report on {data.name} ==")
     start = time.perf_counter()
-    settings = Settings(truncation="right", cache=EmbeddingCache(), show_progress_bar=True)
+    settings = Settings(truncation="right", cache=EmbeddingCache(cache_dir("eval")), show_progress_bar=True)
     records = run_eval(embedder, data, settings)
     write_report(records, embedder, data, out, time.perf_counter() - start, settings, generator="pplx-embed demo")
     for r in records:

@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import os
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pplx_embed.errors import InputError
@@ -127,3 +128,10 @@ class EmbedderOptions:
         import pplx_embed
 
         return pplx_embed.Embedder(options=self)
+
+
+def cache_dir(name: str, environ: dict[str, str] | None = None) -> Path:
+    """Where pplx-embed caches ``name`` (ONNX exports, eval embeddings): ``$PPLX_EMBED_CACHE/<name>``,
+    else ``~/.cache/pplx-embed/<name>``; read when asked, not at import."""
+    base = (os.environ if environ is None else environ).get(ENV_PREFIX + "CACHE")
+    return Path(base or Path.home() / ".cache" / "pplx-embed").expanduser() / name

@@ -11,9 +11,8 @@ from pathlib import Path
 
 from pplx_embed.cli.common import add_model_args, existing_path, field_values
 from pplx_embed.errors import InputError
-from pplx_embed.eval.cache import DEFAULT_DIR
 from pplx_embed.eval.retrieval import DEFAULT_RESCORE, PRECISIONS
-from pplx_embed.options import EmbedderOptions
+from pplx_embed.options import EmbedderOptions, cache_dir
 
 
 def _list(text: str, allowed: tuple[str, ...] | None = None) -> list[str]:
@@ -48,7 +47,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     query_filter = field_values(args.query_filter, "--query-filter")  # checked before any model loads
     settings = tasks.Settings(precisions=tuple(args.quantization), dimensions=tuple(args.dimensions),
                               truncation=args.truncation, rescore=args.rescore,
-                              cache=EmbeddingCache(None if args.no_cache else args.cache),
+                              cache=EmbeddingCache(None if args.no_cache else args.cache or cache_dir("eval")),
                               show_progress_bar=not args.quiet)
     options = EmbedderOptions.from_args(args)
     embedder = options.build()
@@ -118,7 +117,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                          "(seed 0; recorded in the results)")
     ev.add_argument("--split", default="test", help="qrels split / STS file suffix (default test)")
     ev.add_argument("--output", "-o", default="eval-results", help="output folder (results.json, report.md, plots)")
-    ev.add_argument("--cache", default=str(DEFAULT_DIR), help=f"embedding cache folder (default {DEFAULT_DIR})")
+    ev.add_argument("--cache", default=None,
+                    help="embedding cache folder (default: $PPLX_EMBED_CACHE/eval, else ~/.cache/pplx-embed/eval)")
     ev.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache")
     ev.add_argument("--quiet", action="store_true", help="no progress bars")
     add_model_args(ev)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +26,7 @@ import torch
 from pplx_embed.atomic import atomic_path
 from pplx_embed.engine.threads import physical_cores
 from pplx_embed.model.pooling import Span, pool_spans
+from pplx_embed.options import cache_dir
 
 VARIANTS = ("onnx", "onnx-int8")
 EXPORT_FORMAT = 1  # bump when the exported graph changes
@@ -36,8 +36,7 @@ OUTPUTS = ("last_hidden_state", "pooled", "int8", "binary")
 
 def cache_root() -> Path:
     """``$PPLX_EMBED_CACHE/onnx``, default ``~/.cache/pplx-embed/onnx``."""
-    base = os.environ.get("PPLX_EMBED_CACHE") or Path.home() / ".cache" / "pplx-embed"
-    return Path(base).expanduser() / "onnx"
+    return cache_dir("onnx")
 
 
 def _uses_token_types(model: torch.nn.Module) -> bool:

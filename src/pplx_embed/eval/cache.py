@@ -17,8 +17,6 @@ import numpy as np
 
 from pplx_embed.atomic import atomic_path
 
-DEFAULT_DIR = Path(os.environ.get("PPLX_EMBED_CACHE", Path.home() / ".cache" / "pplx-embed")) / "eval"
-
 
 def _digest(obj: object) -> str:
     return hashlib.sha256(json.dumps(obj, ensure_ascii=False).encode("utf-8")).hexdigest()
@@ -33,9 +31,10 @@ def model_fingerprint(embedder) -> dict:
 
 
 class EmbeddingCache:
-    """Full-dimension embeddings on disk under ``root`` (``None`` disables caching)."""
+    """Full-dimension embeddings on disk under ``root`` (``None`` disables caching; the usual folder is
+    ``pplx_embed.options.cache_dir("eval")``)."""
 
-    def __init__(self, root: str | os.PathLike | None = DEFAULT_DIR):
+    def __init__(self, root: str | os.PathLike | None):
         self.root = Path(root) if root is not None else None
         self.hits = 0
         self.misses = 0
