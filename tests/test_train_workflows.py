@@ -79,17 +79,19 @@ def test_finetune_stops_early_when_the_metric_does_not_improve(tmp_path, tiny_pp
     assert summary["history"][1]["ndcg@10"] == pytest.approx(summary["before"]["ndcg@10"])
 
 
-def test_finetune_minilm_lowers_loss_and_saves_a_checkpoint_the_runtime_loads(tmp_path, minilm):
+@pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16-autocast"])
+def test_finetune_minilm_lowers_loss_and_saves_a_checkpoint_the_runtime_loads(tmp_path, minilm, bf16):
     pairs = write_pairs(tmp_path / "pairs.jsonl")
     out = tmp_path / "ft"
     summary = finetune("minilm", str(pairs), str(out), batch_size=12, lr=1e-4, epochs=3, max_length=32,
-                       log_every=1, progress=False, quantizations=["float", "int8"], mrl_dims=[128])
+                       log_every=1, progress=False, quantizations=["float", "int8"], mrl_dims=[128], bf16=bf16)
     trace = losses(out)  # one batch of all 12 pairs per epoch: the same batch three times
     assert summary["steps"] == 3 and trace[-1] < trace[0]
     tuned = Embedder(str(out / "last"))
     assert tuned.checkpoint.normalize and tuned.checkpoint.pooling == "mean" and tuned.max_length == minilm.max_length
     a, b = tuned.encode(["symptoms of gout"]), minilm.encode(["symptoms of gout"])
     assert a.shape == b.shape == (1, 384) and abs(np.linalg.norm(a) - 1) < 1e-4 and not np.allclose(a, b)
+    assert next(iter(weights(out / "last").values())).dtype == torch.float32  # autocast keeps fp32 master weights
 
 
 def test_diffusion_pretraining_from_a_causal_qwen3_lowers_the_loss_and_loads(tmp_path):

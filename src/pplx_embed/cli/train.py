@@ -69,7 +69,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         max_length=args.max_length, temperature=args.temperature, micro_batch=args.micro_batch,
         quantizations=args.qat.split(",") if args.qat else None, mrl_dims=args.mrl_dims, eval_every=args.eval_every,
         patience=args.patience, eval_max_queries=args.eval_max_queries, eval_max_corpus=args.eval_max_corpus,
-        warmup_steps=args.warmup_steps, seed=args.seed, device=args.device, max_steps=args.max_steps)
+        warmup_steps=args.warmup_steps, seed=args.seed, device=args.device, max_steps=args.max_steps,
+        bf16=args.bf16)
     summary.pop("history", None)
     print(json.dumps(summary, indent=2))
     return 0
@@ -136,6 +137,8 @@ def register(sub) -> None:
     ft.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (default: all epochs)")
     ft.add_argument("--seed", type=int, default=0, help="seed of shuffling, sampling and initialisation")
     ft.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    ft.add_argument("--bf16", action="store_true",
+                    help="bf16 autocast (GPU, or CPUs with AMX / avx512_bf16); weights and losses stay fp32")
     ft.add_argument("--resume", action="store_true", help="continue from <output>/last")
     ft.add_argument("--quiet", action="store_true", help="no progress bar")
     ft.set_defaults(func=cmd_finetune)

@@ -98,7 +98,7 @@ class StageConfig:
     save_every: int | None = None  # also at each epoch end
     max_steps: int | None = None
     gradient_checkpointing: bool = False
-    bf16: bool = False  # autocast on CUDA
+    bf16: bool = False  # bf16 autocast (CUDA, or CPUs with native bf16: AMX / avx512_bf16); losses stay fp32
     parallel: str = "ddp"  # under torchrun: "ddp" (replicated weights) or "fsdp" (sharded, for large models)
 
     def __post_init__(self) -> None:

@@ -187,14 +187,13 @@ class ContrastiveTrainer:
 
     # ---- one optimisation step ---------------------------------------------------------------
     def _autocast(self):
-        on_cuda = self.encoder.device.startswith("cuda")
-        if self.config.bf16 and on_cuda:
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        if not self.config.bf16:
+            return contextlib.nullcontext()
+        return torch.autocast("cuda" if self.encoder.device.startswith("cuda") else "cpu", dtype=torch.bfloat16)
 
     def _embed(self, sequences: list[Sequence]) -> torch.Tensor:
         with self._autocast():
-            return self.encoder.forward(sequences, self.runner)
+            return self.encoder.forward(sequences, self.runner).float()  # losses in fp32
 
     def train_step(self, batch: Batch) -> tuple[float, dict[str, float]]:
         """Forward, loss and backward for one batch (gradient caching when ``micro_batch`` is set)."""

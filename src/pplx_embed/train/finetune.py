@@ -21,7 +21,8 @@ def finetune_config(model: str, train: str, output: str, eval_dir: str | None = 
                     eval_every: int | None = None, patience: int | None = 3, eval_max_queries: int | None = None,
                     eval_max_corpus: int | None = None, eval_views: list[str] | None = None, eval_before: bool = True,
                     warmup_steps: int = 0, seed: int = 0,
-                    device: str | None = None, max_steps: int | None = None, log_every: int = 10) -> StageConfig:
+                    device: str | None = None, max_steps: int | None = None, log_every: int = 10,
+                    bf16: bool = False) -> StageConfig:
     """The :class:`StageConfig` of a fine-tuning run (a ``pairs`` stage with one phase)."""
     evaluation = None
     if eval_dir is not None:
@@ -31,7 +32,8 @@ def finetune_config(model: str, train: str, output: str, eval_dir: str | None = 
     return stage_config(
         stage="pairs", model=model, output=output, batch_size=batch_size, micro_batch=micro_batch,
         max_length=max_length, query_max_length=query_max_length, seed=seed, device=device, max_steps=max_steps,
-        log_every=log_every, phases=[{"data": train, "name": "domain", "epochs": epochs, "max_examples": max_examples}],
+        log_every=log_every, bf16=bf16,
+        phases=[{"data": train, "name": "domain", "epochs": epochs, "max_examples": max_examples}],
         loss={"temperature": temperature, "false_negative_margin": false_negative_margin,
               "duplicate_threshold": duplicate_threshold,
               "quantizations": quantizations or ["float"], "mrl_dims": mrl_dims},
