@@ -122,7 +122,7 @@ def test_bad_input_and_model_mismatch_give_clear_errors(tmp_path, index, tiny_pp
         index.add(ids=["z"], vectors=x[:1], model="other")
     with pytest.raises(ValueError, match="model 'other'"):
         index.search(x[0], 3, model="other")
-    with pytest.raises(ValueError, match="k must be a positive integer"):
+    with pytest.raises(ValueError, match="k must be an integer from 1 to"):
         index.search(x[0], 0)
     with pytest.raises(ValueError, match="NaN"):
         index.search(np.full(DIM, np.nan, np.float32), 3)
@@ -177,9 +177,9 @@ def test_ivf_first_stage_with_filters_and_tombstones(tmp_path):
     ix.add(ids=ids("v", 12_000), vectors=x, metadata=[{"rare": i % 1000 == 0} for i in range(12_000)])
     ix.close()
     ix = Index.open(path)  # trained at open once there are enough vectors
-    stats = ix.stats()  # codes + row id + list number + the centroids (2·√n of them) shared by all rows
+    stats = ix.stats()  # codes + inverse norm + row id + list number + the centroids (2·√n of them) shared by all rows
     assert stats["first_stage_index"] == "IndexBinaryIVF"
-    assert stats["search_structure_bytes_per_vector"] == round(32 + 8 + 4 + 4 * DIM * int(2 * np.sqrt(12_000)) / 12_000, 1)
+    assert stats["search_structure_bytes_per_vector"] == round(32 + 4 + 8 + 4 + 4 * DIM * int(2 * np.sqrt(12_000)) / 12_000, 1)
     exact = exact_top(np.tanh(x[:50]), np.tanh(x))
     rows, _ = ix.search_rows(x[:50], 10)
     assert np.mean([len(set(r.tolist()) & set(e.tolist())) / 10 for r, e in zip(rows, exact)]) >= 0.95
