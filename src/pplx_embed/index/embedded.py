@@ -68,7 +68,8 @@ BLOCK = 128  # rows per hashed block
 IVF_MIN_ROWS = 10_000
 IVF_FILE = "ivf.npz"
 _SQL_VARS = 900  # stay below SQLite's bound-parameter limit
-_RESCORE_QUERIES = 8  # queries per int8 matrix product
+_PARALLEL_QUERIES = 16  # from this many queries on, faiss searches with its thread pool
+_RESCORE_VALUES = 1 << 20  # candidate vector values gathered per batched product (4 MB as float32)
 
 ITEMS = ("CREATE TABLE {name} (row INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, text TEXT, "
          "metadata TEXT NOT NULL DEFAULT '{{}}', doc_id TEXT, position INTEGER, crc INTEGER NOT NULL)")
@@ -92,6 +93,23 @@ def _hash(data: Any) -> int:
 
     h = xxhash.xxh3_64_intdigest(memoryview(np.ascontiguousarray(data)).cast("B"))
     return h - (1 << 64) if h >> 63 else h
+
+
+@contextmanager
+def _faiss_threads(queries: int) -> Iterator[None]:
+    """One OpenMP thread for a few queries (a server's single query gains nothing from waking a thread pool
+    on busy cores), faiss's default for batches. OpenMP keeps the setting per calling thread."""
+    import faiss
+
+    if queries >= _PARALLEL_QUERIES:
+        yield
+        return
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
 
 
 def _facts_checksum(manifest: dict[str, str]) -> str:
@@ -615,7 +633,8 @@ class EmbeddedIndex(VectorStore):
     def _search_prepared(self, dense, floats, binary, k, where, rescore, n):
         if rescore == "none" or self._count == 0:
             return super()._search_prepared(dense, floats, binary, k, where, rescore, n)
-        first = self._first_stage(binary, dense, n, where)
+        with _faiss_threads(len(binary)):
+            first = self._first_stage(binary, dense, n, where)
         if isinstance(first, list):  # ragged (IVF with a filter): pad with -1
             width = max((len(c) for c in first), default=0)
             padded = np.full((len(first), max(width, 1)), -1, dtype=np.int64)
@@ -628,9 +647,10 @@ class EmbeddedIndex(VectorStore):
                       precision: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Cosine of each query with its candidates ([queries, n] rows, -1 = none) → top ``k`` rows and scores.
 
-        int8: the query is scaled to int8 (its largest coordinate to 127) and one int8 matrix product
-        (torch ``_int_mm``: VNNI/AMX where the CPU has them) scores the candidates of several queries;
-        the rows' norms were kept when their blocks were verified. float: numpy from the float file.
+        One gather and one batched float32 product per ~1M values (several queries' candidates at once), in
+        this thread: no second thread pool to contend with faiss's. int8 rows' norms were kept when their
+        blocks were verified. (torch's int8 ``_int_mm`` was 3x faster on an idle machine but up to 30x slower
+        than this next to faiss's OpenMP threads on busy cores.)
         """
         valid = candidates >= 0
         rows = np.where(valid, candidates, 0)
@@ -638,32 +658,17 @@ class EmbeddedIndex(VectorStore):
         nq, n = rows.shape
         scores = np.empty((nq, n), dtype=np.float32)
         q = np.asarray(queries, dtype=np.float32)
-        qnorm = np.maximum(np.linalg.norm(q, axis=1), 1e-12)
+        data = self._maps[precision]
+        step = max(1, _RESCORE_VALUES // (n * self.dimensions))
+        for start in range(0, nq, step):
+            part = rows[start : start + step]
+            codes = np.take(data, part.ravel(), axis=0).astype(np.float32, copy=False).reshape(len(part), n, -1)
+            scores[start : start + step] = np.matmul(codes, q[start : start + step, :, None])[:, :, 0]
+            if precision == "float":
+                scores[start : start + step] /= np.maximum(np.linalg.norm(codes, axis=2), 1e-12)
         if precision == "int8":
-            import torch
-
-            if queries.dtype == np.int8:  # int8 queries are used as they are
-                scale, q8 = np.ones(nq, np.float32), torch.from_numpy(np.ascontiguousarray(queries))
-            else:
-                scale = 127.0 / np.maximum(np.abs(q).max(axis=1), 1e-12)
-                q8 = torch.from_numpy(np.rint(q * scale[:, None]).astype(np.int8))
-            data = self._maps["int8"]
-            for start in range(0, nq, _RESCORE_QUERIES):
-                part = rows[start : start + _RESCORE_QUERIES]
-                m = len(part)
-                codes = torch.from_numpy(np.take(data, part.ravel(), axis=0))
-                dots = torch._int_mm(codes, q8[start : start + m].T).numpy().reshape(m, n, m)
-                scores[start : start + m] = dots[np.arange(m), :, np.arange(m)]
-            scores *= self._inv_norm[rows] / (scale * qnorm)[:, None]
-        else:
-            data = self._maps["float"]
-            for start in range(0, nq, 64):
-                part = rows[start : start + 64]
-                codes = np.take(data, part.ravel(), axis=0).reshape(len(part), n, -1)
-                dots = np.einsum("qnd,qd->qn", codes, q[start : start + 64])
-                scores[start : start + 64] = dots / np.maximum(np.linalg.norm(codes, axis=2), 1e-12)
-            scores /= qnorm[:, None]
-        np.clip(scores, -1.0, 1.0, out=scores)  # the query's rounding may overshoot an exact match by ~1e-3
+            scores *= self._inv_norm[rows]
+        scores /= np.maximum(np.linalg.norm(q, axis=1), 1e-12)[:, None]
         scores[~valid] = -np.inf
         order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
         top, top_scores = np.take_along_axis(candidates, order, 1), np.take_along_axis(scores, order, 1)
@@ -717,8 +722,8 @@ class EmbeddedIndex(VectorStore):
         """The hits' items in one query per 900 rows, each checked against its stored checksum."""
         keys = sorted({int(r) for part in rows for r in part})
         found = {}
-        codes = self._maps["int8"]
         for part in _chunks(keys):
+            codes = dict(zip(part, np.take(self._maps["int8"], part, axis=0)))  # one gather, not a memmap per row
             for row, id_, text, meta, doc, pos, crc in self._conn.execute(
                     f"SELECT row, id, text, metadata, doc_id, position, crc FROM items WHERE row IN "
                     f"({','.join('?' * len(part))})", part):
