@@ -260,3 +260,7 @@ def report(args, lines: list[str], load: list[str], title: str, about: list[str]
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text)
+
+
+if __name__ == "__main__":
+    main()
