@@ -352,8 +352,9 @@ class EmbeddedIndex(VectorStore):
                 kmeans = faiss.Kmeans(self.dimensions, nlist, niter=10, spherical=True, seed=0)
                 kmeans.train(unit_rows(self._maps["int8"][sample]))
                 centroids, self._lists = kmeans.centroids, np.zeros(0, np.int32)
+            centroids = np.ascontiguousarray(centroids, dtype=np.float32)
             self._quantizer = faiss.IndexFlatIP(self.dimensions)
-            self._quantizer.add(np.ascontiguousarray(centroids, dtype=np.float32))
+            self._quantizer.add(centroids)
             self._faiss = faiss.IndexBinaryIVF(faiss.IndexBinaryFlat(self.dimensions), self.dimensions, len(centroids))
             self._faiss.is_trained = True
         else:
@@ -662,7 +663,7 @@ class EmbeddedIndex(VectorStore):
         step = max(1, _RESCORE_VALUES // (n * self.dimensions))
         for start in range(0, nq, step):
             part = rows[start : start + step]
-            codes = np.take(data, part.ravel(), axis=0).astype(np.float32, copy=False).reshape(len(part), n, -1)
+            codes = np.asarray(np.take(data, part.ravel(), axis=0)).astype(np.float32).reshape(len(part), n, -1)
             scores[start : start + step] = np.matmul(codes, q[start : start + step, :, None])[:, :, 0]
             if precision == "float":
                 scores[start : start + step] /= np.maximum(np.linalg.norm(codes, axis=2), 1e-12)
@@ -723,7 +724,8 @@ class EmbeddedIndex(VectorStore):
         keys = sorted({int(r) for part in rows for r in part})
         found = {}
         for part in _chunks(keys):
-            codes = dict(zip(part, np.take(self._maps["int8"], part, axis=0)))  # one gather, not a memmap per row
+            gathered = np.asarray(np.take(self._maps["int8"], part, axis=0))  # one gather, not a memmap per row
+            codes = {row: gathered[i] for i, row in enumerate(part)}
             for row, id_, text, meta, doc, pos, crc in self._conn.execute(
                     f"SELECT row, id, text, metadata, doc_id, position, crc FROM items WHERE row IN "
                     f"({','.join('?' * len(part))})", part):
