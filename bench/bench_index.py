@@ -21,8 +21,8 @@ import platform
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -71,6 +71,11 @@ def timed(fn, repeat: int = 1):
     return best, out
 
 
+def loadavg() -> list[str]:
+    """The 1, 5 and 15 minute load averages (the machine is shared: every figure records them)."""
+    return Path("/proc/loadavg").read_text().split()[:3]
+
+
 def latency(search, q: np.ndarray) -> tuple[float, float]:
     """p50 and p99 milliseconds of ``search(one query vector)`` calls (after a warm-up pass)."""
     for v in q[:20]:
@@ -104,7 +109,7 @@ def run_real(args) -> list[str]:
     lines = ["| corpus | items | queries | rescoring | recall@10 vs float exact |", "|---|---:|---:|---|---:|"]
     root = Path(tempfile.mkdtemp(prefix="bench-index-real-"))
     for name, texts, queries in real_corpora(SHARED):
-        x, q = model.encode(texts), model.encode(queries)
+        x, q = model.encode(texts, truncation="right"), model.encode(queries, truncation="right")
         exact = faiss.IndexFlatIP(x.shape[1])
         exact.add(unit(x))
         truth = exact.search(unit(q), 10)[1]
@@ -142,13 +147,13 @@ def main() -> None:
     parser.add_argument("--dir", default=None, help="where to build the indexes (default: a temp dir)")
     parser.add_argument("--out", default=None, help="write a markdown report here")
     args = parser.parse_args()
-    load = open("/proc/loadavg").read().split()[:3]
+    load = loadavg()
     if args.real:
         return report(args, run_real(args), load, "Index recall on real embeddings (CPU)", [
-            "- data: every BEIR corpus under ../shared/data (title + text), embedded with MiniLM (all-MiniLM-L6-v2, "
-            "384 dims); queries: each corpus's own queries",
-            "- systems: the embedded index, exact binary first stage (100 candidates) + int8 or float rescoring; "
-            "recall@10 against faiss IndexFlatIP exact cosine on the same float embeddings"])
+            ("- data: every BEIR corpus under ../shared/data (title + text), embedded with MiniLM (all-MiniLM-L6-v2, "
+             "384 dims, texts truncated to its 256 tokens); queries: each corpus's own queries"),
+            ("- systems: the embedded index, exact binary first stage (100 candidates) + int8 or float rescoring; "
+             "recall@10 against faiss IndexFlatIP exact cosine on the same float embeddings")])
 
     import faiss
 
@@ -197,7 +202,8 @@ def main() -> None:
         path = root / f"embedded-{first_stage}"
         shutil.rmtree(path, ignore_errors=True)
         store_float = first_stage == "ivf" and not args.skip_float  # float rescoring is measured on the IVF index
-        build, ix = timed(lambda: build_index(str(path), first_stage=first_stage, store_float=store_float))
+        build, ix = timed(lambda path=path, stage=first_stage, keep=store_float:
+                          build_index(str(path), first_stage=stage, store_float=keep))
         for nprobe in args.nprobe if first_stage == "ivf" else [None]:
             ix.nprobe = nprobe
             for cand in args.candidates:
@@ -224,16 +230,16 @@ def main() -> None:
     if not args.dir:
         shutil.rmtree(root, ignore_errors=True)
 
-    lines = ["| system | build s | search structure bytes/vector | QPS (search_many) | x float exact | recall@10 "
-             "| p50 ms (search) | p99 ms |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [("| system | build s | search structure bytes/vector | QPS (search_many) | x float exact | recall@10 "
+              "| p50 ms (search) | p99 ms |"), "|---|---:|---:|---:|---:|---:|---:|---:|"]
     lines += [f"| {n} | {b:.1f} | {bpv:g} | {qps:,.0f} | {qps / float_qps:.1f}x | {r:.3f} | {p50:.2f} | {p99:.2f} |"
               for n, b, bpv, qps, r, p50, p99 in rows]
     report(args, lines, load, "Index benchmark (CPU)", [
-        f"- data: {args.n:,} synthetic clustered vectors, dim {args.dim}, {len(data.centers):,} clusters, "
-        f"noise {args.noise}; {args.queries} queries from the same distribution (not indexed)",
-        "- QPS: the whole query batch in one `Index.search_many` call (hits with ids, texts, metadata read and "
-        "checked), best of 2; latency: single `Index.search` calls; recall@10 against faiss IndexFlatIP exact "
-        "cosine on float32 in the same run"])
+        (f"- data: {args.n:,} synthetic clustered vectors, dim {args.dim}, {len(data.centers):,} clusters, "
+         f"noise {args.noise}; {args.queries} queries from the same distribution (not indexed)"),
+        ("- QPS: the whole query batch in one `Index.search_many` call (hits with ids, texts, metadata read and "
+         "checked), best of 2; latency: single `Index.search` calls; recall@10 against faiss IndexFlatIP exact "
+         "cosine on float32 in the same run")])
 
 
 def report(args, lines: list[str], load: list[str], title: str, about: list[str]) -> None:
@@ -246,10 +252,9 @@ def report(args, lines: list[str], load: list[str], title: str, about: list[str]
         f"# {title}", "",
         f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
         f"- device: {cpu_description()}, {os.cpu_count()} CPUs visible (shared machine), no GPU",
-        f"- load average (1/5/15 min) at start: {' '.join(load)}; at end: "
-        f"{' '.join(open('/proc/loadavg').read().split()[:3])}",
-        f"- versions: pplx-embed {pplx_embed.__version__}, faiss {faiss.__version__}, numpy {np.__version__}, "
-        f"Python {platform.python_version()}",
+        f"- load average (1/5/15 min) at start: {' '.join(load)}; at end: {' '.join(loadavg())}",
+        (f"- versions: pplx-embed {pplx_embed.__version__}, faiss {faiss.__version__}, numpy {np.__version__}, "
+         f"Python {platform.python_version()}"),
         *about,
         "- command: `python bench/bench_index.py " + " ".join(
             f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"

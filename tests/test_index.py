@@ -179,7 +179,8 @@ def test_ivf_first_stage_with_filters_and_tombstones(tmp_path):
     ix = Index.open(path)  # trained at open once there are enough vectors
     stats = ix.stats()  # codes + inverse norm + row id + list number + the centroids (2·√n of them) shared by all rows
     assert stats["first_stage_index"] == "IndexBinaryIVF"
-    assert stats["search_structure_bytes_per_vector"] == round(32 + 4 + 8 + 4 + 4 * DIM * int(2 * np.sqrt(12_000)) / 12_000, 1)
+    centroids = int(2 * np.sqrt(12_000))
+    assert stats["search_structure_bytes_per_vector"] == round(32 + 4 + 8 + 4 + 4 * DIM * centroids / 12_000, 1)
     exact = exact_top(np.tanh(x[:50]), np.tanh(x))
     rows, _ = ix.search_rows(x[:50], 10)
     assert np.mean([len(set(r.tolist()) & set(e.tolist())) / 10 for r, e in zip(rows, exact)]) >= 0.95

@@ -77,7 +77,7 @@ def test_reader_in_another_process_sees_whole_generations_during_compaction(tmp_
                     wrong += hits[0].id != f"v{j}" or hits[0].text != f"text {j}" or hits[0].metadata != {"i": j}
                 hit = reader.search(x[picked[0]], 1, filter={"i": int(picked[0])})
                 wrong += [h.id for h in hit] != [f"v{picked[0]}"]
-            except Exception as exc:  # counted: a reader must never fail while another process compacts
+            except Exception as exc:  # noqa: BLE001 (counted: a reader must never fail while another process compacts)
                 errors += 1
                 print(type(exc).__name__, exc)
             queries += 9
@@ -93,10 +93,15 @@ def test_reader_in_another_process_sees_whole_generations_during_compaction(tmp_
     reader.close()
 
 
+def overwrite(file, offset: int, data: bytes) -> None:
+    with open(file, "r+b") as f:
+        f.seek(offset)
+        f.write(data)
+
+
 def damage_int8(path, row: int) -> None:
-    with open(next(path.glob("vectors.*.int8")), "r+b") as f:
-        f.seek(row * DIM)
-        f.write(np.random.default_rng(5).integers(-127, 127, DIM, dtype=np.int8).tobytes())
+    overwrite(next(path.glob("vectors.*.int8")), row * DIM,
+              np.random.default_rng(5).integers(-127, 127, DIM, dtype=np.int8).tobytes())
 
 
 def damage_binary(path, row: int) -> None:
@@ -125,7 +130,7 @@ DAMAGE = {  # name -> (how, what the error says, whether open already refuses it
     "row past the count": (lambda p: sql(p, "UPDATE items SET row = 5000 WHERE id = 'v9'"), "outside", True),
     "truncated vectors": (lambda p: os.truncate(next(p.glob("vectors.*.int8")), 100 * DIM), "fewer than", True),
     "sqlite garbage": (lambda p: (p / "index.sqlite").write_bytes(os.urandom(8192)), "not a readable", True),
-    "sqlite header": (lambda p: open(p / "index.sqlite", "r+b").write(b"\0" * 100), "not a readable", True),
+    "sqlite header": (lambda p: overwrite(p / "index.sqlite", 0, b"\0" * 100), "not a readable", True),
 }
 
 
@@ -225,7 +230,7 @@ def test_hostile_metadata_filters_and_ids_are_refused_and_nothing_is_written(tmp
         (["index", "search", str(path), "q", *[a for kv in many for a in ("--filter", kv)]], "at most 32"),
         (["index", "search", str(path), "q", "--filter", "n=1e999"], "finite"),
     ]:
-        code, out, err = cli(capsys, *argv)
+        code, _, err = cli(capsys, *argv)
         assert code == 2 and message in err and err.count("\n") == 1, (argv, err)
     with pytest.raises(SystemExit) as exit_:  # argparse: usage and the error, status 2
         main(["index", "add", str(path), str(nested), "--batch-size", "0"])
@@ -253,7 +258,8 @@ except InputError as exc:
 def test_a_full_disk_is_one_line_and_loses_nothing(tmp_path):
     path = tmp_path / "ix"
     x = make(path, 300)
-    done = subprocess.run([sys.executable, "-c", FILL_DISK, str(path)], capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-c", FILL_DISK, str(path)], capture_output=True, text=True,
+                          timeout=300, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("refused: cannot write") and "the batch was not added" in done.stdout, done.stdout
     with Index.open(str(path)) as ix:

@@ -12,4 +12,4 @@ The location picks the backend (:mod:`pplx_embed.index.locations`): a directory,
 from pplx_embed.index.locations import Index
 from pplx_embed.index.store import Hit, IndexDamagedError, IndexNotFoundError, VectorStore
 
-__all__ = ["Index", "VectorStore", "Hit", "IndexNotFoundError", "IndexDamagedError"]
+__all__ = ["Hit", "Index", "IndexDamagedError", "IndexNotFoundError", "VectorStore"]

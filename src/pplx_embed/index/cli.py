@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from pplx_embed.cli import CLIError, add_model_args, load_embedder
 from pplx_embed.jsonl import iter_jsonl
@@ -231,7 +232,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     search.add_argument("-k", type=int, default=10, help="results per query (default 10)")
     search.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE",
                         help="keep items whose metadata KEY equals VALUE (JSON or string); repeatable")
-    search.add_argument("--candidates", type=_positive, default=None, help="first-stage candidates (default max(100, 10k))")
+    search.add_argument("--candidates", type=_positive, default=None,
+                        help="first-stage candidates (default max(100, 10k))")
     search.add_argument("--rescore", choices=("int8", "float", "none"), default="int8")
     search.add_argument("--nprobe", type=_positive, default=None, help="IVF lists probed per query (default 16)")
     add_model_args(search)

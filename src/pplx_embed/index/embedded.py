@@ -45,16 +45,25 @@ import sqlite3
 import threading
 import time
 import zlib
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
 from pplx_embed.atomic import atomic_path, write_text
 from pplx_embed.errors import InputError
-from pplx_embed.index.store import (Batch, Hit, IndexDamagedError, IndexNotFoundError, VectorStore, item_checksum,
-                                    new_store_shape, unit_rows)
+from pplx_embed.index.store import (
+    Batch,
+    Hit,
+    IndexDamagedError,
+    IndexNotFoundError,
+    VectorStore,
+    item_checksum,
+    new_store_shape,
+    unit_rows,
+)
 
 FORMAT = "pplx-embed-index/2"
 DB = "index.sqlite"
@@ -137,7 +146,8 @@ class EmbeddedIndex(VectorStore):
             raise IndexDamagedError(f"index {path} is damaged: bad manifest ({exc})") from None
         self.nprobe = 16  # IVF lists visited per query (first_stage="ivf")
         self._lock = threading.RLock()
-        self._readers = open(path / "READERS", "a+b")  # shared while mapping a generation; exclusive to remove one
+        # held while open: shared while mapping a generation, exclusive to remove one
+        self._readers = open(path / "READERS", "a+b")  # noqa: SIM115
         self._faiss = self._quantizer = None
         self._indexed, self._generation, self._commit = 0, None, None
         self._hashes: dict[str, np.ndarray] = {}

