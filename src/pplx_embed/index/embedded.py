@@ -104,6 +104,14 @@ def _hash(data: Any) -> int:
     return h - (1 << 64) if h >> 63 else h
 
 
+def _lock_file(path: Path):
+    """A file held open for ``flock`` (read-only when the index directory is, e.g. a read-only mount)."""
+    try:
+        return open(path, "a+b")
+    except OSError:
+        return open(path, "rb")
+
+
 @contextmanager
 def _faiss_threads(queries: int) -> Iterator[None]:
     """One OpenMP thread for a few queries (a server's single query gains nothing from waking a thread pool
@@ -146,8 +154,7 @@ class EmbeddedIndex(VectorStore):
             raise IndexDamagedError(f"index {path} is damaged: bad manifest ({exc})") from None
         self.nprobe = 16  # IVF lists visited per query (first_stage="ivf")
         self._lock = threading.RLock()
-        # held while open: shared while mapping a generation, exclusive to remove one
-        self._readers = open(path / "READERS", "a+b")  # noqa: SIM115
+        self._readers = _lock_file(path / "READERS")  # shared while mapping a generation, exclusive to remove one
         self._faiss = self._quantizer = None
         self._indexed, self._generation, self._commit = 0, None, None
         self._hashes: dict[str, np.ndarray] = {}
