@@ -52,7 +52,7 @@ from typing import Any
 
 import numpy as np
 
-from pplx_embed.atomic import atomic_path, write_text
+from pplx_embed.atomic import atomic_path
 from pplx_embed.errors import InputError
 from pplx_embed.index.store import (
     Batch,
@@ -202,6 +202,7 @@ class EmbeddedIndex(VectorStore):
             conn.executemany("INSERT INTO manifest VALUES (?, ?)", manifest.items())
             conn.commit()
             conn.close()
+            tmp.chmod(0o644)  # a temporary file is private; the index is not
         return cls.open(path, embedder=embedder)
 
     @classmethod
@@ -477,8 +478,9 @@ class EmbeddedIndex(VectorStore):
     def _acknowledge(self, commit: int) -> None:
         """Record ``commit`` as acknowledged: an open that finds the database behind it reports the loss."""
         self._commit = commit
-        write_text(self.path / HEAD, json.dumps({"commit": commit, "generation": self._generation,
-                                                 "count": self._count}) + "\n")
+        with atomic_path(self.path / HEAD) as tmp:
+            tmp.write_text(json.dumps({"commit": commit, "generation": self._generation, "count": self._count}))
+            tmp.chmod(0o644)  # readable like the other files of the index
 
     def _rows_of(self, column: str, values: list) -> list[int]:
         rows: list[int] = []
