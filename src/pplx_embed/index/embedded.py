@@ -60,7 +60,6 @@ from pplx_embed.index.store import (
     IndexDamagedError,
     IndexNotFoundError,
     VectorStore,
-    item_checksum,
     new_store_shape,
     unit_rows,
 )
@@ -127,6 +126,13 @@ def _faiss_threads(queries: int) -> Iterator[None]:
         yield
     finally:
         faiss.omp_set_num_threads(before)
+
+
+def _item_checksum(id_: str, text: str | None, metadata: str, doc_id: str | None, position: int | None,
+                   int8: np.ndarray) -> int:
+    """CRC-32 binding an item's stored fields (``metadata`` as its stored JSON text) to its int8 vector."""
+    fields = f"{id_}\x00{text}\x00{metadata}\x00{doc_id}\x00{position}".encode("utf-8", "surrogatepass")
+    return zlib.crc32(int8, zlib.crc32(fields))
 
 
 def _facts_checksum(manifest: dict[str, str]) -> str:
@@ -533,7 +539,7 @@ class EmbeddedIndex(VectorStore):
             for j, (i, t, m, d, p) in enumerate(zip(batch.ids, batch.texts, batch.metadata, batch.doc_ids,
                                                     batch.positions)):
                 meta = json.dumps(m, ensure_ascii=False)
-                rows.append((start + j, i, t, meta, d, p, zlib.crc32(batch.int8[j], item_checksum(i, t, meta, d, p))))
+                rows.append((start + j, i, t, meta, d, p, _item_checksum(i, t, meta, d, p, batch.int8[j])))
             with self._transaction() as conn:
                 for part in _chunks(existing):
                     conn.execute(f"DELETE FROM items WHERE row IN ({','.join('?' * len(part))})", part)
@@ -748,7 +754,7 @@ class EmbeddedIndex(VectorStore):
             for row, id_, text, meta, doc, pos, crc in self._conn.execute(
                     f"SELECT row, id, text, metadata, doc_id, position, crc FROM items WHERE row IN "
                     f"({','.join('?' * len(part))})", part):
-                if zlib.crc32(codes[row], item_checksum(id_, text, meta, doc, pos)) != crc:
+                if _item_checksum(id_, text, meta, doc, pos, codes[row]) != crc:
                     raise self._damaged(f"item row {row} ({str(id_)[:80]!r}) does not match its checksum")
                 found[row] = (id_, text, json.loads(meta), doc, pos)
         return [[Hit(found[r][0], float(s), found[r][1], found[r][2], *found[r][3:])
@@ -776,7 +782,7 @@ class EmbeddedIndex(VectorStore):
             codes, items = self._maps["int8"], 0
             for row, id_, text, meta, doc, pos, crc in self._conn.execute(
                     "SELECT row, id, text, metadata, doc_id, position, crc FROM items"):
-                if zlib.crc32(codes[row], item_checksum(id_, text, meta, doc, pos)) != crc:
+                if _item_checksum(id_, text, meta, doc, pos, codes[row]) != crc:
                     raise self._damaged(f"item row {row} ({str(id_)[:80]!r}) does not match its checksum")
                 items += 1
             integrity = self._conn.execute("PRAGMA quick_check").fetchone()[0]

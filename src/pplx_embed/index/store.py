@@ -15,7 +15,6 @@ then embedded with it. The backends live in their own modules and
 from __future__ import annotations
 
 import re
-import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -28,7 +27,6 @@ from pplx_embed.errors import InputError
 from pplx_embed.model.quantization import check_dimensions, hamming_distance, to_binary, to_int8, truncate
 
 RESCORE_MODES = ("int8", "float", "none")
-FIRST_STAGES = ("flat", "ivf", "hnsw")
 MAX_FILTER_KEYS = 32
 MAX_ID_LENGTH = 1024
 MAX_CANDIDATES = 16_384
@@ -143,11 +141,6 @@ def check_metadata(metadata: Any) -> dict[str, Any]:
             raise InputError(f"metadata holds {str(value)[:40]!r}: values must be JSON (strings, 64-bit integers, "
                              "finite numbers, booleans, null, lists, objects)")
     return dict(metadata)
-
-
-def item_checksum(id_: str, text: str | None, metadata: str, doc_id: str | None, position: int | None) -> int:
-    """CRC-32 binding an item's stored fields (``metadata`` as its stored JSON text) to each other."""
-    return zlib.crc32(f"{id_}\x00{text}\x00{metadata}\x00{doc_id}\x00{position}".encode("utf-8", "surrogatepass"))
 
 
 def unit_rows(rows: np.ndarray) -> np.ndarray:
