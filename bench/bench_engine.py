@@ -157,8 +157,9 @@ def worker(args: argparse.Namespace) -> None:
     torch.set_num_threads(physical_cores())
     start = time.perf_counter()
     if args.worker == PEER:
-        import pplx_embed.model.encoder  # noqa: F401  registers bidirectional_pplx_qwen3 with transformers
         from sentence_transformers import SentenceTransformer
+
+        import pplx_embed.model.encoder  # noqa: F401  registers bidirectional_pplx_qwen3 with transformers
 
         model = SentenceTransformer(args.checkpoint, device="cpu")
         count = lambda batch: sum(len(x) for x in model.tokenizer(batch)["input_ids"])  # noqa: E731

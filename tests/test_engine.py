@@ -199,9 +199,9 @@ def test_cache_key_follows_weights_and_variant(tiny_pplx_dir, tmp_path):
 
 # ---- selection and threads --------------------------------------------------------------------
 def test_backend_choice_errors_are_clear(monkeypatch):
-    from pplx_embed.engine.backends import resolve_backend
     import torch
 
+    from pplx_embed.engine.backends import resolve_backend
     from pplx_embed.options import EmbedderOptions
 
     assert resolve_backend("onnx", "cpu", torch.float32) == "onnx"

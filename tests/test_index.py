@@ -43,7 +43,8 @@ def test_add_search_and_reopen(tmp_path, index):
     assert hits[0].score == pytest.approx(1.0, abs=1e-3)
     assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
     stored = index.get(["v42"], "int8")["v42"]
-    assert np.array_equal(stored, to_int8(x[42])) and np.array_equal(index.get(["v42"], "binary")["v42"], to_binary(x[42]))
+    assert np.array_equal(stored, to_int8(x[42]))
+    assert np.array_equal(index.get(["v42"], "binary")["v42"], to_binary(x[42]))
     index.close()
     again = Index.open(str(tmp_path / "ix"))
     assert len(again) == 3000 and again.search(x[42], k=1)[0].id == "v42"
@@ -122,7 +123,7 @@ def test_bad_input_and_model_mismatch_give_clear_errors(tmp_path, index, tiny_pp
         index.add(ids=["z"], vectors=x[:1], model="other")
     with pytest.raises(ValueError, match="model 'other'"):
         index.search(x[0], 3, model="other")
-    with pytest.raises(ValueError, match="k must be a positive integer"):
+    with pytest.raises(ValueError, match="k must be an integer from 1 to"):
         index.search(x[0], 0)
     with pytest.raises(ValueError, match="NaN"):
         index.search(np.full(DIM, np.nan, np.float32), 3)
@@ -159,7 +160,8 @@ def test_contextual_documents(tmp_path, tiny_pplx):
     assert ix.add_documents(docs, ["d1", "d2"], metadata=[{"src": "a"}, {"src": "b"}]) == 5
     expected = tiny_pplx.encode_contextual(docs)
     hit = ix.search(expected[0][1], 1)[0]
-    assert (hit.id, hit.doc_id, hit.position, hit.text, hit.metadata) == ("d1#1", "d1", 1, "It was on the mat.", {"src": "a"})
+    assert (hit.id, hit.doc_id, hit.position, hit.text, hit.metadata) == (
+        "d1#1", "d1", 1, "It was on the mat.", {"src": "a"})
     assert ix.search(expected[1][0], 1)[0].doc_id == "d2"
     hits = ix.search("Rockets fly.", 5)
     assert {h.doc_id for h in hits} == {"d1", "d2"} and all(h.position is not None for h in hits)
@@ -177,9 +179,10 @@ def test_ivf_first_stage_with_filters_and_tombstones(tmp_path):
     ix.add(ids=ids("v", 12_000), vectors=x, metadata=[{"rare": i % 1000 == 0} for i in range(12_000)])
     ix.close()
     ix = Index.open(path)  # trained at open once there are enough vectors
-    stats = ix.stats()  # codes + row id + list number + the centroids (2·√n of them) shared by all rows
+    stats = ix.stats()  # codes + inverse norm + row id + list number + the centroids (2·√n of them) shared by all rows
     assert stats["first_stage_index"] == "IndexBinaryIVF"
-    assert stats["search_structure_bytes_per_vector"] == round(32 + 8 + 4 + 4 * DIM * int(2 * np.sqrt(12_000)) / 12_000, 1)
+    centroids = int(2 * np.sqrt(12_000))
+    assert stats["search_structure_bytes_per_vector"] == round(32 + 4 + 8 + 4 + 4 * DIM * centroids / 12_000, 1)
     exact = exact_top(np.tanh(x[:50]), np.tanh(x))
     rows, _ = ix.search_rows(x[:50], 10)
     assert np.mean([len(set(r.tolist()) & set(e.tolist())) / 10 for r, e in zip(rows, exact)]) >= 0.95

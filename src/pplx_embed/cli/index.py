@@ -41,7 +41,9 @@ def _item(path: str, number: int, row: dict, args: argparse.Namespace) -> tuple[
     return id_, content, metadata
 
 
-def _open(args: argparse.Namespace, with_model: bool):
+def _open(args: argparse.Namespace, with_model: bool, queries: bool = False):
+    """The index at ``args.index``; ``with_model``: with the embedder of ``--model``, by default the index's
+    model (``queries``: its query model, when it records one)."""
     from pplx_embed.index import Index, IndexNotFoundError
 
     try:
@@ -50,7 +52,7 @@ def _open(args: argparse.Namespace, with_model: bool):
         raise CLIError(str(exc)) from None
     if with_model:
         if args.model is None:
-            args.model = index.model
+            args.model = (index.query_model if queries else None) or index.model
         index.use(load_embedder(args))  # refuses another model's embedder
     return index
 
@@ -66,14 +68,18 @@ def cmd_create(args: argparse.Namespace) -> int:
     from pplx_embed.model.checkpoint import load_checkpoint
 
     checkpoint = load_checkpoint(EmbedderOptions.from_args(args).model)
-    if args.index.startswith("milvus:"):
-        options = {"index_type": "BIN_IVF_FLAT" if args.first_stage == "ivf" else "BIN_FLAT"}
-    else:
-        options = {"first_stage": args.first_stage}
+    query_model = None
+    if args.query_model:
+        query = load_checkpoint(args.query_model)
+        if query.dimension != checkpoint.dimension:
+            raise CLIError(f"--query-model {query.name} embeds {query.dimension} dimensions; "
+                           f"{checkpoint.name} embeds {checkpoint.dimension}")
+        query_model = query.name
     try:
         index = Index.create(args.index, checkpoint.name, args.dimensions or checkpoint.dimension,
                              full_dimension=checkpoint.dimension, store_float=args.store_float,
-                             contextual=args.contextual or checkpoint.is_contextual, **options)
+                             contextual=args.contextual or checkpoint.is_contextual, first_stage=args.first_stage,
+                             query_model=query_model)
     except FileExistsError as exc:
         raise CLIError(str(exc)) from None
     print(json.dumps(index.info()))
@@ -114,7 +120,7 @@ def cmd_add(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    index = _open(args, with_model=True)
+    index = _open(args, with_model=True, queries=True)
     queries = list(args.query)
     if args.queries:
         queries += [row.get("text", row.get("query")) for _, row in read_rows(args.queries)]
@@ -125,8 +131,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     results = index.search_many(queries, args.k, filter=field_values(args.filter, "--filter"),
                                 candidates=args.candidates, rescore=args.rescore)
     for query, hits in zip(queries, results):
-        print(json.dumps({"query": query, "model": index.model, "hits": [h.to_dict() for h in hits]},
-                         ensure_ascii=False))
+        print(json.dumps({"query": query, "model": index.model, "query_model": index.query_model or index.model,
+                          "hits": [h.to_dict() for h in hits]}, ensure_ascii=False))
     index.close()
     return 0
 
@@ -134,6 +140,13 @@ def cmd_search(args: argparse.Namespace) -> int:
 def cmd_stats(args: argparse.Namespace) -> int:
     index = _open(args, with_model=False)
     print(json.dumps(index.stats(), indent=2))
+    index.close()
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    index = _open(args, with_model=False)
+    print(json.dumps(index.check()))
     index.close()
     return 0
 
@@ -174,11 +187,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     isub = index.add_subparsers(dest="index_command", required=True, metavar="ACTION")
 
     create = isub.add_parser("create", help="create an empty index for a model")
-    create.add_argument("index", help="index directory (or milvus:FILE.db#collection, milvus://host:port/collection)")
+    create.add_argument("index", help="index directory, milvus:FILE.db#collection, milvus://host:port/collection, "
+                                      "postgresql://user@host/db#table or pgserver:DATADIR#table")
     create.add_argument("--dimensions", "-d", type=int, default=None, help="Matryoshka dimensions (default: full)")
     create.add_argument("--store-float", action="store_true", help="also keep float32 vectors (float rescoring)")
-    create.add_argument("--first-stage", choices=("flat", "ivf"), default="flat",
-                        help="exact Hamming scan (default) or an inverted file for large indexes")
+    create.add_argument("--first-stage", choices=("flat", "ivf", "hnsw"), default=None,
+                        help="flat: exact Hamming scan (embedded and Milvus default); ivf: an inverted file for "
+                             "large indexes; hnsw: the pgvector backend's (its default)")
+    create.add_argument("--query-model", default=None,
+                        help="embed queries with this model (same dimension), e.g. pplx-embed-v1-0.6b for an index "
+                             "of pplx-embed-context-v1-0.6b chunks")
     create.add_argument("--contextual", action="store_true",
                         help="a late-chunking index: queries are embedded as one-chunk documents")
     add_model_args(create)
@@ -193,7 +211,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add.add_argument("--documents", action="store_true", help="rows are documents of chunks (late chunking)")
     add.add_argument("--chunks-field", default="chunks")
     add.add_argument("--upsert", action="store_true", help="replace items whose id exists (default: refuse)")
-    add.add_argument("--batch-size", type=int, default=256, help="rows per atomic batch (default 256)")
+    add.add_argument("--batch-size", type=_positive, default=256, help="rows per atomic batch (default 256)")
     add.add_argument("--quiet", action="store_true", help="no progress bar")
     add_model_args(add)
     add.set_defaults(func=cmd_add)
@@ -205,7 +223,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     search.add_argument("-k", type=int, default=10, help="results per query (default 10)")
     search.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE",
                         help="keep items whose metadata KEY equals VALUE (JSON or string); repeatable")
-    search.add_argument("--candidates", type=int, default=None, help="first-stage candidates (default max(100, 10k))")
+    search.add_argument("--candidates", type=_positive, default=None,
+                        help="first-stage candidates (default max(100, 10k))")
     search.add_argument("--rescore", choices=("int8", "float", "none"), default="int8")
     search.add_argument("--nprobe", type=_positive, default=None, help="IVF lists probed per query (default 16)")
     add_model_args(search)
@@ -214,6 +233,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     stats = isub.add_parser("stats", help="model, dimensions, counts and sizes of an index")
     stats.add_argument("index")
     stats.set_defaults(func=cmd_stats)
+
+    check = isub.add_parser("check", help="verify every checksum of an index (exit 2 with one line if damaged)")
+    check.add_argument("index")
+    check.set_defaults(func=cmd_check)
 
     delete = isub.add_parser("delete", help="delete items by id (and optionally compact)")
     delete.add_argument("index")

@@ -61,8 +61,8 @@ def build_config(args: argparse.Namespace):
     """A :class:`~pplx_embed.serve.app.ServeConfig` from the parsed options (``ValueError`` on bad ones)."""
     from pplx_embed.serve.app import ServeConfig
     from pplx_embed.serve.auth import KeyRing
-    from pplx_embed.serve.limits import Limits
     from pplx_embed.serve.indexes import parse_index_spec
+    from pplx_embed.serve.limits import Limits
     from pplx_embed.serve.registry import parse_model_spec, parse_shadow, parse_split
 
     models = args.model or _env_list("MODEL") or [None]

