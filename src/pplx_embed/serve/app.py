@@ -65,7 +65,7 @@ class ServeConfig:
     indexes: list[tuple[str, str]] = field(default_factory=list)
     keys: KeyRing = field(default_factory=KeyRing)
     limits: ServeLimits = field(default_factory=ServeLimits)
-    options: EmbedderOptions = field(default_factory=EmbedderOptions)
+    options: EmbedderOptions = field(default_factory=EmbedderOptions.from_env)
     warmup: bool = True
     on_load_error: Callable[[BaseException], None] | None = None
 

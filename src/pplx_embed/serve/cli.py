@@ -81,6 +81,14 @@ def _number(flag: str, text: str, kind: type, low: float, high: float | None = N
 
 def build_config(args: argparse.Namespace):
     """A :class:`~pplx_embed.serve.app.ServeConfig` from the parsed options (``InputError`` on bad ones)."""
+    args.port = _number("port", args.port, int, 0, 65535)
+    args.graceful_timeout = _number("graceful-timeout", args.graceful_timeout, float, 0)
+    limits = {}
+    for name in LIMIT_HELP:
+        if (text := getattr(args, name)) is not None:
+            kind = float if "timeout" in name else int
+            limits[name] = _number(name.replace("_", "-"), text, kind, 1e-3 if kind is float else 1)
+
     from pplx_embed.serve.app import ServeConfig
     from pplx_embed.serve.auth import KeyRing
     from pplx_embed.serve.indexes import parse_index_spec
@@ -96,13 +104,6 @@ def build_config(args: argparse.Namespace):
         if target not in names:
             raise InputError(f"{target!r} is used by --split/--shadow but no --model is served so; "
                              f"serve it as --model {target}=SOURCE")
-    limits = {}
-    for name in LIMIT_HELP:
-        if (text := getattr(args, name)) is not None:
-            kind = float if "timeout" in name else int
-            limits[name] = _number(name.replace("_", "-"), text, kind, 1e-3 if kind is float else 1)
-    args.port = _number("port", args.port, int, 0, 65535)
-    args.graceful_timeout = _number("graceful-timeout", args.graceful_timeout, float, 0)
     keys = KeyRing.from_options(args.api_key or _env_list("API_KEY"), args.api_keys_file)
     return ServeConfig(models=specs, splits=splits, shadows=shadows, indexes=indexes, keys=keys,
                        limits=ServeLimits(**limits), options=EmbedderOptions.from_args(args))
