@@ -192,24 +192,35 @@ def head_of_line(server: Server, big: list[str], queries: list[str], limit: int)
     return {**result, "small_answered_during": during, **percentiles(latencies)}
 
 
-def direct(emb, requests: list[list[str]], clients: int) -> dict:
-    """``Embedder.encode``: all texts in one call (its best), and ``clients`` threads calling it per request."""
+def one_call(emb, requests: list[list[str]]) -> dict:
+    """``Embedder.encode`` of all the texts in one call: its best (the engine packs them by token budget)."""
     texts = [t for r in requests for t in r]
     start = time.perf_counter()
     emb.encode(texts, quantization="int8")
-    best = len(texts) / (time.perf_counter() - start)
+    return {"requests": len(requests), "texts_s": round(len(texts) / (time.perf_counter() - start), 1)}
+
+
+def threads(emb, requests: list[list[str]], clients: int) -> dict:
+    """``clients`` threads calling ``Embedder.encode`` per request."""
     latencies = []
 
     def call(batch):
-        t0 = time.perf_counter()
+        start = time.perf_counter()
         emb.encode(batch, quantization="int8")
-        latencies.append(time.perf_counter() - t0)
+        latencies.append(time.perf_counter() - start)
 
     start = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
         list(pool.map(call, requests))
-    threads = len(texts) / (time.perf_counter() - start)
-    return {"best_texts_s": round(best, 1), "threads_texts_s": round(threads, 1), **percentiles(latencies)}
+    texts = sum(len(r) for r in requests)
+    return {"requests": len(requests), "texts_s": round(texts / (time.perf_counter() - start), 1),
+            **percentiles(latencies)}
+
+
+def median_of(runs: list[dict]) -> dict:
+    """The run of median throughput, with the range of all runs."""
+    runs = sorted(runs, key=lambda r: r["texts_s"])
+    return {**runs[len(runs) // 2], "range": f"{runs[0]['texts_s']}-{runs[-1]['texts_s']}"}
 
 
 # ---- report --------------------------------------------------------------------------------------------
@@ -240,10 +251,11 @@ def main() -> int:
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--texts-per-request", type=int, default=16)
     ap.add_argument("--requests", type=int, default=48, help="requests per saturation run (queries)")
-    ap.add_argument("--passage-requests", type=int, default=8, help="requests per saturation run (passages)")
+    ap.add_argument("--passage-requests", type=int, default=4, help="requests per saturation run (passages)")
+    ap.add_argument("--repeats", type=int, default=3, help="runs per saturation cell (median shown, order rotated)")
     ap.add_argument("--seconds", type=float, default=60.0, help="time cap of each run")
     ap.add_argument("--overload-seconds", type=float, default=10.0)
-    ap.add_argument("--big-texts", type=int, default=468, help="texts of the max-size request")
+    ap.add_argument("--big-texts", type=int, default=468, help="texts of the max-size request (468: the issue's)")
     ap.add_argument("--infinity-venv", default=None, help="venv for Infinity (created when missing); unset: skip")
     ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks" / "serve-cpu.md"))
     args = ap.parse_args()
@@ -267,16 +279,19 @@ def main() -> int:
     saturation, overload, blocking = [], [], []
     try:
         for kind, requests in workloads.items():
-            d = direct(emb, requests, args.clients)
-            row = [f"{kind} x{per}", "python-api, one call (best)", len(requests), d["best_texts_s"], "1.00", "", ""]
-            saturation.append(row)
-            saturation.append([f"{kind} x{per}", f"python-api, {args.clients} threads", len(requests),
-                               d["threads_texts_s"], f"{d['threads_texts_s'] / d['best_texts_s']:.2f}",
-                               d["p50_ms"], d["p99_ms"]])
-            for server in servers:
-                r = asyncio.run(closed_loop(server, requests, args.clients, args.seconds))
-                saturation.append([f"{kind} x{per}", f"{server.name}, {args.clients} clients", r["requests"],
-                                   r["texts_s"], f"{r['texts_s'] / d['best_texts_s']:.2f}", r["p50_ms"], r["p99_ms"]])
+            systems = [("python-api, one call (best)", lambda r=requests: one_call(emb, r)),
+                       (f"python-api, {args.clients} threads", lambda r=requests: threads(emb, r, args.clients))]
+            systems += [(f"{server.name}, {args.clients} clients", lambda r=requests, s=server:
+                         asyncio.run(closed_loop(s, r, args.clients, args.seconds))) for server in servers]
+            runs: dict[str, list[dict]] = {name: [] for name, _ in systems}
+            for rep in range(args.repeats):  # rotate the order so that no system always runs first
+                for name, run in systems[rep % len(systems):] + systems[: rep % len(systems)]:
+                    runs[name].append(run())
+            best = median_of(runs[systems[0][0]])["texts_s"]
+            for name, _ in systems:
+                m = median_of(runs[name])
+                saturation.append([f"{kind} x{per}", name, m["requests"], f"{m['texts_s']} ({m['range']})",
+                                   f"{m['texts_s'] / best:.2f}", m.get("p50_ms", ""), m.get("p99_ms", "")])
                 print(saturation[-1], flush=True)
         loads.append(load())
         singles = [[q] for q in queries]
@@ -301,23 +316,24 @@ def main() -> int:
 
     lines = ["# Server benchmark (CPU): `pplx-embed serve` vs the Python API and Infinity, same run", "",
              f"Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC  ", f"Device: {cpu_description()}  ",
-             f"Load average (1 min) at start / after each part: {' / '.join(loads)} (2 cores shared with other "
-             "jobs)  ", f"Versions: {', '.join(f'{k} {v}' for k, v in versions().items())}  ",
+             (f"Load average (1 min) at start / after each part: {' / '.join(loads)} (2 cores shared with other "
+             "jobs)  "), f"Versions: {', '.join(f'{k} {v}' for k, v in versions().items())}  ",
              f"Model: `{args.model}` ({emb.dimension} dims, {emb.max_length} tokens), int8 output  ",
              f"Command: `.venv/bin/python bench/bench_serve.py {' '.join(sys.argv[1:])}`", "",
              "## 1. Throughput at saturation", "",
-             f"{args.clients} concurrent clients, {per} texts per request (MedQuAD dev queries; passages cut to "
-             "the model window). `vs best` = texts/s over `Embedder.encode` of all the texts in one call. "
-             "Latency is per request.", ""]
-    lines += table(["workload", "system", "requests", "texts/s", "vs best", "p50 ms", "p99 ms"], saturation)
+             (f"{args.clients} concurrent clients, {per} texts per request (MedQuAD dev queries; passages cut to "
+             f"the model window). Each cell ran {args.repeats} times, systems in rotating order: the median "
+             "run (range of all runs). `vs best` = texts/s over `Embedder.encode` of all the texts in one call. "
+             "Latency is per request."), ""]
+    lines += table(["workload", "system", "requests", "texts/s (range)", "vs best", "p50 ms", "p99 ms"], saturation)
     lines += ["", "## 2. Short queries under 2x overload", "",
-              "Capacity = single-query req/s with the clients above, closed loop; then single-query requests "
-              f"arrive open-loop at twice that for {args.overload_seconds:g} s. Latency of the answered ones.", ""]
+              ("Capacity = single-query req/s with the clients above, closed loop; then single-query requests "
+              f"arrive open-loop at twice that for {args.overload_seconds:g} s. Latency of the answered ones."), ""]
     lines += table(["system", "capacity req/s", "offered req/s", "sent", "200", "429", "other", "p50 ms", "p99 ms"],
                    overload)
     lines += ["", "## 3. Short queries while a max-size request runs", "",
-              "One request of passages at the model window (just under the 120,000-token request limit); "
-              "meanwhile one client sends single queries back to back until it is answered.", ""]
+              ("One request of passages at the model window (just under the 120,000-token request limit); "
+              "meanwhile one client sends single queries back to back until it is answered."), ""]
     lines += table(["system", "big request", "status", "big s", "queries answered during it", "p50 ms",
                     "p99 ms"], blocking)
     path = Path(args.out)

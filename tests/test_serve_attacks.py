@@ -128,7 +128,7 @@ def test_scheduler_interleaves_a_big_request_with_small_ones(tiny_pplx):
     small = [Sequence(tiny_pplx.tokenize(["a short query"])[0])]
 
     async def main():
-        scheduler = Scheduler("tiny", tiny_pplx.engine, max_batch_tokens=1000, max_batch_requests=256,
+        scheduler = Scheduler("tiny", tiny_pplx.engine, max_step_tokens=1000, max_batch_requests=256,
                               max_concurrent_requests=8, max_queue_tokens=10**6)
         order, steps = [], []
         scheduler.observer = lambda requests, tokens, seconds: steps.append(requests)
@@ -158,7 +158,7 @@ def test_scheduler_interleaves_a_big_request_with_small_ones(tiny_pplx):
 
 def test_small_requests_progress_while_a_max_size_request_runs(tiny_pplx):
     """Over HTTP: a 117,760-token request (512 texts) is split into steps; short queries are answered between them."""
-    limits = ServeLimits(max_batch_tokens=1024)
+    limits = ServeLimits(max_step_tokens=1024)
     with serve_in_thread(ServeConfig(models=[("tiny", tiny_pplx)], limits=limits, warmup=False)) as (url, _):
         texts = [f"passage {i}: " + "several more words " * 72 for i in range(512)]
         tokens = sum(tiny_pplx.count_tokens(texts))

@@ -12,8 +12,9 @@ from pplx_embed.options import EmbedderOptions
 from pplx_embed.serve.limits import ServeLimits
 
 ENV = "PPLX_EMBED_SERVE_"
-# ServeLimits' flags; its max_batch_tokens is the engine's --max-batch-tokens (tokens per batch, one knob)
-LIMIT_HELP = {
+LIMIT_HELP = {  # ServeLimits' flags
+    "max_step_tokens": "tokens per scheduler step, shared in turn by the waiting requests (TEI's "
+                       "--max-batch-tokens; default 2048 on CPU, else the engine's --max-batch-tokens)",
     "max_batch_requests": "sequences per scheduler step (default: the engine's --max-batch-size)",
     "max_concurrent_requests": "requests per model tokenizing, waiting or running before 429 (default 128)",
     "max_queue_tokens": "tokens per model waiting for the worker before 429 (default 1000000)",

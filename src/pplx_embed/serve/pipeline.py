@@ -20,7 +20,7 @@ import numpy as np
 from pplx_embed.errors import InputError
 from pplx_embed.model.quantization import check_dimensions, check_quantization
 from pplx_embed.serve.errors import APIError
-from pplx_embed.serve.limits import ServeLimits
+from pplx_embed.serve.limits import CPU_STEP_TOKENS, ServeLimits
 from pplx_embed.serve.scheduler import Scheduler, StepObserver, Timing
 
 
@@ -119,7 +119,9 @@ class Pipeline:
     def __init__(self, name: str, embedder, limits: ServeLimits, prep: Executor, observer: StepObserver | None = None):
         self.embedder, self.limits, self.prep = embedder, limits, prep
         engine = embedder.engine
-        self.scheduler = Scheduler(name, engine, limits.max_batch_tokens or engine.max_batch_tokens,
+        step = limits.max_step_tokens or (min(CPU_STEP_TOKENS, engine.max_batch_tokens)
+                                          if str(embedder.device) == "cpu" else engine.max_batch_tokens)
+        self.scheduler = Scheduler(name, engine, step,
                                    limits.max_batch_requests or engine.max_batch_size,
                                    limits.max_concurrent_requests, limits.max_queue_tokens, observer)
 

@@ -2,7 +2,7 @@
 
 Requests arrive as prepared :class:`~pplx_embed.engine.batching.Sequence` s (tokenized once, off the
 loop) and wait in an asyncio queue; no thread is parked per request. Each *step* takes the waiting
-requests in turn, one sequence at a time (round-robin), until it holds ``max_batch_tokens`` tokens or
+requests in turn, one sequence at a time (round-robin), until it holds ``max_step_tokens`` tokens or
 ``max_batch_requests`` sequences, and runs it on the model's one worker thread (``Engine.run`` packs the
 step into padded batches and calls ``backend.pool``). Requests served in a step go to the back of the
 line, so a big request is split into steps interleaved with every other request and a small request
@@ -71,15 +71,15 @@ class _Job:
 class Scheduler:
     """A model's queue of prepared requests and the loop that feeds its worker thread fair steps."""
 
-    def __init__(self, name: str, engine: Engine, max_batch_tokens: int, max_batch_requests: int,
+    def __init__(self, name: str, engine: Engine, max_step_tokens: int, max_batch_requests: int,
                  max_concurrent_requests: int, max_queue_tokens: int, observer: StepObserver | None = None):
-        for what, value in (("max_batch_tokens", max_batch_tokens), ("max_batch_requests", max_batch_requests),
+        for what, value in (("max_step_tokens", max_step_tokens), ("max_batch_requests", max_batch_requests),
                             ("max_concurrent_requests", max_concurrent_requests),
                             ("max_queue_tokens", max_queue_tokens)):
             if value < 1:
                 raise ValueError(f"{what} must be at least 1")
         self.name, self.engine, self.observer = name, engine, observer
-        self.max_batch_tokens, self.max_batch_requests = max_batch_tokens, max_batch_requests
+        self.max_step_tokens, self.max_batch_requests = max_step_tokens, max_batch_requests
         self.max_concurrent_requests, self.max_queue_tokens = max_concurrent_requests, max_queue_tokens
         self._worker = ThreadPoolExecutor(1, thread_name_prefix=f"pplx-model-{name}")
         self._jobs: list[_Job] = []  # waiting, in turn order
@@ -163,7 +163,7 @@ class Scheduler:
                 if len(step) >= self.max_batch_requests:
                     break
                 n = len(job.sequences[job.next].ids)
-                if step and tokens + n > self.max_batch_tokens:
+                if step and tokens + n > self.max_step_tokens:
                     continue  # its next sequence waits for the next step
                 step.append((job, job.next))
                 tokens += n
