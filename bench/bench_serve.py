@@ -14,8 +14,8 @@ Three questions, each bounded in requests and seconds, all on 127.0.0.1:
 
 Infinity (``infinity-emb``, a peer server) pins libraries that clash with the project venv; with
 ``--infinity-venv DIR`` the bench creates that venv if it is missing (``pip install
-"infinity-emb[server,torch]==0.0.78"``), serves the same model directory with it and runs the same
-load. Writes Markdown to ``docs/benchmarks/serve-cpu.md``::
+"infinity-emb[server]==0.0.78"``, then ``torch==2.13.0``, ``sentence-transformers<5``,
+``transformers<4.58``), serves the same model directory with it and runs the same load. Writes Markdown to ``docs/benchmarks/serve-cpu.md``::
 
     .venv/bin/python bench/bench_serve.py --model minilm --infinity-venv /tmp/infinity-venv
 """
@@ -41,7 +41,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "medquad" / "dev"
-INFINITY = "infinity-emb[server,torch]==0.0.78"
+# Infinity's server, then its torch engine's libraries at versions it accepts; torch 2.13.0 is ours (CPU wheel here)
+INFINITY = (["infinity-emb[server]==0.0.78"],
+            ["torch==2.13.0", "sentence-transformers>=3.0.1,<5", "transformers>=4.57,<4.58"])
 
 
 def load_texts(kind: str, count: int, emb) -> list[str]:
@@ -110,7 +112,8 @@ def infinity_server(venv: Path, model_dir: str, name: str) -> Server:
     python = venv / "bin" / "python"
     if not python.exists():
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "-q", INFINITY], check=True)
+        for packages in INFINITY:
+            subprocess.run([str(python), "-m", "pip", "install", "-q", *packages], check=True)
     cmd = [str(venv / "bin" / "infinity_emb"), "v2", "--model-id", model_dir, "--served-model-name", name,
            "--engine", "torch", "--device", "cpu", "--host", "127.0.0.1", "--port", "{port}",
            "--no-bettertransformer"]

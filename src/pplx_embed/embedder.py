@@ -130,30 +130,20 @@ class Embedder:
         if not texts:
             return []
         if cap:
-            texts = [self._cap(text, truncation or self.options.truncation, i) for i, text in enumerate(texts)]
+            texts = [self._fit(t, self.max_chars, truncation, f"text {i}", "characters") for i, t in enumerate(texts)]
         return [e.ids for e in self.tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False)]
 
-    def _cap(self, text: str, truncation: Truncation, i: int) -> str:
-        limit = self.max_chars
-        if len(text) <= limit:
-            return text
-        if truncation == "right":
-            return text[:limit]
-        if truncation == "left":
-            return text[len(text) - limit :]
-        raise InputError(f"text {i} has {len(text)} characters, more than the {limit} the model's {self.max_length}-"
-                         "token context can hold; shorten it or pass truncation='right' (or 'left')")
-
-    def _fit(self, ids: list[int], room: int, truncation: Truncation, where: str) -> list[int]:
+    def _fit(self, items: list[int] | str, room: int, truncation: Truncation, where: str, unit: str = "tokens"):
+        """``items`` (token ids, or a text's characters) cut to ``room`` as ``truncation`` says, else InputError."""
         truncation = truncation or self.options.truncation
-        if len(ids) <= room:
-            return ids
+        if len(items) <= room:
+            return items
         if truncation == "right":
-            return ids[:room]
+            return items[:room]
         if truncation == "left":
-            return ids[len(ids) - room :]
+            return items[len(items) - room :]
         raise InputError(
-            f"{where} has {len(ids)} tokens, more than the model's limit of {room}; "
+            f"{where} has {len(items)} {unit}, more than the model's limit of {room}; "
             "shorten it or pass truncation='right' (or 'left')"
         )
 

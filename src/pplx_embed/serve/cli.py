@@ -13,8 +13,10 @@ from pplx_embed.serve.limits import ServeLimits
 
 ENV = "PPLX_EMBED_SERVE_"
 LIMIT_HELP = {  # ServeLimits' flags
-    "max_step_tokens": "tokens per scheduler step, shared in turn by the waiting requests (TEI's "
-                       "--max-batch-tokens; default 2048 on CPU, else the engine's --max-batch-tokens)",
+    "max_step_tokens": "tokens per scheduler step at most, shared in turn by the waiting requests (TEI's "
+                       "--max-batch-tokens; default: the engine's --max-batch-tokens)",
+    "step_seconds": "size steps to take about this long at the measured rate, so a short request waits "
+                    "about that (default 0.25 on CPU, off on GPU)",
     "max_batch_requests": "sequences per scheduler step (default: the engine's --max-batch-size)",
     "max_concurrent_requests": "requests per model tokenizing, waiting or running before 429 (default 128)",
     "max_queue_tokens": "tokens per model waiting for the worker before 429 (default 1000000)",
@@ -87,7 +89,7 @@ def build_config(args: argparse.Namespace):
     limits = {}
     for name in LIMIT_HELP:
         if (text := getattr(args, name)) is not None:
-            kind = float if "timeout" in name else int
+            kind = float if name.endswith(("timeout", "seconds")) else int
             limits[name] = _number(name.replace("_", "-"), text, kind, 1e-3 if kind is float else 1)
 
     from pplx_embed.serve.app import ServeConfig

@@ -4,7 +4,8 @@ Per request: ``max_client_batch_size`` inputs, ``max_tokens_per_request`` tokens
 tokenizing, as many characters as that many tokens can hold), ``payload_limit`` bytes of body,
 ``read_timeout`` to arrive and ``request_timeout`` to be answered. Per model: ``max_concurrent_requests``
 in flight and ``max_queue_tokens`` waiting. Per scheduler step: ``max_step_tokens`` tokens (TEI's
-``--max-batch-tokens``; ours names the engine's padded forward batch) and ``max_batch_requests`` sequences.
+``--max-batch-tokens``; ours names the engine's padded forward batch), fewer when ``step_seconds`` says
+so, and ``max_batch_requests`` sequences.
 
 Dependency-free, so that the command line can declare the flags without loading the server.
 """
@@ -15,14 +16,15 @@ from dataclasses import dataclass, fields
 
 from pplx_embed.errors import InputError
 
-# A step is what a short request may wait for. On CPU a 16K-token engine call takes seconds while 2K-token
-# steps cost no throughput (a forward pass's cost per token is flat from a few hundred tokens on).
-CPU_STEP_TOKENS = 2048
+# A step is what a short request waits for. On CPU a 16K-token engine call takes seconds, while steps of a
+# quarter second cost no throughput (a forward pass's cost per token is flat from a few hundred tokens on).
+CPU_STEP_SECONDS = 0.25
 
 
 @dataclass(frozen=True)
 class ServeLimits:
-    max_step_tokens: int | None = None  # tokens per scheduler step; None: CPU_STEP_TOKENS on CPU, else the engine's
+    max_step_tokens: int | None = None  # tokens per scheduler step at most; None: the engine's max_batch_tokens
+    step_seconds: float | None = None  # size steps to take this long; None: CPU_STEP_SECONDS on CPU, else off
     max_batch_requests: int | None = None  # sequences per scheduler step; None: the engine's batch size
     max_concurrent_requests: int = 128  # per model: tokenizing, waiting or running (429 beyond)
     max_queue_tokens: int = 1_000_000  # per model: tokens waiting for a step (429 beyond)

@@ -20,7 +20,7 @@ import numpy as np
 from pplx_embed.errors import InputError
 from pplx_embed.model.quantization import check_dimensions, check_quantization
 from pplx_embed.serve.errors import APIError
-from pplx_embed.serve.limits import CPU_STEP_TOKENS, ServeLimits
+from pplx_embed.serve.limits import CPU_STEP_SECONDS, ServeLimits
 from pplx_embed.serve.scheduler import Scheduler, StepObserver, Timing
 
 
@@ -119,11 +119,11 @@ class Pipeline:
     def __init__(self, name: str, embedder, limits: ServeLimits, prep: Executor, observer: StepObserver | None = None):
         self.embedder, self.limits, self.prep = embedder, limits, prep
         engine = embedder.engine
-        step = limits.max_step_tokens or (min(CPU_STEP_TOKENS, engine.max_batch_tokens)
-                                          if str(embedder.device) == "cpu" else engine.max_batch_tokens)
-        self.scheduler = Scheduler(name, engine, step,
+        cpu = str(embedder.device) == "cpu"
+        self.scheduler = Scheduler(name, engine, limits.max_step_tokens or engine.max_batch_tokens,
                                    limits.max_batch_requests or engine.max_batch_size,
-                                   limits.max_concurrent_requests, limits.max_queue_tokens, observer)
+                                   limits.max_concurrent_requests, limits.max_queue_tokens, observer,
+                                   limits.step_seconds or (CPU_STEP_SECONDS if cpu else None))
 
     async def _off_loop(self, fn: Callable, *args):
         return await asyncio.get_running_loop().run_in_executor(self.prep, fn, *args)

@@ -2,11 +2,13 @@
 
 Requests arrive as prepared :class:`~pplx_embed.engine.batching.Sequence` s (tokenized once, off the
 loop) and wait in an asyncio queue; no thread is parked per request. Each *step* takes the waiting
-requests in turn, one sequence at a time (round-robin), until it holds ``max_step_tokens`` tokens or
+requests in turn, one sequence at a time (round-robin), until it holds its token budget or
 ``max_batch_requests`` sequences, and runs it on the model's one worker thread (``Engine.run`` packs the
 step into padded batches and calls ``backend.pool``). Requests served in a step go to the back of the
 line, so a big request is split into steps interleaved with every other request and a small request
-waits about one step, whatever else is queued.
+waits about one step, whatever else is queued. The token budget is ``max_step_tokens``; with
+``step_seconds`` it follows the measured tokens/s so that a step takes about that long (on CPU a
+16K-token step takes seconds; a quarter-second step costs no throughput).
 
 Admission is bounded twice: ``max_concurrent_requests`` requests per model (waiting, tokenizing or
 running) and ``max_queue_tokens`` tokens waiting; beyond either :class:`Overloaded` (HTTP 429). A
@@ -32,6 +34,7 @@ from pplx_embed.engine.engine import Engine
 log = logging.getLogger("pplx_embed.serve")
 
 StepObserver = Callable[[int, int, float], None]  # (requests, tokens, seconds) of one step
+MIN_STEP_TOKENS = 256  # a step-time target never shrinks steps below this (a longer sequence runs alone anyway)
 
 
 class Overloaded(RuntimeError):
@@ -72,7 +75,8 @@ class Scheduler:
     """A model's queue of prepared requests and the loop that feeds its worker thread fair steps."""
 
     def __init__(self, name: str, engine: Engine, max_step_tokens: int, max_batch_requests: int,
-                 max_concurrent_requests: int, max_queue_tokens: int, observer: StepObserver | None = None):
+                 max_concurrent_requests: int, max_queue_tokens: int, observer: StepObserver | None = None,
+                 step_seconds: float | None = None):
         for what, value in (("max_step_tokens", max_step_tokens), ("max_batch_requests", max_batch_requests),
                             ("max_concurrent_requests", max_concurrent_requests),
                             ("max_queue_tokens", max_queue_tokens)):
@@ -81,6 +85,9 @@ class Scheduler:
         self.name, self.engine, self.observer = name, engine, observer
         self.max_step_tokens, self.max_batch_requests = max_step_tokens, max_batch_requests
         self.max_concurrent_requests, self.max_queue_tokens = max_concurrent_requests, max_queue_tokens
+        # with a step-time target, the step budget follows the measured tokens/s (capped by max_step_tokens)
+        self.step_seconds, self._rate = step_seconds, None
+        self.step_tokens = max_step_tokens if step_seconds is None else min(max_step_tokens, 4 * MIN_STEP_TOKENS)
         self._worker = ThreadPoolExecutor(1, thread_name_prefix=f"pplx-model-{name}")
         self._jobs: list[_Job] = []  # waiting, in turn order
         self._wake = asyncio.Event()
@@ -163,7 +170,7 @@ class Scheduler:
                 if len(step) >= self.max_batch_requests:
                     break
                 n = len(job.sequences[job.next].ids)
-                if step and tokens + n > self.max_step_tokens:
+                if step and tokens + n > self.step_tokens:
                     continue  # its next sequence waits for the next step
                 step.append((job, job.next))
                 tokens += n
@@ -205,8 +212,10 @@ class Scheduler:
             finally:
                 self._running = 0
             seconds = time.perf_counter() - start
+            tokens = sum(len(job.sequences[i].ids) for job, i in step)
+            self._adapt(tokens, seconds)
             if self.observer is not None:
-                self.observer(len(jobs), sum(len(job.sequences[i].ids) for job, i in step), seconds)
+                self.observer(len(jobs), tokens, seconds)
             for (job, i), vectors in zip(step, pooled):
                 job.results[i] = vectors
                 job.left -= 1
@@ -214,6 +223,14 @@ class Scheduler:
                 job.timing.inference += seconds
                 if job.left == 0 and not job.future.done():
                     job.future.set_result(None)
+
+    def _adapt(self, tokens: int, seconds: float) -> None:
+        """Size steps to take about ``step_seconds`` at the measured rate (from steps at least half full)."""
+        if self.step_seconds is None or seconds <= 0 or tokens < self.step_tokens // 2:
+            return
+        rate = tokens / seconds
+        self._rate = rate if self._rate is None else 0.7 * self._rate + 0.3 * rate
+        self.step_tokens = max(MIN_STEP_TOKENS, min(self.max_step_tokens, int(self._rate * self.step_seconds)))
 
     async def close(self) -> None:
         """Take no new work, finish what is queued, and stop the worker."""
