@@ -3,9 +3,9 @@
 Three questions, each bounded in requests and seconds, all on 127.0.0.1:
 
 1. **Saturation throughput**: N concurrent clients sending ``--texts-per-request`` texts per request
-   (MedQuAD dev queries and passages) vs ``Embedder.encode`` on the same texts in its best
-   configuration (one call over all texts: the engine packs them by token budget), and vs N threads
-   each calling ``encode`` per request. The server should reach 0.9 of the best.
+   (MedQuAD dev queries and passages) vs ``Embedder.encode`` on the same texts in its two best
+   configurations: one call over all texts (the engine packs them by token budget), and N threads
+   each calling ``encode`` per request. The server should reach 0.9 of the better one.
 2. **Short queries under 2x overload**: single-query requests arriving open-loop at twice the rate
    the server sustained for them closed-loop; p50/p99 of the answered ones and how many got 429.
 3. **Head-of-line blocking**: a max-size request (``--big-texts`` passages of the model's full
@@ -290,7 +290,7 @@ def main() -> int:
             for rep in range(args.repeats):  # rotate the order so that no system always runs first
                 for name, run in systems[rep % len(systems):] + systems[: rep % len(systems)]:
                     runs[name].append(run())
-            best = median_of(runs[systems[0][0]])["texts_s"]
+            best = max(median_of(runs[name])["texts_s"] for name, _ in systems[:2])  # the Python API's best
             for name, _ in systems:
                 m = median_of(runs[name])
                 saturation.append([f"{kind} x{per}", name, m["requests"], f"{m['texts_s']} ({m['range']})",
@@ -326,7 +326,8 @@ def main() -> int:
              "## 1. Throughput at saturation", "",
              (f"{args.clients} concurrent clients, {per} texts per request (MedQuAD dev queries; passages cut to "
              f"the model window). Each cell ran {args.repeats} times, systems in rotating order: the median "
-             "run (range of all runs). `vs best` = texts/s over `Embedder.encode` of all the texts in one call. "
+             "run (range of all runs). `vs best` = texts/s over the better of the two Python API configurations "
+             "(on a shared machine, 16 threads can out-run one call by taking a larger share of the cores). "
              "Latency is per request."), ""]
     lines += table(["workload", "system", "requests", "texts/s (range)", "vs best", "p50 ms", "p99 ms"], saturation)
     lines += ["", "## 2. Short queries under 2x overload", "",
