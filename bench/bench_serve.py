@@ -64,6 +64,15 @@ def load_texts(kind: str, count: int, emb) -> list[str]:
     return texts
 
 
+PEERS = ("**Infinity** (`infinity-emb` 0.0.78, torch engine, CPU, no BetterTransformer) serves the same MiniLM "
+         "checkpoint directory from its own venv (it pins transformers 4.57, numpy < 2 and uvicorn 0.32, which clash "
+         "with ours; the bench creates the venv with the pins above and torch 2.13 CPU), called at `POST /embeddings` "
+         "with `encoding_format: base64` (float32; ours answers base64 int8). It runs with its defaults (it "
+         "batches across requests by itself, batch size 32); other settings were not tried. **TEI** (Text Embeddings Inference) is a Rust "
+         "binary / Docker image: neither Docker nor its release downloads are reachable from this machine, so it "
+         "was not measured.")
+
+
 def percentiles(latencies: list[float]) -> dict:
     lat = np.array(latencies or [float("nan")]) * 1000
     return {"p50_ms": round(float(np.percentile(lat, 50)), 1), "p99_ms": round(float(np.percentile(lat, 99)), 1)}
@@ -340,6 +349,8 @@ def main() -> int:
               "meanwhile one client sends single queries back to back until it is answered."), ""]
     lines += table(["system", "big request", "status", "big s", "queries answered during it", "p50 ms",
                     "p99 ms"], blocking)
+    lines += ["", "## Peers", "", PEERS if args.infinity_venv else "Infinity was not measured in this run (no "
+              "`--infinity-venv`)."]
     path = Path(args.out)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
