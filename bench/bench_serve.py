@@ -30,6 +30,7 @@ import platform
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -88,13 +89,14 @@ class Server:
             self.port = s.getsockname()[1]
         self.name, self.path, self.body = name, path, body
         cmd = [part.replace("{port}", str(self.port)) for part in cmd]
+        self.log = tempfile.NamedTemporaryFile("w+", prefix="bench-serve-", suffix=".log", delete=False)  # noqa: SIM115
         self.proc = subprocess.Popen(cmd, env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-                                               **(env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                                               **(env or {})}, stdout=self.log, stderr=subprocess.STDOUT)
         self.url = f"http://127.0.0.1:{self.port}"
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"{name} exited: {self.proc.stderr.read().decode()[-2000:]}")
+                raise RuntimeError(f"{name} exited; its log: {self.log.name}")
             try:
                 if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
                     return
@@ -107,6 +109,8 @@ class Server:
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(60)
+        self.log.close()
+        print(f"{self.name} log: {self.log.name}", flush=True)
 
 
 def pplx_server(model: str) -> Server:
@@ -165,17 +169,18 @@ async def open_loop(server: Server, queries: list[str], rate: float, seconds: fl
                 statuses.append(response.status_code)
                 if response.status_code == 200:
                     latencies.append(time.perf_counter() - start)
-            except httpx.HTTPError:
-                statuses.append(0)
+            except httpx.HTTPError as exc:
+                statuses.append(type(exc).__name__)
 
         tasks, start = [], time.perf_counter()
         for i in range(int(rate * seconds)):
             await asyncio.sleep(max(0.0, start + i / rate - time.perf_counter()))
             tasks.append(asyncio.ensure_future(one(queries[i % len(queries)])))
         await asyncio.gather(*tasks)
+    others = [str(x) for x in statuses if x not in (200, 429)]
+    other = ", ".join(f"{x} x{others.count(x)}" for x in sorted(set(others))) or "0"
     return {"offered_req_s": round(rate, 1), "sent": len(statuses), "ok": statuses.count(200),
-            "429": statuses.count(429), "other": len(statuses) - statuses.count(200) - statuses.count(429),
-            **percentiles(latencies)}
+            "429": statuses.count(429), "other": other, **percentiles(latencies)}
 
 
 def head_of_line(server: Server, big: list[str], queries: list[str], limit: int) -> dict:
