@@ -296,7 +296,7 @@ def main() -> int:
     saturation, overload, blocking = [], [], []
     try:
         for kind, requests in workloads.items():
-            systems = [("python-api, one call (best)", lambda r=requests: one_call(emb, r)),
+            systems = [("python-api, one call", lambda r=requests: one_call(emb, r)),
                        (f"python-api, {args.clients} threads", lambda r=requests: threads(emb, r, args.clients))]
             systems += [(f"{server.name}, {args.clients} clients", lambda r=requests, s=server:
                          asyncio.run(closed_loop(s, r, args.clients, args.seconds))) for server in servers]
