@@ -210,7 +210,7 @@ def head_of_line(server: Server, big: list[str], queries: list[str], limit: int)
 
 
 def one_call(emb, requests: list[list[str]]) -> dict:
-    """``Embedder.encode`` of all the texts in one call: its best (the engine packs them by token budget)."""
+    """``Embedder.encode`` of all the texts in one call (the engine packs them by token budget)."""
     texts = [t for r in requests for t in r]
     start = time.perf_counter()
     emb.encode(texts, quantization="int8")
