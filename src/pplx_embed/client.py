@@ -15,7 +15,7 @@ from typing import Any, Self
 import httpx
 import numpy as np
 
-from pplx_embed.serve.wire import decode_contextual, decode_embeddings, format_for, request_body
+from pplx_embed.wire import decode_contextual, decode_embeddings, format_for, request_body
 
 
 class ServerError(RuntimeError):

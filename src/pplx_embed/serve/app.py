@@ -44,7 +44,7 @@ from pplx_embed.serve.schemas import (
     IndexSearchResponse,
     TEIEmbedRequest,
 )
-from pplx_embed.serve.wire import QUANTIZATION_OF, contextual_response, embeddings_response
+from pplx_embed.wire import QUANTIZATION_OF, contextual_response, embeddings_response
 
 log = logging.getLogger("pplx_embed.serve")
 

@@ -1,4 +1,4 @@
-"""Request and response bodies of the HTTP API (pydantic); the vector encodings are in :mod:`.wire`."""
+"""Request and response bodies of the HTTP API (pydantic); vectors travel as :mod:`pplx_embed.wire` says."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, model_validator
 
-from pplx_embed.serve.wire import DEFAULT_FORMAT, EncodingFormat
+from pplx_embed.wire import DEFAULT_FORMAT, EncodingFormat
 
 
 class _Request(BaseModel):

@@ -1,4 +1,4 @@
-"""The HTTP wire format, shared by the server and :mod:`pplx_embed.client`: one place says how vectors travel.
+"""The HTTP wire format, shared by the server and :mod:`pplx_embed.client`: how vectors travel.
 
 ``/v1/embeddings`` and ``/v1/contextualizedembeddings`` follow the Perplexity API: ``base64_int8``
 (default; base64 of the raw int8 bytes) or ``base64_binary`` (base64 of the packed sign bits,
