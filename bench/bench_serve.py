@@ -1,19 +1,24 @@
-"""Loopback load test of ``pplx-embed serve`` vs calling the Python API directly, in the same run.
+"""Loopback load test of ``pplx-embed serve`` against the Python API and Infinity, measured in the same run.
 
-For each workload (texts per request) and concurrency level it sends a bounded number of requests
-(``--requests``, stopping early after ``--seconds``) and reports throughput (requests/s, texts/s)
-and p50/p99 latency for:
+Three questions, each bounded in requests and seconds, all on 127.0.0.1:
 
-* ``python-api``: ``Embedder.encode(texts, "int8")`` called by N threads in this process (no HTTP);
-* ``pplx-embed serve``: the server in a subprocess, ``POST /v1/embeddings`` (base64_int8) over
-  loopback from N concurrent ``httpx`` clients — HTTP, JSON, base64 and queueing included, with
-  cross-request dynamic batching;
-* optionally a peer server given by ``--infinity-url`` (OpenAI ``/embeddings``) or ``--tei-url``
-  (``/embed``) serving the same model.
+1. **Saturation throughput**: N concurrent clients sending ``--texts-per-request`` texts per request
+   (MedQuAD dev queries and passages) vs ``Embedder.encode`` on the same texts in its two best
+   configurations: one call over all texts (the engine packs them by token budget), and N threads
+   each calling ``encode`` per request. The server should reach 0.9 of the better one.
+2. **Short queries under 2x overload**: single-query requests arriving open-loop at twice the rate
+   the server sustained for them closed-loop; p50/p99 of the answered ones and how many got 429.
+3. **Head-of-line blocking**: a max-size request (``--big-texts`` passages of the model's full
+   window, just under the 120,000-token limit) while one client sends short queries back to back:
+   their p50/p99, and how many were answered before the big request finished.
 
-Texts are MedQuAD dev queries and answers from ``../shared/data``. Writes a Markdown report::
+Infinity (``infinity-emb``, a peer server) pins libraries that clash with the project venv; with
+``--infinity-venv DIR`` the bench creates that venv if it is missing (``pip install
+"infinity-emb[server]==0.0.78"``, then ``torch==2.13.0``, ``sentence-transformers<5``,
+``transformers<4.58``), serves the same model directory with it and runs the same load. Writes Markdown to
+``docs/benchmarks/serve-cpu.md``::
 
-    .venv/bin/python bench/bench_serve.py --model minilm --concurrency 1,4,16 --requests 64 --seconds 15
+    .venv/bin/python bench/bench_serve.py --model minilm --infinity-venv /tmp/infinity-venv
 """
 
 from __future__ import annotations
@@ -23,10 +28,10 @@ import asyncio
 import json
 import os
 import platform
-import shlex
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -36,10 +41,11 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from pplx_embed.engine.threads import cpu_description
-
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "medquad" / "dev"
+# Infinity's server, then its torch engine's libraries at versions it accepts; torch 2.13.0 is ours (CPU wheel here)
+INFINITY = (["infinity-emb[server]==0.0.78"],
+            ["torch==2.13.0", "sentence-transformers>=3.0.1,<5", "transformers>=4.57,<4.58"])
 
 
 def load_texts(kind: str, count: int, emb) -> list[str]:
@@ -60,79 +66,183 @@ def load_texts(kind: str, count: int, emb) -> list[str]:
     return texts
 
 
-def summarize(latencies: list[float], wall: float, texts_per_request: int) -> dict:
-    lat = np.array(latencies) * 1000
-    return {"requests": len(lat), "seconds": round(wall, 2), "req_s": round(len(lat) / wall, 1),
-            "texts_s": round(len(lat) * texts_per_request / wall, 1),
-            "p50_ms": round(float(np.percentile(lat, 50)), 1), "p99_ms": round(float(np.percentile(lat, 99)), 1)}
+PEERS = ("**Infinity** (`infinity-emb` 0.0.78, torch engine, CPU, no BetterTransformer) serves the same MiniLM "
+         "checkpoint directory from its own venv (it pins transformers 4.57, numpy < 2 and uvicorn 0.32, which clash "
+         "with ours; the bench creates the venv with the pins above and torch 2.13 CPU), called at `POST /embeddings` "
+         "with `encoding_format: base64` (float32; ours answers base64 int8). It runs with its defaults (it "
+         "batches across requests by itself, batch size 32); other settings were not tried. "
+         "**TEI** (Text Embeddings Inference) is a Rust "
+         "binary / Docker image: neither Docker nor its release downloads are reachable from this machine, so it "
+         "was not measured.")
 
 
-def run_direct(emb, requests: list[list[str]], concurrency: int, seconds: float) -> dict:
-    """N threads calling the Python API, bounded by count and time."""
-    latencies, lock, stop = [], threading.Lock(), time.perf_counter() + seconds
-    queue = iter(requests)
-
-    def worker():
-        while time.perf_counter() < stop:
-            with lock:
-                texts = next(queue, None)
-            if texts is None:
-                return
-            start = time.perf_counter()
-            emb.encode(texts, quantization="int8")
-            with lock:
-                latencies.append(time.perf_counter() - start)
-
-    start = time.perf_counter()
-    with ThreadPoolExecutor(concurrency) as pool:
-        for future in [pool.submit(worker) for _ in range(concurrency)]:
-            future.result()
-    return summarize(latencies, time.perf_counter() - start, len(requests[0]))
+def percentiles(latencies: list[float]) -> dict:
+    lat = np.array(latencies or [float("nan")]) * 1000
+    return {"p50_ms": round(float(np.percentile(lat, 50)), 1), "p99_ms": round(float(np.percentile(lat, 99)), 1)}
 
 
-async def run_http(url: str, make_body, check, requests: list[list[str]], concurrency: int,
-                   seconds: float, headers: dict | None = None) -> dict:
-    """N concurrent HTTP clients, bounded by count and time; every answer is checked."""
+# ---- systems -----------------------------------------------------------------------------------------
+class Server:
+    """A server subprocess on a free loopback port and how to ask it for embeddings."""
+
+    def __init__(self, name: str, cmd: list[str], path: str, body, env: dict | None = None):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.name, self.path, self.body = name, path, body
+        cmd = [part.replace("{port}", str(self.port)) for part in cmd]
+        self.log = tempfile.NamedTemporaryFile("w+", prefix="bench-serve-", suffix=".log", delete=False)  # noqa: SIM115
+        self.proc = subprocess.Popen(cmd, env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+                                               **(env or {})}, stdout=self.log, stderr=subprocess.STDOUT)
+        self.url = f"http://127.0.0.1:{self.port}"
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{name} exited; its log: {self.log.name}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.3)
+        self.stop()
+        raise RuntimeError(f"{name} did not become ready")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(60)
+        self.log.close()
+        print(f"{self.name} log: {self.log.name}", flush=True)
+
+
+def pplx_server(model: str) -> Server:
+    cmd = [sys.executable, "-m", "pplx_embed.cli", "serve", "--model", model, "--port", "{port}",
+           "--log-level", "warning"]
+    return Server("pplx-embed serve", cmd, "/v1/embeddings",
+                  lambda texts: {"input": texts, "model": model, "encoding_format": "base64_int8"})
+
+
+def infinity_server(venv: Path, model_dir: str, name: str) -> Server:
+    """Infinity in its own venv (created here when missing), serving the same checkpoint directory."""
+    python = venv / "bin" / "python"
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        for packages in INFINITY:
+            subprocess.run([str(python), "-m", "pip", "install", "-q", *packages], check=True)
+    cmd = [str(venv / "bin" / "infinity_emb"), "v2", "--model-id", model_dir, "--served-model-name", name,
+           "--engine", "torch", "--device", "cpu", "--host", "127.0.0.1", "--port", "{port}",
+           "--no-bettertransformer"]
+    return Server("infinity", cmd, "/embeddings", lambda texts: {"input": texts, "model": name,
+                                                                 "encoding_format": "base64"},
+                  env={"INFINITY_ANONYMOUS_USAGE_STATS": "0", "DO_NOT_TRACK": "1"})
+
+
+async def closed_loop(server: Server, requests: list[list[str]], clients: int, seconds: float) -> dict:
+    """``clients`` connections each sending its next request as soon as the last is answered."""
     latencies, stop, queue = [], time.perf_counter() + seconds, iter(requests)
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(timeout=300, limits=limits, headers=headers) as client:
+    texts = 0
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=server.url, timeout=600, limits=limits) as client:
         async def worker():
-            while time.perf_counter() < stop and (texts := next(queue, None)) is not None:
+            nonlocal texts
+            while time.perf_counter() < stop and (batch := next(queue, None)) is not None:
                 start = time.perf_counter()
-                response = await client.post(url, json=make_body(texts))
+                response = await client.post(server.path, json=server.body(batch))
                 response.raise_for_status()
-                check(response.json(), texts)
+                assert len(response.json()["data"]) == len(batch)
                 latencies.append(time.perf_counter() - start)
+                texts += len(batch)
 
         start = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return summarize(latencies, time.perf_counter() - start, len(requests[0]))
+        await asyncio.gather(*(worker() for _ in range(clients)))
+        wall = time.perf_counter() - start
+    return {"requests": len(latencies), "texts_s": round(texts / wall, 1), **percentiles(latencies)}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+async def open_loop(server: Server, queries: list[str], rate: float, seconds: float) -> dict:
+    """Single-query requests arriving every ``1/rate`` s whatever the answers: latency of the answered, 429s."""
+    latencies, statuses = [], []
+    limits = httpx.Limits(max_connections=1024, max_keepalive_connections=256)
+    async with httpx.AsyncClient(base_url=server.url, timeout=120, limits=limits) as client:
+        async def one(query: str):
+            start = time.perf_counter()
+            try:
+                response = await client.post(server.path, json=server.body([query]))
+                statuses.append(response.status_code)
+                if response.status_code == 200:
+                    latencies.append(time.perf_counter() - start)
+            except httpx.HTTPError as exc:
+                statuses.append(type(exc).__name__)
+
+        tasks, start = [], time.perf_counter()
+        for i in range(int(rate * seconds)):
+            await asyncio.sleep(max(0.0, start + i / rate - time.perf_counter()))
+            tasks.append(asyncio.ensure_future(one(queries[i % len(queries)])))
+        await asyncio.gather(*tasks)
+    others = [str(x) for x in statuses if x not in (200, 429)]
+    other = ", ".join(f"{x} x{others.count(x)}" for x in sorted(set(others))) or "0"
+    return {"offered_req_s": round(rate, 1), "sent": len(statuses), "ok": statuses.count(200),
+            "429": statuses.count(429), "other": other, **percentiles(latencies)}
 
 
-def start_server(model: str, port: int, max_batch_tokens: int) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "pplx_embed.cli", "serve", "--model", f"bench={model}", "--port", str(port),
-           "--log-level", "warning", "--max-batch-tokens", str(max_batch_tokens), "--max-queue", "1024"]
-    proc = subprocess.Popen(cmd, env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                return proc
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    proc.terminate()
-    raise RuntimeError("server did not become ready")
+def head_of_line(server: Server, big: list[str], queries: list[str], limit: int) -> dict:
+    """One max-size request; meanwhile short queries one after another until it is answered."""
+    with httpx.Client(base_url=server.url, timeout=600) as client:
+        result: dict = {}
+
+        def send_big():
+            start = time.perf_counter()
+            response = client.post(server.path, json=server.body(big))
+            result.update(status=response.status_code, big_s=round(time.perf_counter() - start, 1))
+
+        thread = threading.Thread(target=send_big)
+        thread.start()
+        time.sleep(0.5)  # the big request is in
+        latencies, during = [], 0
+        with httpx.Client(base_url=server.url, timeout=600) as small:
+            for query in queries[:limit]:
+                if not thread.is_alive():
+                    break
+                start = time.perf_counter()
+                small.post(server.path, json=server.body([query])).raise_for_status()
+                latencies.append(time.perf_counter() - start)
+                during += thread.is_alive()
+        thread.join()
+    return {**result, "small_answered_during": during, **percentiles(latencies)}
 
 
+def one_call(emb, requests: list[list[str]]) -> dict:
+    """``Embedder.encode`` of all the texts in one call (the engine packs them by token budget)."""
+    texts = [t for r in requests for t in r]
+    start = time.perf_counter()
+    emb.encode(texts, quantization="int8")
+    return {"requests": len(requests), "texts_s": round(len(texts) / (time.perf_counter() - start), 1)}
+
+
+def threads(emb, requests: list[list[str]], clients: int) -> dict:
+    """``clients`` threads calling ``Embedder.encode`` per request."""
+    latencies = []
+
+    def call(batch):
+        start = time.perf_counter()
+        emb.encode(batch, quantization="int8")
+        latencies.append(time.perf_counter() - start)
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(call, requests))
+    texts = sum(len(r) for r in requests)
+    return {"requests": len(requests), "texts_s": round(texts / (time.perf_counter() - start), 1),
+            **percentiles(latencies)}
+
+
+def median_of(runs: list[dict]) -> dict:
+    """The run of median throughput, with the range of all runs."""
+    runs = sorted(runs, key=lambda r: r["texts_s"])
+    return {**runs[len(runs) // 2], "range": f"{runs[0]['texts_s']}-{runs[-1]['texts_s']}"}
+
+
+# ---- report --------------------------------------------------------------------------------------------
 def versions() -> dict:
     import fastapi
     import torch
@@ -145,115 +255,113 @@ def versions() -> dict:
             "fastapi": fastapi.__version__, "uvicorn": uvicorn.__version__, "python": platform.python_version()}
 
 
-def command_line() -> str:
-    """This run's arguments, without the (long) peers note."""
-    argv, out = sys.argv[1:], []
-    for i, arg in enumerate(argv):
-        if arg == "--peers-note" or (i and argv[i - 1] == "--peers-note"):
-            continue
-        out.append(shlex.quote(arg))
-    return " ".join(out)
+def load() -> str:
+    return Path("/proc/loadavg").read_text().split()[0]
 
 
-def write_report(path: Path, args, rows: list[dict], info: dict, peers_note: str) -> None:
-    lines = ["# Server benchmark (CPU): `pplx-embed serve` vs the Python API, same run",
-             "", f"Date: {info['date']}  ", f"Device: {info['device']}  ",
-             f"Load average before/after: {info['load_before']} / {info['load_after']} (shared machine)  ",
-             f"Versions: {', '.join(f'{k} {v}' for k, v in info['versions'].items())}  ",
-             f"Model: `{args.model}` ({info['dimension']} dims), int8 output (`base64_int8` over HTTP)  ",
-             f"Command: `.venv/bin/python bench/bench_serve.py {command_line()}`", "",
-             f"Each cell ran {args.repeats} times (systems in rotating order); the run with the median "
-             "throughput is shown, with the range of req/s over all runs. A run sends at most "
-             f"{args.requests} requests, stopping early after {args.seconds:g} s; every HTTP answer is checked "
-             "for shape. `python-api` = N threads calling `Embedder.encode` in-process (no HTTP). "
-             "Latency is per request.", "",
-             "| workload | concurrency | system | requests | req/s (range) | texts/s | p50 ms | p99 ms |",
-             "|---|---:|---|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        lines.append(f"| {r['workload']} | {r['concurrency']} | {r['system']} | {r['requests']} | {r['req_s']} "
-                     f"({r['range']}) | {r['texts_s']} | {r['p50_ms']} | {r['p99_ms']} |")
-    lines += ["", "## Peers", "", peers_note, ""]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines))
+def table(header: list[str], rows: list[list]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + \
+        ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="minilm")
-    ap.add_argument("--workloads", default="queries:1,passages:8",
-                    help="KIND:TEXTS_PER_REQUEST,... with KIND queries or passages")
-    ap.add_argument("--concurrency", default="1,4,16")
-    ap.add_argument("--requests", type=int, default=96, help="requests per cell at most")
-    ap.add_argument("--seconds", type=float, default=20.0, help="time cap per cell")
-    ap.add_argument("--repeats", type=int, default=3, help="runs per cell (median reported; order rotated)")
-    ap.add_argument("--max-batch-tokens", type=int, default=16384)
-    ap.add_argument("--infinity-url", default=None, help="base URL of a running Infinity server (same model)")
-    ap.add_argument("--tei-url", default=None, help="base URL of a running TEI server (same model)")
-    ap.add_argument("--peer-model", default=None, help="model name the peer server expects")
-    ap.add_argument("--peers-note", default="Infinity and TEI were not measured in this run.")
+    ap.add_argument("--clients", type=int, default=16)
+    ap.add_argument("--texts-per-request", type=int, default=16)
+    ap.add_argument("--requests", type=int, default=48, help="requests per saturation run (queries)")
+    ap.add_argument("--passage-requests", type=int, default=4, help="requests per saturation run (passages)")
+    ap.add_argument("--repeats", type=int, default=3, help="runs per saturation cell (median shown, order rotated)")
+    ap.add_argument("--seconds", type=float, default=60.0, help="time cap of each run")
+    ap.add_argument("--overload-seconds", type=float, default=10.0)
+    ap.add_argument("--big-texts", type=int, default=468, help="texts of the max-size request (468: the issue's)")
+    ap.add_argument("--infinity-venv", default=None, help="venv for Infinity (created when missing); unset: skip")
     ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks" / "serve-cpu.md"))
     args = ap.parse_args()
 
-    from pplx_embed import Embedder
-
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    emb = Embedder(args.model, max_batch_tokens=args.max_batch_tokens)
+    from pplx_embed import Embedder
+    from pplx_embed.engine.threads import cpu_description
+
+    emb = Embedder(args.model)
     emb.encode(["warm up"])
-    levels = [int(c) for c in args.concurrency.split(",")]
-    load_before = os.getloadavg()[0]
-    port = free_port()
-    server = start_server(args.model, port, args.max_batch_tokens)
-    url = f"http://127.0.0.1:{port}"
-    width = emb.dimension
-
-    def check_pplx(payload, texts):
-        assert len(payload["data"]) == len(texts) and len(payload["data"][0]["embedding"]) == 4 * ((width + 2) // 3)
-
-    def check_openai(payload, texts):
-        assert len(payload["data"]) == len(texts)
-
-    def check_tei(payload, texts):
-        assert len(payload) == len(texts) and len(payload[0]) == width
-
-    systems = [("pplx-embed serve", f"{url}/v1/embeddings",
-                lambda t: {"input": t, "model": "bench", "encoding_format": "base64_int8"}, check_pplx)]
-    if args.infinity_url:
-        systems.append(("infinity", f"{args.infinity_url}/embeddings",
-                        lambda t: {"input": t, "model": args.peer_model or args.model}, check_openai))
-    if args.tei_url:
-        systems.append(("TEI", f"{args.tei_url}/embed", lambda t: {"inputs": t, "normalize": False}, check_tei))
-    rows = []
+    per = args.texts_per_request
+    queries = load_texts("queries", args.requests * per, emb)
+    passages = load_texts("passages", max(args.passage_requests * per, args.big_texts), emb)
+    workloads = {"queries": [queries[i : i + per] for i in range(0, len(queries) - per + 1, per)],
+                 "passages": [passages[i : i + per] for i in range(0, args.passage_requests * per, per)]}
+    big = (passages * (args.big_texts // len(passages) + 1))[: args.big_texts]
+    loads = [load()]
+    servers = [pplx_server(args.model)]
+    if args.infinity_venv:
+        servers.append(infinity_server(Path(args.infinity_venv), str(emb.checkpoint.path), args.model))
+    saturation, overload, blocking = [], [], []
     try:
-        for workload in args.workloads.split(","):
-            kind, per = workload.split(":")
-            per = int(per)
-            texts = load_texts(kind, args.requests * per, emb)
-            requests = [texts[i : i + per] for i in range(0, len(texts) - per + 1, per)][: args.requests]
-            for c in levels:
-                runners = [("python-api", lambda c=c: run_direct(emb, requests, c, args.seconds))]
-                runners += [(name, lambda c=c, e=endpoint, b=body, k=check:
-                             asyncio.run(run_http(e, b, k, requests, c, args.seconds)))
-                            for name, endpoint, body, check in systems]
-                results: dict[str, list[dict]] = {name: [] for name, _ in runners}
-                for rep in range(args.repeats):  # rotate the order so no system always runs first
-                    for name, runner in runners[rep % len(runners):] + runners[: rep % len(runners)]:
-                        results[name].append(runner())
-                for name, runs in results.items():
-                    runs.sort(key=lambda r: r["req_s"])
-                    median = runs[len(runs) // 2]
-                    row = {"workload": f"{kind} x{per}", "concurrency": c, "system": name, **median,
-                           "range": f"{runs[0]['req_s']}-{runs[-1]['req_s']}"}
-                    rows.append(row)
-                    print(json.dumps(row), flush=True)
+        for kind, requests in workloads.items():
+            systems = [("python-api, one call", lambda r=requests: one_call(emb, r)),
+                       (f"python-api, {args.clients} threads", lambda r=requests: threads(emb, r, args.clients))]
+            systems += [(f"{server.name}, {args.clients} clients", lambda r=requests, s=server:
+                         asyncio.run(closed_loop(s, r, args.clients, args.seconds))) for server in servers]
+            runs: dict[str, list[dict]] = {name: [] for name, _ in systems}
+            for rep in range(args.repeats):  # rotate the order so that no system always runs first
+                for name, run in systems[rep % len(systems):] + systems[: rep % len(systems)]:
+                    runs[name].append(run())
+            best = max(median_of(runs[name])["texts_s"] for name, _ in systems[:2])  # the Python API's best
+            for name, _ in systems:
+                m = median_of(runs[name])
+                saturation.append([f"{kind} x{per}", name, m["requests"], f"{m['texts_s']} ({m['range']})",
+                                   f"{m['texts_s'] / best:.2f}", m.get("p50_ms", ""), m.get("p99_ms", "")])
+                print(saturation[-1], flush=True)
+        loads.append(load())
+        singles = [[q] for q in queries]
+        for server in servers:
+            capacity = asyncio.run(closed_loop(server, singles, args.clients, args.overload_seconds))
+            rate = 2 * capacity["texts_s"]
+            r = asyncio.run(open_loop(server, queries, rate, args.overload_seconds))
+            overload.append([server.name, capacity["texts_s"], r["offered_req_s"], r["sent"], r["ok"], r["429"],
+                             r["other"], r["p50_ms"], r["p99_ms"]])
+            print(overload[-1], flush=True)
+        loads.append(load())
+        tokens = sum(emb.count_tokens(big))
+        for server in servers:
+            r = head_of_line(server, big, queries, limit=2000)
+            blocking.append([server.name, f"{len(big)} texts, {tokens} tokens", r["status"], r["big_s"],
+                             r["small_answered_during"], r["p50_ms"], r["p99_ms"]])
+            print(blocking[-1], flush=True)
+        loads.append(load())
     finally:
-        server.terminate()
-        server.wait(60)
-    info = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "device": f"{cpu_description()}, {os.cpu_count()} cores visible (CPU only)",
-            "load_before": round(load_before, 2), "load_after": round(os.getloadavg()[0], 2),
-            "versions": versions(), "dimension": width}
-    write_report(Path(args.out), args, rows, info, args.peers_note)
-    print(f"wrote {args.out}")
+        for server in servers:
+            server.stop()
+
+    lines = ["# Server benchmark (CPU): `pplx-embed serve` vs the Python API and Infinity, same run", "",
+             f"Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC  ", f"Device: {cpu_description()}  ",
+             (f"Load average (1 min) at start / after each part: {' / '.join(loads)} (2 cores shared with other "
+             "jobs)  "), f"Versions: {', '.join(f'{k} {v}' for k, v in versions().items())}  ",
+             f"Model: `{args.model}` ({emb.dimension} dims, {emb.max_length} tokens), int8 output  ",
+             f"Command: `.venv/bin/python bench/bench_serve.py {' '.join(sys.argv[1:])}`", "",
+             "## 1. Throughput at saturation", "",
+             (f"{args.clients} concurrent clients, {per} texts per request (MedQuAD dev queries; passages cut to "
+             f"the model window). Each cell ran {args.repeats} times, systems in rotating order: the median "
+             "run (range of all runs). `vs best` = texts/s over the better of the two Python API configurations "
+             "(on a shared machine, 16 threads can out-run one call by taking a larger share of the cores). "
+             "Latency is per request."), ""]
+    lines += table(["workload", "system", "requests", "texts/s (range)", "vs best", "p50 ms", "p99 ms"], saturation)
+    lines += ["", "## 2. Short queries under 2x overload", "",
+              ("Capacity = single-query req/s with the clients above, closed loop; then single-query requests "
+              f"arrive open-loop at twice that for {args.overload_seconds:g} s. Latency of the answered ones."), ""]
+    lines += table(["system", "capacity req/s", "offered req/s", "sent", "200", "429", "other", "p50 ms", "p99 ms"],
+                   overload)
+    lines += ["", "## 3. Short queries while a max-size request runs", "",
+              ("One request of passages at the model window (just under the 120,000-token request limit); "
+              "meanwhile one client sends single queries back to back until it is answered."), ""]
+    lines += table(["system", "big request", "status", "big s", "queries answered during it", "p50 ms",
+                    "p99 ms"], blocking)
+    lines += ["", "## Peers", "", PEERS if args.infinity_venv else "Infinity was not measured in this run (no "
+              "`--infinity-venv`)."]
+    path = Path(args.out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    print(f"wrote {path}")
     return 0
 
 

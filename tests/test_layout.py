@@ -15,7 +15,7 @@ import pplx_embed
 ROOT = Path(pplx_embed.__file__).parent
 # Bottom to top; modules of one layer may import each other (without circles) and anything below.
 LAYERS = [
-    {"errors", "atomic", "jsonl", "options"},
+    {"errors", "atomic", "jsonl", "options", "wire"},
     {"model"},
     {"engine"},
     {"embedder"},

@@ -121,15 +121,9 @@ def test_errors(served):
     for k in (0, -1, "3", 1.5):
         assert_error(post(url, "/v1/indexes/docs/search", {"query": "x", "k": k}), 422, "invalid_schema", "k")
     assert_error(post(url, "/v1/indexes/docs/search", {"query": "x", "filters": {"lang": "en"}}), 422)
-    assert_error(post(url, "/v1/indexes/docs/search", {"query": "x", "filter": {"bad key!": 1}}), 400,
-                 "invalid_value")
     documents = "/v1/indexes/docs/documents"
     assert_error(post(url, documents, {"texts": ["a"]}), 422, "invalid_schema", "ids")
     assert_error(post(url, documents, {"texts": ["a"], "ids": ["a"], "documents": [["b"]]}), 422)
-    assert_error(post(url, documents, {"texts": ["dup"], "ids": ["s0"]}), 400, "invalid_value", "s0")
-    assert_error(post(url, documents, {"texts": ["a", "b"], "ids": ["x1"]}), 400, "invalid_value")
-    assert_error(post(url, "/v1/indexes/ctx/documents", {"documents": [["a"], ["b"]], "doc_ids": ["d"]}), 400,
-                 "invalid_value", "doc_ids")
     assert_error(post(url, "/v1/indexes/ctx/documents", {"documents": [[]], "doc_ids": ["d"]}), 400, "empty_input")
 
     assert_error(post(url, "/v1/indexes/docs/search", {"query": "x"}, headers={}), 401, "missing_api_key")
@@ -140,6 +134,32 @@ def test_errors(served):
     assert_error(post(url, documents, {"texts": ["a"], "ids": ["z"]}, headers=other), 403, "model_not_allowed")
     assert httpx.get(url + "/v1/indexes", headers=other).json()["data"] == []
     assert_error(httpx.get(url + "/v1/indexes"), 401)
+
+
+def test_bounded_filters_are_400_and_keep_the_connection(served):
+    """Filters the store cannot run (600 keys: SQLite's expression depth; 10**30: no 64-bit integer) are 400s."""
+    url, _, _ = served
+    with httpx.Client(base_url=url, headers=ALL, timeout=60) as client:
+        for bad, message in (({f"k{i}": i for i in range(600)}, "600 keys"), ({"n": 10**30}, "64-bit"),
+                             ({"lang": {"$in": ["en"]}}, "not nested"), ({"lang": "x" * 5000}, "longer")):
+            assert_error(client.post("/v1/indexes/docs/search", json={"query": "x", "filter": bad}), 400,
+                         "invalid_value", message)
+        ok = client.post("/v1/indexes/docs/search", json={"query": "x", "filter": {"lang": "en", "n": 2**62}})
+        assert ok.status_code == 200 and ok.json()["data"][0]["hits"] == []
+        # one connection served every answer: a 4xx never drops the keep-alive connection
+        assert client._transport._pool.connections.__len__() == 1
+
+
+def test_index_input_errors_are_400(served):
+    """The Index API's InputErrors (needs the index branch, where its validators raise InputError)."""
+    url, _, _ = served
+    assert_error(post(url, "/v1/indexes/docs/search", {"query": "x", "filter": {"bad key!": 1}}), 400,
+                 "invalid_value")
+    documents = "/v1/indexes/docs/documents"
+    assert_error(post(url, documents, {"texts": ["dup"], "ids": ["s0"]}), 400, "invalid_value", "s0")
+    assert_error(post(url, documents, {"texts": ["a", "b"], "ids": ["x1"]}), 400, "invalid_value")
+    assert_error(post(url, "/v1/indexes/ctx/documents", {"documents": [["a"], ["b"]], "doc_ids": ["d"]}), 400,
+                 "invalid_value", "doc_ids")
 
 
 def test_index_of_an_unserved_model_fails_startup(minilm, tmp_path):

@@ -10,15 +10,12 @@ Vectors come back as numpy arrays exactly as ``Embedder.encode`` returns them: `
 
 from __future__ import annotations
 
-import base64
-from typing import Any
+from typing import Any, Self
 
 import httpx
 import numpy as np
 
-# quantization (as in ``Embedder.encode``) → the encoding_format that carries it
-WIRE: dict[str, str] = {"int8": "base64_int8", "binary": "base64_binary", "ubinary": "base64_binary",
-                        "float": "base64"}
+from pplx_embed.wire import decode_contextual, decode_embeddings, format_for, request_body
 
 
 class ServerError(RuntimeError):
@@ -27,29 +24,6 @@ class ServerError(RuntimeError):
     def __init__(self, status: int, message: str, type: str = "", code: str = "", retry_after: str | None = None):
         super().__init__(f"{status} {code or type}: {message}")
         self.status, self.message, self.type, self.code, self.retry_after = status, message, type, code, retry_after
-
-
-def decode_embedding(value: str | list[float], encoding_format: str) -> np.ndarray:
-    """One embedding from the wire: base64 int8 / packed bits / float32, or a JSON float list."""
-    if encoding_format == "float":
-        return np.asarray(value, dtype=np.float32)
-    dtype = {"base64_int8": "i1", "base64_binary": "u1", "base64": "<f4"}[encoding_format]
-    return np.frombuffer(base64.b64decode(value), dtype=dtype).copy()
-
-
-def _wire(quantization: str) -> str:
-    if quantization not in WIRE:
-        raise ValueError(f"quantization must be one of {', '.join(WIRE)}, got {quantization!r}")
-    return WIRE[quantization]
-
-
-def _body(inputs: Any, model: str | None, dimensions: int | None, quantization: str) -> dict:
-    body = {"input": inputs, "encoding_format": _wire(quantization)}
-    if model is not None:
-        body["model"] = model
-    if dimensions is not None:
-        body["dimensions"] = dimensions
-    return body
 
 
 def _json(response: httpx.Response) -> Any:
@@ -63,19 +37,13 @@ def _json(response: httpx.Response) -> Any:
     return response.json()
 
 
-def _matrix(items: list[dict], encoding_format: str) -> np.ndarray:
-    return np.stack([decode_embedding(item["embedding"], encoding_format)
-                     for item in sorted(items, key=lambda item: item["index"])])
-
-
 def _embeddings(payload: dict, quantization: str, single: bool) -> np.ndarray:
-    matrix = _matrix(payload["data"], _wire(quantization))
+    matrix = decode_embeddings(payload["data"], format_for(quantization))
     return matrix[0] if single else matrix
 
 
 def _contextual(payload: dict, quantization: str) -> list[np.ndarray]:
-    docs = sorted(payload["data"], key=lambda doc: doc["index"])
-    return [_matrix(doc["data"], _wire(quantization)) for doc in docs]
+    return decode_contextual(payload, format_for(quantization))
 
 
 def _headers(api_key: str | None) -> dict[str, str]:
@@ -91,13 +59,13 @@ class Client:
     def embed(self, texts: str | list[str], model: str | None = None, quantization: str = "int8",
               dimensions: int | None = None) -> np.ndarray:
         """``[n, d]`` vectors (one vector for a single string) in the requested precision."""
-        payload = _json(self._http.post("/v1/embeddings", json=_body(texts, model, dimensions, quantization)))
+        payload = _json(self._http.post("/v1/embeddings", json=request_body(texts, model, dimensions, quantization)))
         return _embeddings(payload, quantization, isinstance(texts, str))
 
     def embed_contextual(self, documents: list[list[str]], model: str | None = None, quantization: str = "int8",
                          dimensions: int | None = None) -> list[np.ndarray]:
         """One ``[n_chunks, d]`` array per document (late chunking)."""
-        body = _body(documents, model, dimensions, quantization)
+        body = request_body(documents, model, dimensions, quantization)
         return _contextual(_json(self._http.post("/v1/contextualizedembeddings", json=body)), quantization)
 
     def models(self) -> list[dict]:
@@ -109,7 +77,7 @@ class Client:
     def close(self) -> None:
         self._http.close()
 
-    def __enter__(self) -> Client:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -124,12 +92,12 @@ class AsyncClient:
 
     async def embed(self, texts: str | list[str], model: str | None = None, quantization: str = "int8",
                     dimensions: int | None = None) -> np.ndarray:
-        response = await self._http.post("/v1/embeddings", json=_body(texts, model, dimensions, quantization))
+        response = await self._http.post("/v1/embeddings", json=request_body(texts, model, dimensions, quantization))
         return _embeddings(_json(response), quantization, isinstance(texts, str))
 
     async def embed_contextual(self, documents: list[list[str]], model: str | None = None,
                                quantization: str = "int8", dimensions: int | None = None) -> list[np.ndarray]:
-        body = _body(documents, model, dimensions, quantization)
+        body = request_body(documents, model, dimensions, quantization)
         response = await self._http.post("/v1/contextualizedembeddings", json=body)
         return _contextual(_json(response), quantization)
 
@@ -142,7 +110,7 @@ class AsyncClient:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def __aenter__(self) -> AsyncClient:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc) -> None:

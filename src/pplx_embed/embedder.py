@@ -20,6 +20,9 @@ from pplx_embed.model.quantization import check_dimensions, check_quantization, 
 from pplx_embed.options import EmbedderOptions
 
 Truncation = Literal["right", "left"] | None
+# A text longer than this many characters per context token is refused (or cut, when truncating) before it is
+# tokenized: real text averages 3-6 characters per token, and tokenizing megabytes to refuse them costs gigabytes.
+CHARS_PER_TOKEN = 16
 
 
 def _check_texts(texts: object, what: str = "texts") -> list[str]:
@@ -86,6 +89,11 @@ class Embedder:
         return self.checkpoint.max_length
 
     @property
+    def max_chars(self) -> int:
+        """Longest text tokenized, in characters (``CHARS_PER_TOKEN`` per context token)."""
+        return self.max_length * CHARS_PER_TOKEN
+
+    @property
     def sep_token_id(self) -> int:
         sep = self.tokenizer.sep_token_id
         return sep if sep is not None else self.tokenizer.eos_token_id
@@ -116,21 +124,26 @@ class Embedder:
                 return full[:start], full[start + len(bare) :]
         return [], []
 
-    def _body_ids(self, texts: list[str]) -> list[list[int]]:
+    def _body_ids(self, texts: list[str], truncation: Truncation = None, cap: bool = True) -> list[list[int]]:
+        """Token ids of each text without special tokens; with ``cap``, a text over :attr:`max_chars` is cut
+        (when truncating) or refused before the tokenizer sees it."""
         if not texts:
             return []
+        if cap:
+            texts = [self._fit(t, self.max_chars, truncation, f"text {i}", "characters") for i, t in enumerate(texts)]
         return [e.ids for e in self.tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False)]
 
-    def _fit(self, ids: list[int], room: int, truncation: Truncation, where: str) -> list[int]:
+    def _fit(self, items: list[int] | str, room: int, truncation: Truncation, where: str, unit: str = "tokens"):
+        """``items`` (token ids, or a text's characters) cut to ``room`` as ``truncation`` says, else InputError."""
         truncation = truncation or self.options.truncation
-        if len(ids) <= room:
-            return ids
+        if len(items) <= room:
+            return items
         if truncation == "right":
-            return ids[:room]
+            return items[:room]
         if truncation == "left":
-            return ids[len(ids) - room :]
+            return items[len(items) - room :]
         raise InputError(
-            f"{where} has {len(ids)} tokens, more than the model's limit of {room}; "
+            f"{where} has {len(items)} {unit}, more than the model's limit of {room}; "
             "shorten it or pass truncation='right' (or 'left')"
         )
 
@@ -142,16 +155,17 @@ class Embedder:
         room = self.max_length - len(self._prefix) - len(self._suffix)
         return [
             self._prefix + self._fit(ids, room, truncation, f"text {i}") + self._suffix
-            for i, ids in enumerate(self._body_ids(texts))
+            for i, ids in enumerate(self._body_ids(texts, truncation))
         ]
 
     def count_tokens(self, texts: str | list[str]) -> list[int]:
         """Tokens each text costs as a model input (before any truncation)."""
         extra = len(self._prefix) + len(self._suffix)
-        return [len(ids) + extra for ids in self._body_ids(_check_texts(texts))]
+        return [len(ids) + extra for ids in self._body_ids(_check_texts(texts), cap=False)]
 
     # ---- embeddings --------------------------------------------------------------------------
-    def _finish(self, pooled: np.ndarray, quantization: str, dimensions: int | None) -> np.ndarray:
+    def finish(self, pooled: np.ndarray, quantization: str, dimensions: int | None) -> np.ndarray:
+        """Pooled vectors → the output precision of :meth:`encode` (normalize, Matryoshka cut, quantize)."""
         if quantization == "float" and self.checkpoint.normalize:
             pooled = pooled / np.maximum(np.linalg.norm(pooled, axis=-1, keepdims=True), 1e-12)
         return quantize(pooled, quantization, None if dimensions == self.dimension else dimensions)
@@ -168,7 +182,7 @@ class Embedder:
         single = isinstance(texts, str)
         check_quantization(quantization)
         dimensions = check_dimensions(dimensions, self.dimension)
-        out = self._finish(self.pooled(texts, batch_size, show_progress_bar, truncation), quantization, dimensions)
+        out = self.finish(self.pooled(texts, batch_size, show_progress_bar, truncation), quantization, dimensions)
         return out[0] if single else out
 
     def pooled(self, texts: str | list[str], batch_size: int | None = None, show_progress_bar: bool = False,
@@ -178,13 +192,20 @@ class Embedder:
         ``quantize(pooled, q, d)`` equals ``encode(texts, q, d)`` for int8 and binary; ``float`` output
         is this, L2-normalized when the model's pipeline normalizes (sentence-transformers ``Normalize``).
         """
+        pooled = self.engine.run(self.prepare(texts, truncation), batch_size, show_progress_bar)
+        return np.concatenate(pooled) if pooled else np.zeros((0, self.dimension), np.float32)
+
+    def prepare(self, texts: str | list[str], truncation: Truncation = None) -> list[Sequence]:
+        """The engine inputs of :meth:`encode`: one checked, tokenized :class:`Sequence` per text.
+
+        ``engine.run(prepare(texts))`` (or any scheduler of the same sequences) then :meth:`finish`
+        gives exactly what :meth:`encode` returns.
+        """
         texts = _check_texts(texts)
         for i, text in enumerate(texts):
             if not text.strip():
                 raise InputError(f"texts[{i}] is empty; every text needs some content")
-        sequences = [Sequence(ids) for ids in self.tokenize(texts, truncation)]
-        pooled = self.engine.run(sequences, batch_size, show_progress_bar)
-        return np.concatenate(pooled) if pooled else np.zeros((0, self.dimension), np.float32)
+        return [Sequence(ids) for ids in self.tokenize(texts, truncation)]
 
     def encode_contextual(self, documents: list[list[str]], quantization: str = "float",
                           dimensions: int | None = None, batch_size: int | None = None,
@@ -195,31 +216,41 @@ class Embedder:
         (macro-windows beyond the context window, see ``model.late_chunking``); each chunk's vector
         is the mean of its own tokens' states. An empty chunk gives a zero vector.
         """
-        if not isinstance(documents, (list, tuple)):
-            raise InputError("documents must be a list of documents, each a list of chunk strings")
         check_quantization(quantization)
         dimensions = check_dimensions(dimensions, self.dimension)
+        sequences, owners = self.prepare_contextual(documents, truncation)
+        pooled = self.engine.run(sequences, batch_size, show_progress_bar, desc="documents")
+        return self.finish_contextual(pooled, owners, len(documents), quantization, dimensions)
+
+    def prepare_contextual(self, documents: list[list[str]],
+                           truncation: Truncation = None) -> tuple[list[Sequence], list[int]]:
+        """The engine inputs of :meth:`encode_contextual`: the sequences and the document each belongs to."""
+        if not isinstance(documents, (list, tuple)):
+            raise InputError("documents must be a list of documents, each a list of chunk strings")
         chunk_ids: list[list[list[int]]] = []
+        room = self.max_length - len(self._prefix) - len(self._suffix)
         for d, doc in enumerate(documents):
             chunks = _check_texts(doc, f"documents[{d}]") if not isinstance(doc, str) else None
             if not chunks:
                 raise InputError(f"documents[{d}] must be a non-empty list of chunk strings")
-            room = self.max_length - len(self._prefix) - len(self._suffix)
             chunk_ids.append([self._fit(ids, room, truncation, f"documents[{d}] chunk {k}")
-                              for k, ids in enumerate(self._body_ids(chunks))])
-        sequences, cores = [], []
-        budget = self.max_length - len(self._prefix) - len(self._suffix)
+                              for k, ids in enumerate(self._body_ids(chunks, truncation))])
+        sequences, owners = [], []
         for d, chunks in enumerate(chunk_ids):
-            for core, window in macro_windows([len(c) for c in chunks], budget):
+            for core, window in macro_windows([len(c) for c in chunks], room):
                 seq = join_chunks([chunks[k] for k in window], self.sep_token_id, self._prefix, self._suffix)
                 offset = core.start - window.start
                 seq.spans = seq.spans[offset : offset + len(core)]
                 sequences.append(seq)
-                cores.append(d)
-        pooled = self.engine.run(sequences, batch_size, show_progress_bar, desc="documents")
-        out: list[list[np.ndarray]] = [[] for _ in documents]
-        for d, vectors in zip(cores, pooled):
+                owners.append(d)
+        return sequences, owners
+
+    def finish_contextual(self, pooled: list[np.ndarray], owners: list[int], documents: int, quantization: str,
+                          dimensions: int | None) -> list[np.ndarray]:
+        """The pooled chunk vectors of :meth:`prepare_contextual`'s sequences → one array per document."""
+        out: list[list[np.ndarray]] = [[] for _ in range(documents)]
+        for d, vectors in zip(owners, pooled):
             out[d].append(vectors)
-        return [self._finish(np.concatenate(parts), quantization, dimensions) for parts in out]
+        return [self.finish(np.concatenate(parts), quantization, dimensions) for parts in out]
 
     similarity = staticmethod(similarity)

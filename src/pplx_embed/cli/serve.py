@@ -4,9 +4,30 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 
+from pplx_embed.errors import InputError
+from pplx_embed.options import EmbedderOptions
+from pplx_embed.serve.limits import ServeLimits
+
 ENV = "PPLX_EMBED_SERVE_"
+LIMIT_HELP = {  # ServeLimits' flags
+    "max_step_tokens": "tokens per scheduler step at most, shared in turn by the waiting requests (TEI's "
+                       "--max-batch-tokens; default: the engine's --max-batch-tokens)",
+    "step_seconds": "size steps to take about this long at the measured rate, so a short request waits "
+                    "about that (default 0.25 on CPU, off on GPU)",
+    "max_batch_requests": "sequences per scheduler step (default: the engine's --max-batch-size)",
+    "max_concurrent_requests": "requests per model tokenizing, waiting or running before 429 (default 128)",
+    "max_queue_tokens": "tokens per model waiting for the worker before 429 (default 1000000)",
+    "max_client_batch_size": "texts (or documents) per request (default 512)",
+    "max_tokens_per_request": "tokens per request (default 120000, as the Perplexity API)",
+    "max_chunks": "chunks per contextual request (default 16000)",
+    "max_tokens_per_document": "tokens per contextual document (default 32768)",
+    "payload_limit": "request body bytes (default 16777216)",
+    "request_timeout": "seconds before a request is answered 504 and its queued work dropped (default 60)",
+    "read_timeout": "seconds to receive a whole request, headers and body, before 408 (default 30)",
+}
 
 
 def _env(name: str, default=None):
@@ -34,35 +55,46 @@ def register(subparsers) -> None:
                    help="retrieval index to serve at /v1/indexes/NAME (repeatable; env "
                         f"{ENV}INDEX, comma-separated); its model must be one of the --model ones")
     p.add_argument("--host", default=_env("HOST", "127.0.0.1"), help="bind address (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=int(_env("PORT", 8000)), help="port (default 8000)")
+    p.add_argument("--port", default=_env("PORT", "8000"), help="port 0..65535 (default 8000; 0: any free port)")
     p.add_argument("--api-key", action="append", default=None,
                    help=f"accepted Bearer key, allowed every model (repeatable; env {ENV}API_KEY)")
     p.add_argument("--api-keys-file", default=_env("API_KEYS_FILE"),
                    help='JSON file {"key": ["model", ...] | "*"} of accepted keys')
-    p.add_argument("--device", default=_env("DEVICE"), help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument("--dtype", default=_env("DTYPE"), help="float32, bfloat16, float16 (default: bf16 on GPU)")
-    p.add_argument("--max-batch-tokens", type=int, default=int(_env("MAX_BATCH_TOKENS", 16384)),
-                   help="padded tokens per engine batch (default 16384)")
-    p.add_argument("--max-queue", type=int, default=int(_env("MAX_QUEUE", 128)),
-                   help="requests per model waiting or running before answering 429 (default 128)")
-    p.add_argument("--request-timeout", type=float, default=float(_env("REQUEST_TIMEOUT", 60)),
-                   help="seconds before a request is answered 504 and its queued work dropped (default 60)")
-    p.add_argument("--max-body-bytes", type=int, default=int(_env("MAX_BODY_BYTES", 16 * 2**20)),
-                   help="largest request body accepted (default 16 MiB)")
-    p.add_argument("--max-tokens-per-request", type=int, default=int(_env("MAX_TOKENS_PER_REQUEST", 120_000)),
-                   help="token limit of one request (default 120000, as the Perplexity API)")
-    p.add_argument("--graceful-timeout", type=float, default=float(_env("GRACEFUL_TIMEOUT", 30)),
+    limits = p.add_argument_group(f"limits (env {ENV}<NAME>, e.g. {ENV}MAX_CONCURRENT_REQUESTS)")
+    for name, text in LIMIT_HELP.items():
+        limits.add_argument("--" + name.replace("_", "-"), default=_env(name.upper()), metavar="N", help=text)
+    p.add_argument("--graceful-timeout", default=_env("GRACEFUL_TIMEOUT", "30"),
                    help="seconds to finish in-flight requests on shutdown (default 30)")
     p.add_argument("--log-level", default=_env("LOG_LEVEL", "info"), choices=("debug", "info", "warning", "error"))
+    EmbedderOptions.add_arguments(p, model=False)
     p.set_defaults(func=cmd_serve)
 
 
+def _number(flag: str, text: str, kind: type, low: float, high: float | None = None):
+    """``text`` as a ``kind`` in ``[low, high]``, else a one-line :class:`InputError`."""
+    try:
+        value = kind(text)
+    except (TypeError, ValueError):
+        value = None
+    if value is None or not math.isfinite(value) or value < low or (high is not None and value > high):
+        bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+        raise InputError(f"--{flag} must be a{'n integer' if kind is int else ' number'} {bound}, got {text!r}")
+    return value
+
+
 def build_config(args: argparse.Namespace):
-    """A :class:`~pplx_embed.serve.app.ServeConfig` from the parsed options (``ValueError`` on bad ones)."""
+    """A :class:`~pplx_embed.serve.app.ServeConfig` from the parsed options (``InputError`` on bad ones)."""
+    args.port = _number("port", args.port, int, 0, 65535)
+    args.graceful_timeout = _number("graceful-timeout", args.graceful_timeout, float, 0)
+    limits = {}
+    for name in LIMIT_HELP:
+        if (text := getattr(args, name)) is not None:
+            kind = float if name.endswith(("timeout", "seconds")) else int
+            limits[name] = _number(name.replace("_", "-"), text, kind, 1e-3 if kind is float else 1)
+
     from pplx_embed.serve.app import ServeConfig
     from pplx_embed.serve.auth import KeyRing
     from pplx_embed.serve.indexes import parse_index_spec
-    from pplx_embed.serve.limits import Limits
     from pplx_embed.serve.registry import parse_model_spec, parse_shadow, parse_split
 
     models = args.model or _env_list("MODEL") or [None]
@@ -70,29 +102,21 @@ def build_config(args: argparse.Namespace):
     splits = dict(parse_split(s) for s in (args.split or _env_list("SPLIT")))
     shadows = dict(parse_shadow(s) for s in (args.shadow or _env_list("SHADOW")))
     indexes = [parse_index_spec(s) for s in (args.index or _env_list("INDEX"))]
-    names = [name for name, _ in specs if name]
+    names = [name or source for name, source in specs if name or source]
     for target in [m for targets in splits.values() for m, _ in targets] + [*shadows, *shadows.values()]:
         if target not in names:
-            raise ValueError(f"{target!r} is used by --split/--shadow but no --model is named so; "
+            raise InputError(f"{target!r} is used by --split/--shadow but no --model is served so; "
                              f"serve it as --model {target}=SOURCE")
-    for name, value in (("max-queue", args.max_queue), ("max-body-bytes", args.max_body_bytes),
-                        ("max-batch-tokens", args.max_batch_tokens)):
-        if value < 1:
-            raise ValueError(f"--{name} must be positive")
-    if args.request_timeout <= 0:
-        raise ValueError("--request-timeout must be positive")
     keys = KeyRing.from_options(args.api_key or _env_list("API_KEY"), args.api_keys_file)
     return ServeConfig(models=specs, splits=splits, shadows=shadows, indexes=indexes, keys=keys,
-                       limits=Limits(max_tokens_per_request=args.max_tokens_per_request),
-                       max_queue=args.max_queue, request_timeout=args.request_timeout,
-                       max_body_bytes=args.max_body_bytes, device=args.device, dtype=args.dtype,
-                       max_batch_tokens=args.max_batch_tokens)
+                       limits=ServeLimits(**limits), options=EmbedderOptions.from_args(args))
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from pplx_embed.serve.app import create_app
+    from pplx_embed.serve.http import uvicorn_config
 
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s:     %(message)s")
     config = build_config(args)
@@ -105,10 +129,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             server.should_exit = True
 
     config.on_load_error = on_load_error
-    server = uvicorn.Server(uvicorn.Config(create_app(config), host=args.host, port=args.port,
-                                           log_level=args.log_level,
+    server = uvicorn.Server(uvicorn_config(create_app(config), config.limits.read_timeout, host=args.host,
+                                           port=args.port, log_level=args.log_level,
                                            timeout_graceful_shutdown=int(args.graceful_timeout)))
     server.run()
     if failure:
-        raise ValueError(f"could not load the models and indexes: {failure[0]}")
+        raise InputError(f"could not load the models and indexes: {failure[0]}")
     return 0

@@ -1,7 +1,10 @@
-"""The FastAPI application: thin routes over the model registry and its batchers.
+"""The FastAPI application: thin routes over the model registry and each model's pipeline.
 
 ``create_app(ServeConfig(...))`` returns an ASGI app for uvicorn. Models load (and warm up) in a
 background thread after startup; ``GET /health`` answers 503 until they are ready.
+
+A request goes: gate (API key before the body is read, body size cap) → route (schema, model, key
+scope, admission) → pipeline (check, tokenize once off the loop, fair scheduler, finish off the loop).
 """
 
 from __future__ import annotations
@@ -10,9 +13,9 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,15 +23,17 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from pplx_embed.errors import InputError
+from pplx_embed.options import EmbedderOptions
 from pplx_embed.serve.auth import KeyRing
-from pplx_embed.serve.batcher import QueueFull, ShuttingDown, Ticket
-from pplx_embed.serve.errors import APIError, error_response, install_error_handlers
-from pplx_embed.serve.indexes import ServedIndex, close_indexes, open_indexes
-from pplx_embed.serve.limits import Limits, check_documents, check_texts
+from pplx_embed.serve.errors import APIError, error_response, install_error_handlers, internal_error
+from pplx_embed.serve.indexes import ServedIndex, check_filter, close_indexes, open_indexes
+from pplx_embed.serve.limits import ServeLimits
 from pplx_embed.serve.metrics import Metrics
-from pplx_embed.serve.registry import Registry, ServedModel, UnknownModel, as_float
+from pplx_embed.serve.pipeline import Pipeline, Result, check_documents, check_texts
+from pplx_embed.serve.registry import Registry, ServedModel, UnknownModel, as_float, model_names
+from pplx_embed.serve.scheduler import Overloaded, ShuttingDown
 from pplx_embed.serve.schemas import (
-    QUANTIZATION_OF,
     ContextualRequest,
     ContextualResponse,
     EmbeddingsRequest,
@@ -38,51 +43,46 @@ from pplx_embed.serve.schemas import (
     IndexSearchRequest,
     IndexSearchResponse,
     TEIEmbedRequest,
-    encode_vector,
 )
+from pplx_embed.wire import QUANTIZATION_OF, contextual_response, embeddings_response
 
 log = logging.getLogger("pplx_embed.serve")
 
 ENDPOINTS = ("/v1/embeddings", "/v1/contextualizedembeddings", "/embed", "/v1/models", "/health", "/metrics",
              "/v1/indexes", "/v1/indexes/{name}/search", "/v1/indexes/{name}/documents")
+OPEN_PATHS = frozenset({"/health", "/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 
 
 @dataclass
 class ServeConfig:
     """Everything ``pplx-embed serve`` can be told. ``models`` items are ``(name or None, source)``;
-    a source is an alias / directory / hub id, or an already loaded :class:`~pplx_embed.Embedder`.
-    ``indexes`` items are ``(name, path)`` of :mod:`pplx_embed.index` indexes of served models."""
+    a source is an alias / directory / hub id (loaded with ``options``), or a loaded
+    :class:`~pplx_embed.Embedder`. ``indexes`` items are ``(name, path)`` of indexes of served models."""
 
     models: list[tuple[str | None, object]]
     splits: dict[str, list[tuple[str, float]]] = field(default_factory=dict)
     shadows: dict[str, str] = field(default_factory=dict)
     indexes: list[tuple[str, str]] = field(default_factory=list)
     keys: KeyRing = field(default_factory=KeyRing)
-    limits: Limits = field(default_factory=Limits)
-    max_queue: int = 128
-    request_timeout: float = 60.0
-    max_body_bytes: int = 16 * 2**20
-    device: str | None = None
-    dtype: str | None = None
-    max_batch_tokens: int = 16384
+    limits: ServeLimits = field(default_factory=ServeLimits)
+    options: EmbedderOptions = field(default_factory=EmbedderOptions.from_env)
     warmup: bool = True
     on_load_error: Callable[[BaseException], None] | None = None
 
 
-def load_models(config: ServeConfig) -> dict[str, object]:
-    """Load (or take) each model, name it, and warm it up with one forward pass."""
+def load_models(config: ServeConfig) -> list[tuple[str, object, list[str]]]:
+    """Load (or take) each model, warm it up with one forward pass: ``(served name, embedder, all its names)``."""
     from pplx_embed import Embedder
 
-    models: dict[str, object] = {}
+    models: list[tuple[str, object, list[str]]] = []
     for name, source in config.models:
-        embedder = source if isinstance(source, Embedder) else Embedder(
-            source, device=config.device, dtype=config.dtype, max_batch_tokens=config.max_batch_tokens)
-        name = name or embedder.name
-        if name in models:
-            raise ValueError(f"two models are served as {name!r}; name them with --model NAME=SOURCE")
+        embedder = source if isinstance(source, Embedder) else config.options.replace(model=source).build()
+        name = name or (source if isinstance(source, str) else embedder.name)
+        if name in [n for n, _, _ in models]:
+            raise InputError(f"two models are served as {name!r}; name them with --model NAME=SOURCE")
         if config.warmup:
             embedder.encode(["warm up"])
-        models[name] = embedder
+        models.append((name, embedder, model_names(name, source, embedder.name)))
     return models
 
 
@@ -98,39 +98,50 @@ def _init_torch_threads() -> None:
 
 
 class _Gate:
-    """ASGI middleware: caps request bodies (413) and records request count and latency."""
+    """ASGI middleware: API key before the body (401), body cap (413), 500 for bugs with the connection
+    kept (logged with the traceback), and request count and latency."""
 
-    def __init__(self, app, max_body_bytes: int, metrics: Metrics):
-        self.app, self.max_body_bytes, self.metrics = app, max_body_bytes, metrics
+    def __init__(self, app, service: Service):
+        self.app, self.service = app, service
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        start, status = time.perf_counter(), [500]
+        start, status, started = time.perf_counter(), [500], [False]
 
         async def send_status(message):
             if message["type"] == "http.response.start":
-                status[0] = message["status"]
+                status[0], started[0] = message["status"], True
             await send(message)
 
         try:
+            if scope["path"] not in OPEN_PATHS:
+                authorization = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1") or None
+                self.service.config.keys.check(authorization)
             if scope["method"] in ("POST", "PUT", "PATCH"):
                 receive = await self._buffer(scope, receive, send_status)
                 if receive is None:
                     return
             await self.app(scope, receive, send_status)
+        except APIError as exc:
+            await error_response(exc.status, exc.message, exc.type, exc.code, exc.headers)(scope, receive, send_status)
+        except Exception:  # a bug: logged, answered 500, the connection kept
+            log.exception("unexpected error on %s %s", scope["method"], scope["path"])
+            if not started[0]:
+                await internal_error()(scope, receive, send_status)
         finally:
             route = getattr(scope.get("route"), "path", None)  # the template, e.g. /v1/indexes/{name}/search
             path = route if route in ENDPOINTS else "other"
             model = scope.get("state", {}).get("model", "")
-            self.metrics.observe_request(path, model, status[0], time.perf_counter() - start)
+            self.service.metrics.observe_request(path, model, status[0], time.perf_counter() - start)
 
     async def _buffer(self, scope, receive, send):
         """Read the body (refusing it past the cap) and return a ``receive`` that replays it."""
-        too_large = error_response(413, f"request body is larger than {self.max_body_bytes} bytes",
-                                   "invalid_request_error", "payload_too_large")
+        limit = self.service.config.limits.payload_limit
+        too_large = error_response(413, f"request body is larger than {limit} bytes", "invalid_request_error",
+                                   "payload_too_large")
         length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
+        if length is not None and length.isdigit() and int(length) > limit:
             await too_large(scope, receive, send)
             return None
         chunks, size = [], 0
@@ -140,7 +151,7 @@ class _Gate:
                 return None
             chunks.append(message.get("body", b""))
             size += len(chunks[-1])
-            if size > self.max_body_bytes:
+            if size > limit:
                 await too_large(scope, receive, send)
                 return None
             if not message.get("more_body"):
@@ -158,7 +169,7 @@ class _Gate:
 
 
 class Service:
-    """The app's state: config, metrics, the registry once loaded, and the request thread pool."""
+    """The app's state: config, metrics, the registry and indexes once loaded, the worker pools."""
 
     def __init__(self, config: ServeConfig):
         self.config = config
@@ -166,23 +177,30 @@ class Service:
         self.registry: Registry | None = None
         self.indexes: dict[str, ServedIndex] = {}
         self.load_error: BaseException | None = None
-        self.executor = ThreadPoolExecutor(max_workers=max(8, config.max_queue * len(config.models) + 4),
-                                           thread_name_prefix="pplx-request")
+        self.loop: asyncio.AbstractEventLoop | None = None
+        # tokenizing and finishing (quantize, base64, JSON) of every model; index calls (SQLite, blocking)
+        self.prep = ThreadPoolExecutor(4, thread_name_prefix="pplx-prep")
+        self.blocking = ThreadPoolExecutor(8, thread_name_prefix="pplx-index")
+        self.shadows: set[asyncio.Task] = set()
 
     # ---- lifecycle --------------------------------------------------------------------------
     def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
         _init_torch_threads()
         threading.Thread(target=self._load, name="pplx-load", daemon=True).start()
 
     def _load(self) -> None:
         try:
-            models = load_models(self.config)
-            registry = Registry(models, self.config.splits, self.config.shadows, self.config.max_queue, self.metrics)
-            try:
-                self.indexes = open_indexes(self.config.indexes, registry.models)
-            except BaseException:
-                registry.close()
-                raise
+            served = []
+            for name, embedder, names in load_models(self.config):
+                pipeline = Pipeline(name, embedder, self.config.limits, self.prep, self.metrics.batch_observer(name))
+                scheduler = pipeline.scheduler
+                self.metrics.watch_model(name, lambda s=scheduler: s.depth, lambda s=scheduler: s.running,
+                                         lambda s=scheduler: s.in_flight)
+                served.append(ServedModel(name, embedder, pipeline, names))
+            registry = Registry(served, self.config.splits, self.config.shadows, self.metrics)
+            self.indexes = open_indexes(self.config.indexes, registry.models, self.loop,
+                                        self.config.limits.request_timeout)
             self.registry = registry
             log.info("serving %s", ", ".join(self.registry.names + [f"index {name}" for name in self.indexes]))
         except BaseException as exc:  # noqa: BLE001 - reported by /health and the CLI
@@ -191,11 +209,15 @@ class Service:
             if self.config.on_load_error is not None:
                 self.config.on_load_error(exc)
 
-    def stop(self) -> None:
+    async def stop(self) -> None:
+        for task in list(self.shadows):
+            task.cancel()
         if self.registry is not None:
-            self.registry.close()
+            for model in self.registry.models.values():
+                await model.pipeline.scheduler.close()
         close_indexes(self.indexes)
-        self.executor.shutdown(wait=False, cancel_futures=True)
+        self.prep.shutdown(wait=False, cancel_futures=True)
+        self.blocking.shutdown(wait=False, cancel_futures=True)
 
     # ---- routing ----------------------------------------------------------------------------
     def ready_registry(self) -> Registry:
@@ -205,15 +227,13 @@ class Service:
         return self.registry
 
     def route(self, request: Request, name: str | None) -> ServedModel:
-        """Authenticate, then pick the model serving ``name`` (401, 503, 404, 403 on failure)."""
-        authorization = request.headers.get("authorization")
-        self.config.keys.check(authorization)
+        """Pick the model serving ``name`` and check the key's scope (503, 404, 403 on failure)."""
         registry = self.ready_registry()
         name = name or registry.default
-        if name not in registry.names:
+        if not registry.known(name):
             raise APIError(404, f"model {name!r} is not served here; available: {', '.join(registry.names)}",
                            "not_found_error", "model_not_found")
-        self.config.keys.check(authorization, name)
+        self.config.keys.check(request.headers.get("authorization"), registry.names_of(name))
         try:
             served = registry.resolve(name)
         except UnknownModel as exc:
@@ -222,57 +242,45 @@ class Service:
         return served
 
     def route_index(self, request: Request, name: str) -> tuple[ServedIndex, ServedModel]:
-        """Authenticate, then pick index ``name`` and the model it embeds with (401, 503, 404, 403)."""
-        authorization = request.headers.get("authorization")
-        self.config.keys.check(authorization)
+        """Pick index ``name`` and the model it embeds with, and check the key's scope (503, 404, 403)."""
         registry = self.ready_registry()
         served = self.indexes.get(name)
         if served is None:
             raise APIError(404, f"index {name!r} is not served here; available: {', '.join(self.indexes) or 'none'}",
                            "not_found_error", "index_not_found")
-        self.config.keys.check(authorization, served.model)
+        self.config.keys.check(request.headers.get("authorization"), registry.names_of(served.model))
         request.state.model = served.model
         return served, registry.models[served.model]
 
     # ---- running work -----------------------------------------------------------------------
-    async def run(self, request: Request, served: ServedModel, work: Callable[[object, Ticket], object]):
-        """Run ``work(model view, ticket)`` in a thread, bounded by the queue, timeout and the client."""
-        try:
-            served.batcher.admit()
-        except QueueFull as exc:
-            raise APIError(429, str(exc), "rate_limit_error", "queue_full", {"Retry-After": "1"}) from None
-        except ShuttingDown as exc:
-            raise APIError(503, str(exc), "server_error", "shutting_down") from None
-        ticket = Ticket()
+    async def answer(self, request: Request, served: ServedModel, work: Callable[[], Awaitable[Response]]):
+        """Run ``work()`` holding one of the model's places, bounded by the timeout and the client.
 
-        def job():
-            try:
-                return work(served.batcher.view(ticket), ticket)
-            finally:
-                served.batcher.release()
-
-        future = asyncio.get_running_loop().run_in_executor(self.executor, job)
-        future.add_done_callback(lambda f: f.cancelled() or f.exception())  # never "exception not retrieved"
-        watcher = asyncio.ensure_future(_disconnected(request))
-        done, _ = await asyncio.wait({future, watcher}, timeout=self.config.request_timeout,
-                                     return_when=asyncio.FIRST_COMPLETED)
-        watcher.cancel()
-        if future in done:
-            try:
-                return future.result()
-            except (ValueError, TypeError) as exc:
-                raise APIError(400, str(exc), "invalid_request_error", "invalid_value") from None
-            except ShuttingDown as exc:
-                raise APIError(503, str(exc), "server_error", "shutting_down") from None
-        ticket.cancel()
+        A request that times out (504) or whose client goes away is cancelled: its queued work is dropped.
+        """
+        with served.pipeline.scheduler.slot():
+            task = asyncio.ensure_future(work())
+            watcher = asyncio.ensure_future(_disconnected(request))
+            done, _ = await asyncio.wait({task, watcher}, timeout=self.config.limits.request_timeout,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            watcher.cancel()
+            if task in done:
+                return task.result()
+            task.cancel()
+            with suppress(asyncio.CancelledError, Exception):
+                await task  # its scheduler entry is gone once this returns
         reason = "disconnect" if watcher in done else "timeout"
         self.metrics.cancelled.labels(served.name, reason).inc()
         if watcher in done:
             return Response(status_code=499)  # nobody is listening any more
-        raise APIError(504, f"request took longer than {self.config.request_timeout:g} s", "timeout_error",
+        raise APIError(504, f"request took longer than {self.config.limits.request_timeout:g} s", "timeout_error",
                        "timeout")
 
-    def shadow(self, served: ServedModel, encode: Callable[[object, int | None], np.ndarray],
+    async def in_thread(self, fn: Callable[[], Response]) -> Response:
+        """Run a blocking call (an index operation) on the index pool."""
+        return await asyncio.get_running_loop().run_in_executor(self.blocking, fn)
+
+    def shadow(self, served: ServedModel, embed: Callable[[Pipeline, int | None], Awaitable[Result]],
                primary: np.ndarray, quantization: str, dimensions: int | None) -> None:
         """Embed the same inputs with ``served``'s shadow model in the background and record agreement."""
         registry = self.registry
@@ -280,27 +288,28 @@ class Service:
         if candidate is None:
             return
         labels = (served.name, candidate.name)
-        same = candidate.embedder.dimension == served.embedder.dimension
-        dims = dimensions if same else None
-        try:
-            candidate.batcher.admit()
-        except (QueueFull, ShuttingDown):
-            self.metrics.shadow_requests.labels(*labels, "dropped").inc()
-            return
+        dims = dimensions if candidate.embedder.dimension == served.embedder.dimension else None
 
-        def job():
+        async def job():
             try:
-                vectors = encode(candidate.batcher.view(Ticket()), dims)
-                width = dimensions or served.embedder.dimension
-                registry.record_shadow(*labels, as_float(primary, quantization, width),
-                                       as_float(vectors, quantization, dims or candidate.embedder.dimension))
+                with candidate.pipeline.scheduler.slot():
+                    vectors = (await embed(candidate.pipeline, dims)).vectors
+                if isinstance(vectors, list):  # contextual: one array per document
+                    vectors = np.concatenate(vectors)
+            except (Overloaded, ShuttingDown):
+                self.metrics.shadow_requests.labels(*labels, "dropped").inc()
+                return
             except Exception as exc:  # noqa: BLE001 - a shadow never affects the primary answer
                 self.metrics.shadow_requests.labels(*labels, "error").inc()
                 log.warning("shadow %s=%s failed: %s", *labels, exc)
-            finally:
-                candidate.batcher.release()
+                return
+            width = dimensions or served.embedder.dimension
+            registry.record_shadow(*labels, as_float(primary, quantization, width),
+                                   as_float(vectors, quantization, dims or candidate.embedder.dimension))
 
-        self.executor.submit(job)
+        task = asyncio.get_running_loop().create_task(job())
+        self.shadows.add(task)
+        task.add_done_callback(self.shadows.discard)
 
 
 async def _disconnected(request: Request) -> None:
@@ -309,11 +318,7 @@ async def _disconnected(request: Request) -> None:
         pass
 
 
-def _usage(tokens: int) -> dict:
-    return {"prompt_tokens": tokens, "total_tokens": tokens}
-
-
-ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 403, 404, 413, 422, 429, 503, 504)}
+ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 403, 404, 408, 413, 422, 429, 500, 503, 504)}
 
 
 def create_app(config: ServeConfig) -> FastAPI:
@@ -324,13 +329,13 @@ def create_app(config: ServeConfig) -> FastAPI:
     async def lifespan(app: FastAPI):
         service.start()
         yield
-        service.stop()
+        await service.stop()
 
     app = FastAPI(title="pplx-embed", summary="Perplexity-, OpenAI- and TEI-compatible embedding server",
                   lifespan=lifespan)
     app.state.service = service
     install_error_handlers(app)
-    app.add_middleware(_Gate, max_body_bytes=config.max_body_bytes, metrics=service.metrics)
+    app.add_middleware(_Gate, service=service)
 
     @app.post("/v1/embeddings", response_model=EmbeddingsResponse, responses=ERRORS)
     async def embeddings(body: EmbeddingsRequest, request: Request):
@@ -339,17 +344,15 @@ def create_app(config: ServeConfig) -> FastAPI:
         texts = [body.input] if isinstance(body.input, str) else body.input
         quantization = QUANTIZATION_OF[body.encoding_format]
 
-        def work(model, ticket: Ticket) -> JSONResponse:
-            check_texts(texts, model, config.limits)
-            vectors = model.encode(texts, quantization=quantization, dimensions=body.dimensions)
-            service.shadow(served, lambda m, d: m.encode(texts, quantization=quantization, dimensions=d),
-                           vectors, quantization, body.dimensions)
-            data = [{"object": "embedding", "index": i, "embedding": encode_vector(v, body.encoding_format)}
-                    for i, v in enumerate(vectors)]
-            return JSONResponse({"object": "list", "data": data, "model": served.name,
-                                 "usage": _usage(ticket.tokens)})
+        async def work() -> Response:
+            result = await served.pipeline.embed(texts, quantization, body.dimensions, finish=lambda v, tokens: (
+                JSONResponse(embeddings_response(v, body.encoding_format, served.name, tokens))))
+            service.shadow(served, lambda p, d: p.embed(texts, quantization, d), result.vectors, quantization,
+                           body.dimensions)
+            result.body.headers.update(result.headers())
+            return result.body
 
-        return await service.run(request, served, work)
+        return await service.answer(request, served, work)
 
     @app.post("/v1/contextualizedembeddings", response_model=ContextualResponse, responses=ERRORS)
     async def contextualized_embeddings(body: ContextualRequest, request: Request):
@@ -358,20 +361,16 @@ def create_app(config: ServeConfig) -> FastAPI:
         documents = body.input
         quantization = QUANTIZATION_OF[body.encoding_format]
 
-        def work(model, ticket: Ticket) -> JSONResponse:
-            check_documents(documents, model, config.limits)
-            arrays = model.encode_contextual(documents, quantization=quantization, dimensions=body.dimensions)
-            service.shadow(served, lambda m, d: np.concatenate(
-                m.encode_contextual(documents, quantization=quantization, dimensions=d)),
-                np.concatenate(arrays), quantization, body.dimensions)
-            data = [{"object": "contextualized_embedding", "index": d,
-                     "data": [{"object": "embedding", "index": k, "embedding": encode_vector(v, body.encoding_format)}
-                              for k, v in enumerate(array)]}
-                    for d, array in enumerate(arrays)]
-            return JSONResponse({"object": "list", "data": data, "model": served.name,
-                                 "usage": _usage(ticket.tokens)})
+        async def work() -> Response:
+            result = await served.pipeline.embed_contextual(documents, quantization, body.dimensions, finish=(
+                lambda arrays, tokens: JSONResponse(contextual_response(arrays, body.encoding_format, served.name,
+                                                                        tokens))))
+            service.shadow(served, lambda p, d: p.embed_contextual(documents, quantization, d),
+                           np.concatenate(result.vectors), quantization, body.dimensions)
+            result.body.headers.update(result.headers())
+            return result.body
 
-        return await service.run(request, served, work)
+        return await service.answer(request, served, work)
 
     @app.post("/embed", response_model=list[list[float]], responses=ERRORS)
     async def tei_embed(body: TEIEmbedRequest, request: Request):
@@ -380,22 +379,25 @@ def create_app(config: ServeConfig) -> FastAPI:
         texts = [body.inputs] if isinstance(body.inputs, str) else body.inputs
         truncation = body.truncation_direction.lower() if body.truncate else None
 
-        def work(model, ticket: Ticket) -> JSONResponse:
-            counts = check_texts(texts, model, config.limits, truncate=body.truncate)
-            vectors = model.encode(texts, quantization="float", dimensions=body.dimensions, truncation=truncation)
+        def finish(vectors: np.ndarray, tokens: int) -> Response:
             if body.normalize:
                 vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=-1, keepdims=True), 1e-12)
-            return JSONResponse(vectors.tolist(), headers={"x-total-tokens": str(sum(counts))})
+            return JSONResponse(vectors.tolist(), headers={"x-total-tokens": str(tokens)})
 
-        return await service.run(request, served, work)
+        async def work() -> Response:
+            result = await served.pipeline.embed(texts, "float", body.dimensions, truncation, finish=finish)
+            result.body.headers.update(result.headers())
+            return result.body
+
+        return await service.answer(request, served, work)
 
     @app.get("/v1/indexes")
     def indexes(request: Request):
         """Served indexes (those whose model the API key may use), each with its model and stats."""
         authorization = request.headers.get("authorization")
-        config.keys.check(authorization)
-        service.ready_registry()
-        data = [ix.describe() for ix in service.indexes.values() if config.keys.allows(authorization, ix.model)]
+        registry = service.ready_registry()
+        data = [ix.describe() for ix in service.indexes.values()
+                if config.keys.allows(authorization, registry.names_of(ix.model))]
         return {"object": "list", "data": data}
 
     @app.post("/v1/indexes/{name}/search", response_model=IndexSearchResponse, responses=ERRORS)
@@ -403,42 +405,42 @@ def create_app(config: ServeConfig) -> FastAPI:
         """The ``k`` best items of index ``name`` for each query (binary first stage, int8 rescoring)."""
         ix, served = service.route_index(request, name)
         queries = [body.query] if isinstance(body.query, str) else body.query
+        check_texts(queries, served.embedder, config.limits)
+        check_filter(body.filter)
 
-        def work(model, ticket: Ticket) -> JSONResponse:
-            check_texts(queries, model, config.limits)
-            with ix.embedder.bound(model):
-                results = ix.index.search_many(queries, body.k, filter=body.filter, candidates=body.candidates)
+        def search() -> Response:
+            results = ix.index.search_many(queries, body.k, filter=body.filter, candidates=body.candidates)
             data = [{"index": i, "hits": [hit.to_dict() for hit in hits]} for i, hits in enumerate(results)]
             return JSONResponse({"object": "list", "data": data, "model": ix.index.model})
 
-        return await service.run(request, served, work)
+        return await service.answer(request, served, lambda: service.in_thread(search))
 
     @app.post("/v1/indexes/{name}/documents", responses=ERRORS)
     async def index_documents(name: str, body: IndexDocumentsRequest, request: Request):
         """Embed and store texts (``ids``) or contextual documents (``doc_ids``); atomic per request."""
         ix, served = service.route_index(request, name)
+        if body.documents is not None:
+            check_documents(body.documents, served.embedder, config.limits)
+        else:
+            check_texts(body.texts, served.embedder, config.limits)
 
-        def work(model, ticket: Ticket) -> JSONResponse:
-            with ix.embedder.bound(model):
-                if body.documents is not None:
-                    check_documents(body.documents, model, config.limits)
-                    added = ix.index.add_documents(body.documents, body.doc_ids, metadata=body.metadata,
-                                                   replace=body.upsert)
-                else:
-                    check_texts(body.texts, model, config.limits)
-                    write = ix.index.upsert if body.upsert else ix.index.add
-                    added = write(body.texts, ids=body.ids, metadata=body.metadata)
+        def store() -> Response:
+            if body.documents is not None:
+                added = ix.index.add_documents(body.documents, body.doc_ids, metadata=body.metadata,
+                                               replace=body.upsert)
+            else:
+                write = ix.index.upsert if body.upsert else ix.index.add
+                added = write(body.texts, ids=body.ids, metadata=body.metadata)
             return JSONResponse({"added": added})
 
-        return await service.run(request, served, work)
+        return await service.answer(request, served, lambda: service.in_thread(store))
 
     @app.get("/v1/models")
     async def models(request: Request):
-        """Served models and split aliases (those the API key may use)."""
+        """Served models and split aliases (those the API key may use), each model with its other names."""
         authorization = request.headers.get("authorization")
-        config.keys.check(authorization)
         registry = service.ready_registry()
-        data = [m for m in registry.describe() if config.keys.allows(authorization, m["id"])]
+        data = [m for m in registry.describe() if config.keys.allows(authorization, registry.names_of(m["id"]))]
         return {"object": "list", "data": data}
 
     @app.get("/health")
@@ -455,3 +457,4 @@ def create_app(config: ServeConfig) -> FastAPI:
         return Response(service.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     return app
+

@@ -1,15 +1,20 @@
 """Bearer API keys: 401 without a valid key, 403 for a key not allowed the requested model.
 
 Keys are kept only as SHA-256 digests and never logged. A keys file is JSON mapping each key to
-the model names (or aliases) it may use, or ``"*"`` for all: ``{"sk-team-a": ["query"], "sk-ops": "*"}``.
+the model names it may use, or ``"*"`` for all: ``{"sk-team-a": ["query"], "sk-ops": "*"}``. A name
+grants the model under every name it answers to (``minilm`` also grants
+``sentence-transformers/all-MiniLM-L6-v2``); a split alias grants only requests for the alias.
+The key is checked before the request body is read; the model scope once the body names the model.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Collection
 from pathlib import Path
 
+from pplx_embed.errors import InputError
 from pplx_embed.serve.errors import APIError
 
 ALL = "*"
@@ -26,9 +31,9 @@ class KeyRing:
         self._allowed: dict[str, frozenset[str] | str] = {}
         for key, models in (keys or {}).items():
             if not isinstance(key, str) or not key:
-                raise ValueError("API keys must be non-empty strings")
+                raise InputError("API keys must be non-empty strings")
             if models != ALL and not (isinstance(models, list) and all(isinstance(m, str) for m in models)):
-                raise ValueError('each API key maps to a list of model names or "*"')
+                raise InputError('each API key maps to a list of model names or "*"')
             self._allowed[_digest(key)] = ALL if models == ALL else frozenset(models)
 
     @classmethod
@@ -38,13 +43,13 @@ class KeyRing:
         if keys_file:
             path = Path(keys_file)
             if not path.is_file():
-                raise ValueError(f"API keys file not found: {keys_file}")
+                raise InputError(f"API keys file not found: {keys_file}")
             try:
                 data = json.loads(path.read_text(encoding="utf-8"))
             except json.JSONDecodeError as exc:
-                raise ValueError(f"API keys file {keys_file} is not valid JSON ({exc.msg})") from None
+                raise InputError(f"API keys file {keys_file} is not valid JSON ({exc.msg})") from None
             if not isinstance(data, dict):
-                raise ValueError(f'API keys file {keys_file} must be a JSON object {{"key": ["model", ...] | "*"}}')
+                raise InputError(f'API keys file {keys_file} must be a JSON object {{"key": ["model", ...] | "*"}}')
             keys.update(data)
         return cls(keys)
 
@@ -52,8 +57,9 @@ class KeyRing:
     def enabled(self) -> bool:
         return bool(self._allowed)
 
-    def check(self, authorization: str | None, model: str | None = None) -> None:
-        """Raise 401/403 :class:`APIError` unless the ``Authorization`` header allows ``model``."""
+    def check(self, authorization: str | None, names: Collection[str] | None = None) -> None:
+        """Raise 401/403 :class:`APIError` unless the ``Authorization`` header is a valid key and,
+        given ``names`` (those a requested model answers to), allows one of them."""
         if not self._allowed:
             return
         scheme, _, token = (authorization or "").partition(" ")
@@ -64,12 +70,13 @@ class KeyRing:
         if allowed is None:
             raise APIError(401, "invalid API key", "authentication_error", "invalid_api_key",
                            {"WWW-Authenticate": "Bearer"})
-        if model is not None and allowed != ALL and model not in allowed:
-            raise APIError(403, f"this API key may not use model {model!r}", "permission_error", "model_not_allowed")
+        if names is not None and allowed != ALL and allowed.isdisjoint(names):
+            raise APIError(403, f"this API key may not use model {next(iter(names), '')!r}", "permission_error",
+                           "model_not_allowed")
 
-    def allows(self, authorization: str | None, model: str) -> bool:
+    def allows(self, authorization: str | None, names: Collection[str]) -> bool:
         try:
-            self.check(authorization, model)
+            self.check(authorization, names)
         except APIError:
             return False
         return True

@@ -12,6 +12,7 @@ import httpx
 import uvicorn
 
 from pplx_embed.serve.app import ServeConfig, create_app
+from pplx_embed.serve.http import uvicorn_config
 
 
 @contextmanager
@@ -26,7 +27,8 @@ def serve_in_thread(config: ServeConfig, host: str = "127.0.0.1", port: int = 0,
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     url = f"http://{host}:{sock.getsockname()[1]}"
-    server = uvicorn.Server(uvicorn.Config(create_app(config), log_level="warning", timeout_graceful_shutdown=30))
+    server = uvicorn.Server(uvicorn_config(create_app(config), config.limits.read_timeout, log_level="warning",
+                                           timeout_graceful_shutdown=30))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="pplx-serve", daemon=True)
     thread.start()
     try:

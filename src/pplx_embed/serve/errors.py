@@ -1,4 +1,9 @@
-"""Every failure as ``{"error": {"message", "type", "code"}}`` with the right HTTP status."""
+"""Every failure as ``{"error": {"message", "type", "code"}}`` with the right HTTP status.
+
+Only :class:`APIError` (the server's own) and :class:`~pplx_embed.errors.InputError` (a user error
+found anywhere in the package) become 4xx. Anything else is a bug: the request gate answers it 500,
+logs its traceback and keeps the connection (see ``app._Gate``).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,10 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from pplx_embed.errors import InputError
+from pplx_embed.index.store import IndexDamagedError
+from pplx_embed.serve.scheduler import Overloaded, ShuttingDown
 
 log = logging.getLogger("pplx_embed.serve")
 
@@ -55,7 +64,22 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(exc.status_code, str(exc.detail), "invalid_request_error",
                               codes.get(exc.status_code, "http_error"), getattr(exc, "headers", None))
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unexpected error on %s %s", request.method, request.url.path)
-        return error_response(500, f"internal error: {type(exc).__name__}", "server_error", "internal_error")
+    @app.exception_handler(InputError)
+    async def _input_error(request: Request, exc: InputError) -> JSONResponse:
+        if isinstance(exc, IndexDamagedError):  # the operator's problem, not the client's: never answered from
+            log.error("served index is damaged on %s %s: %s", request.method, request.url.path, exc, exc_info=exc)
+            return error_response(500, str(exc), "server_error", "index_damaged")
+        return error_response(400, str(exc), "invalid_request_error", "invalid_value")
+
+    @app.exception_handler(Overloaded)
+    async def _overloaded(request: Request, exc: Overloaded) -> JSONResponse:
+        return error_response(429, str(exc), "rate_limit_error", "queue_full", {"Retry-After": "1"})
+
+    @app.exception_handler(ShuttingDown)
+    async def _shutting_down(request: Request, exc: ShuttingDown) -> JSONResponse:
+        return error_response(503, str(exc), "server_error", "shutting_down", {"Retry-After": "5"})
+
+
+def internal_error() -> JSONResponse:
+    """The answer to an unexpected exception (already logged with its traceback)."""
+    return error_response(500, "internal error; the server logged it", "server_error", "internal_error")

@@ -1,75 +1,43 @@
-"""Request limits of the Perplexity API, checked before any work is queued."""
+"""The server's limits, each its own knob (like TEI's); checked by :mod:`.pipeline` and the gate.
+
+Per request: ``max_client_batch_size`` inputs, ``max_tokens_per_request`` tokens (and, before any
+tokenizing, as many characters as that many tokens can hold), ``payload_limit`` bytes of body,
+``read_timeout`` to arrive and ``request_timeout`` to be answered. Per model: ``max_concurrent_requests``
+in flight and ``max_queue_tokens`` waiting. Per scheduler step: ``max_step_tokens`` tokens (TEI's
+``--max-batch-tokens``; ours names the engine's padded forward batch), fewer when ``step_seconds`` says
+so, and ``max_batch_requests`` sequences.
+
+Dependency-free, so that the command line can declare the flags without loading the server.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
-from pplx_embed.serve.errors import APIError
+from pplx_embed.errors import InputError
+
+# A step is what a short request waits for. On CPU a 16K-token engine call takes seconds, while steps of a
+# quarter second cost no throughput (a forward pass's cost per token is flat from a few hundred tokens on).
+CPU_STEP_SECONDS = 0.25
 
 
 @dataclass(frozen=True)
-class Limits:
-    max_inputs: int = 512
-    max_tokens_per_input: int = 32768
+class ServeLimits:
+    max_step_tokens: int | None = None  # tokens per scheduler step at most; None: the engine's max_batch_tokens
+    step_seconds: float | None = None  # size steps to take this long; None: CPU_STEP_SECONDS on CPU, else off
+    max_batch_requests: int | None = None  # sequences per scheduler step; None: the engine's batch size
+    max_concurrent_requests: int = 128  # per model: tokenizing, waiting or running (429 beyond)
+    max_queue_tokens: int = 1_000_000  # per model: tokens waiting for a step (429 beyond)
+    max_client_batch_size: int = 512  # inputs (texts, or documents) per request
     max_tokens_per_request: int = 120_000
-    max_documents: int = 512
-    max_chunks: int = 16_000
-    max_tokens_per_document: int = 32768
+    max_chunks: int = 16_000  # chunks per contextual request
+    max_tokens_per_document: int = 32_768
+    payload_limit: int = 16 * 2**20  # request body bytes
+    request_timeout: float = 60.0  # seconds until 504; the request's queued work is dropped
+    read_timeout: float = 30.0  # seconds to receive a whole request (headers and body), else 408
 
-
-def _too_large(message: str, code: str) -> APIError:
-    return APIError(413, message, "invalid_request_error", code)
-
-
-def check_texts(texts: list[str], embedder, limits: Limits, truncate: bool = False) -> list[int]:
-    """Token count of each text, after checking count, emptiness and token limits (413 / 400)."""
-    if not texts:
-        raise APIError(400, "input must contain at least one text", code="empty_input")
-    if len(texts) > limits.max_inputs:
-        raise _too_large(f"input has {len(texts)} texts, more than the limit of {limits.max_inputs} per request",
-                         "too_many_inputs")
-    for i, text in enumerate(texts):
-        if not text.strip():
-            raise APIError(400, f"input[{i}] is empty; every text needs some content", code="empty_input")
-    per_input = min(limits.max_tokens_per_input, embedder.max_length)
-    counts = embedder.count_tokens(texts)
-    if truncate:
-        counts = [min(n, per_input) for n in counts]
-    for i, n in enumerate(counts):
-        if n > per_input:
-            raise _too_large(f"input[{i}] has {n} tokens, more than the limit of {per_input} tokens per input "
-                             f"for model {embedder.name!r}", "too_many_tokens")
-    if sum(counts) > limits.max_tokens_per_request:
-        raise _too_large(f"input has {sum(counts)} tokens in total, more than the limit of "
-                         f"{limits.max_tokens_per_request} tokens per request", "too_many_tokens")
-    return counts
-
-
-def check_documents(documents: list[list[str]], embedder, limits: Limits) -> list[int]:
-    """Token count of each document (its chunks), after checking the contextual limits."""
-    if not documents:
-        raise APIError(400, "input must contain at least one document", code="empty_input")
-    if len(documents) > limits.max_documents:
-        raise _too_large(f"input has {len(documents)} documents, more than the limit of {limits.max_documents}",
-                         "too_many_inputs")
-    chunks = sum(len(doc) for doc in documents)
-    if chunks > limits.max_chunks:
-        raise _too_large(f"input has {chunks} chunks in total, more than the limit of {limits.max_chunks}",
-                         "too_many_inputs")
-    for d, doc in enumerate(documents):
-        if not doc:
-            raise APIError(400, f"input[{d}] has no chunks; each document is a non-empty list of chunks",
-                           code="empty_input")
-    counts = embedder.count_tokens([chunk for doc in documents for chunk in doc])
-    per_doc, start = [], 0
-    for doc in documents:
-        per_doc.append(sum(counts[start : start + len(doc)]))
-        start += len(doc)
-    for d, n in enumerate(per_doc):
-        if n > limits.max_tokens_per_document:
-            raise _too_large(f"input[{d}] has {n} tokens, more than the limit of {limits.max_tokens_per_document} "
-                             "tokens per document", "too_many_tokens")
-    if sum(per_doc) > limits.max_tokens_per_request:
-        raise _too_large(f"input has {sum(per_doc)} tokens in total, more than the limit of "
-                         f"{limits.max_tokens_per_request} tokens per request", "too_many_tokens")
-    return per_doc
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is not None and (isinstance(value, bool) or not value > 0):
+                raise InputError(f"{f.name.replace('_', '-')} must be positive, got {value!r}")

@@ -55,7 +55,7 @@ class Metrics:
         self.in_flight.labels(name).set_function(in_flight)
 
     def batch_observer(self, name: str) -> Callable[[int, int, float], None]:
-        """What the model's batcher calls after each engine call."""
+        """What the model's scheduler calls after each step."""
         def observe(requests: int, tokens: int, seconds: float) -> None:
             self.batch_tokens.labels(name).observe(tokens)
             self.batch_requests.labels(name).observe(requests)

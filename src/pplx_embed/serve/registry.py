@@ -1,6 +1,9 @@
 """Several models in one process, routed by name; traffic-split aliases and shadow models.
 
-* ``--model name=source`` serves a model under ``name`` (each with its own batcher).
+* ``--model name=source`` serves a model under ``name`` (each with its own pipeline); ``--model source``
+  serves it under ``source`` as given (``minilm``, ``pplx-embed-v1-0.6b``). Either way every name a client
+  may know it by also resolves: the served name, the source, the model's recorded name and, for a
+  Perplexity model, its Perplexity names (``pplx-embed-v1-0.6b`` and ``perplexity-ai/pplx-embed-v1-0.6b``).
 * ``--split alias=modelA:90,modelB:10`` routes each request for ``alias`` to one of the models,
   at random in proportion to the weights (an A/B test of a model swap).
 * ``--shadow primary=candidate`` also embeds every request served by ``primary`` with
@@ -12,13 +15,14 @@
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from pplx_embed.errors import InputError
+from pplx_embed.model.checkpoint import HUB_ALIASES
 from pplx_embed.model.quantization import cosine_similarity, unpack_binary
-from pplx_embed.serve.batcher import Batcher
-from pplx_embed.serve.metrics import Metrics
+from pplx_embed.serve.pipeline import Pipeline
 
 
 def parse_model_spec(spec: str) -> tuple[str | None, str]:
@@ -27,7 +31,7 @@ def parse_model_spec(spec: str) -> tuple[str | None, str]:
     if not sep:
         return None, spec
     if not name or not source:
-        raise ValueError(f"--model {spec!r}: expected NAME=SOURCE or SOURCE")
+        raise InputError(f"--model {spec!r}: expected NAME=SOURCE or SOURCE")
     return name, source
 
 
@@ -42,10 +46,10 @@ def parse_split(spec: str) -> tuple[str, list[tuple[str, float]]]:
         except ValueError:
             value = -1.0
         if not colon or not model or value <= 0:
-            raise ValueError(f"--split {spec!r}: expected ALIAS=MODEL:WEIGHT,MODEL:WEIGHT with positive weights")
+            raise InputError(f"--split {spec!r}: expected ALIAS=MODEL:WEIGHT,MODEL:WEIGHT with positive weights")
         targets.append((model, value))
     if not sep or not alias or len(targets) < 1:
-        raise ValueError(f"--split {spec!r}: expected ALIAS=MODEL:WEIGHT,MODEL:WEIGHT")
+        raise InputError(f"--split {spec!r}: expected ALIAS=MODEL:WEIGHT,MODEL:WEIGHT")
     return alias, targets
 
 
@@ -53,7 +57,7 @@ def parse_shadow(spec: str) -> tuple[str, str]:
     """``primary=candidate``."""
     primary, sep, candidate = spec.partition("=")
     if not sep or not primary or not candidate:
-        raise ValueError(f"--shadow {spec!r}: expected PRIMARY=CANDIDATE")
+        raise InputError(f"--shadow {spec!r}: expected PRIMARY=CANDIDATE")
     return primary, candidate
 
 
@@ -84,69 +88,86 @@ def agreement(primary: np.ndarray, candidate: np.ndarray) -> tuple[float | None,
     return cosine, correlation
 
 
+def model_names(name: str, source: object, recorded: str) -> list[str]:
+    """Every name a model served as ``name`` answers to: ``name``, its source, its recorded and Perplexity names."""
+    names = [name, *([source] if isinstance(source, str) else []), recorded]
+    for short, hub_id in HUB_ALIASES.items():
+        if recorded.lower() in (short, hub_id.lower()):
+            names += [short, hub_id]
+    return list(dict.fromkeys(names))
+
+
 @dataclass
 class ServedModel:
-    """A loaded model under its served name, with its request queue."""
+    """A loaded model under its served name (and the other names it answers to), with its pipeline."""
 
     name: str
     embedder: object  # pplx_embed.Embedder
-    batcher: Batcher
+    pipeline: Pipeline
+    names: list[str] = field(default_factory=list)
 
     def describe(self) -> dict:
         return {"id": self.name, "object": "model", "owned_by": "pplx-embed", "model": self.embedder.name,
-                "dimension": self.embedder.dimension, "max_length": self.embedder.max_length,
-                "pooling": self.embedder.checkpoint.pooling}
-
-
-class UnknownModel(LookupError):
-    pass
+                "aliases": [n for n in self.names if n != self.name], "dimension": self.embedder.dimension,
+                "max_length": self.embedder.max_length, "pooling": self.embedder.checkpoint.pooling}
 
 
 class Registry:
     """Served models, split aliases and shadows; picks the model for each request."""
 
-    def __init__(self, embedders: dict[str, object], splits: dict[str, list[tuple[str, float]]] | None = None,
-                 shadows: dict[str, str] | None = None, max_queue: int = 128, metrics: Metrics | None = None,
-                 rng: random.Random | None = None):
-        if not embedders:
-            raise ValueError("serve at least one model")
-        self.metrics = metrics or Metrics()
+    def __init__(self, models: list[ServedModel], splits: dict[str, list[tuple[str, float]]] | None = None,
+                 shadows: dict[str, str] | None = None, metrics=None, rng: random.Random | None = None):
+        if not models:
+            raise InputError("serve at least one model")
+        self.models: dict[str, ServedModel] = {m.name: m for m in models}
+        self.metrics = metrics
         self.splits = dict(splits or {})
         self.shadows = dict(shadows or {})
         self._rng = rng or random.Random()
         for alias, targets in self.splits.items():
-            if alias in embedders:
-                raise ValueError(f"split alias {alias!r} is also a model name")
+            if alias in self.models:
+                raise InputError(f"split alias {alias!r} is also a model name")
             for model, _ in targets:
-                if model not in embedders:
-                    raise ValueError(f"split {alias!r} names {model!r}, which is not a served model "
-                                     f"({', '.join(embedders)})")
+                if model not in self.models:
+                    raise InputError(f"split {alias!r} names {model!r}, which is not a served model "
+                                     f"({', '.join(self.models)})")
         for primary, candidate in self.shadows.items():
             for model in (primary, candidate):
-                if model not in embedders:
-                    raise ValueError(f"shadow {primary}={candidate}: {model!r} is not a served model")
-        self.models: dict[str, ServedModel] = {}
-        for name, embedder in embedders.items():
-            batcher = Batcher(embedder, max_queue, observer=self.metrics.batch_observer(name))
-            self.metrics.watch_model(name, lambda b=batcher: b.depth, lambda b=batcher: b.running,
-                                     lambda b=batcher: b.in_flight)
-            self.models[name] = ServedModel(name, embedder, batcher)
+                if model not in self.models:
+                    raise InputError(f"shadow {primary}={candidate}: {model!r} is not a served model")
+        # served names and split aliases first; another name means the first model that answers to it
+        self._by_name = {name: name for name in self.models}
+        for model in models:
+            for name in model.names:
+                if name not in self.splits:
+                    self._by_name.setdefault(name, model.name)
         self.default = next(iter(self.models))
 
     @property
     def names(self) -> list[str]:
+        """Served names and split aliases (what ``/v1/models`` lists as ids)."""
         return [*self.models, *self.splits]
+
+    def known(self, name: str) -> bool:
+        return name in self._by_name or name in self.splits
+
+    def names_of(self, name: str) -> list[str]:
+        """The names an API key may be scoped to that grant a request for ``name``."""
+        if name in self.splits:
+            return [name]
+        return self.models[self._by_name[name]].names
 
     def resolve(self, name: str | None) -> ServedModel:
         """The model serving a request for ``name`` (default model if ``None``; a split alias draws one)."""
         name = name or self.default
-        if name in self.models:
-            return self.models[name]
         if name in self.splits:
             models, weights = zip(*self.splits[name])
             chosen = self._rng.choices(models, weights)[0]
-            self.metrics.split.labels(name, chosen).inc()
+            if self.metrics is not None:
+                self.metrics.split.labels(name, chosen).inc()
             return self.models[chosen]
+        if name in self._by_name:
+            return self.models[self._by_name[name]]
         raise UnknownModel(f"model {name!r} is not served here; available: {', '.join(self.names)}")
 
     def shadow_of(self, model: str) -> ServedModel | None:
@@ -169,7 +190,6 @@ class Registry:
                         "split": {model: weight for model, weight in targets}})
         return out
 
-    def close(self) -> None:
-        """Finish queued work and stop every model's worker."""
-        for model in self.models.values():
-            model.batcher.close()
+
+class UnknownModel(LookupError):
+    pass

@@ -1,33 +1,12 @@
-"""Request and response bodies of the HTTP API (pydantic), and the wire encodings of vectors.
-
-``/v1/embeddings`` and ``/v1/contextualizedembeddings`` follow the Perplexity API: ``base64_int8``
-(default; base64 of the raw int8 bytes) or ``base64_binary`` (base64 of the packed sign bits,
-``dimensions / 8`` bytes). For the OpenAI client they also accept ``float`` (a JSON list) and
-``base64`` (base64 of little-endian float32 bytes, what ``openai`` sends by default).
-"""
+"""Request and response bodies of the HTTP API (pydantic); vectors travel as :mod:`pplx_embed.wire` says."""
 
 from __future__ import annotations
 
-import base64
 from typing import Any, Literal
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, model_validator
 
-EncodingFormat = Literal["base64_int8", "base64_binary", "float", "base64"]
-
-# Which Python-API quantization each wire encoding carries.
-QUANTIZATION_OF: dict[str, str] = {"base64_int8": "int8", "base64_binary": "binary", "float": "float",
-                                   "base64": "float"}
-
-
-def encode_vector(vector: np.ndarray, encoding_format: str) -> str | list[float]:
-    """One embedding as it goes on the wire."""
-    if encoding_format == "float":
-        return vector.astype(np.float32).tolist()
-    if encoding_format == "base64":
-        return base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
-    return base64.b64encode(np.ascontiguousarray(vector).tobytes()).decode("ascii")
+from pplx_embed.wire import DEFAULT_FORMAT, EncodingFormat
 
 
 class _Request(BaseModel):
@@ -35,7 +14,7 @@ class _Request(BaseModel):
 
     model: StrictStr | None = Field(None, description="served model or alias; default: the first one")
     dimensions: StrictInt | None = Field(None, description="Matryoshka dimensions (128..full)")
-    encoding_format: EncodingFormat = "base64_int8"
+    encoding_format: EncodingFormat = DEFAULT_FORMAT
 
 
 class EmbeddingsRequest(_Request):
