@@ -248,6 +248,10 @@ def report(args, lines: list[str], load: list[str], title: str, about: list[str]
 
     import pplx_embed
 
+    command = "--real" if args.real else " ".join(
+        f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
+        for k, v in vars(args).items() if v not in (None, False) and k not in ("out", "dir")
+    ).replace(" True", "")
     header = [
         f"# {title}", "",
         f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
@@ -256,10 +260,7 @@ def report(args, lines: list[str], load: list[str], title: str, about: list[str]
         (f"- versions: pplx-embed {pplx_embed.__version__}, faiss {faiss.__version__}, numpy {np.__version__}, "
          f"Python {platform.python_version()}"),
         *about,
-        "- command: `python bench/bench_index.py " + " ".join(
-            f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
-            for k, v in vars(args).items() if v not in (None, False) and k not in ("out", "dir")
-        ).replace(" True", "") + "`",
+        f"- command: `python bench/bench_index.py {command}`",
         "",
     ]
     text = "\n".join(header + lines) + "\n"
