@@ -17,7 +17,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -71,17 +70,9 @@ class MilvusStore(VectorStore):
         super().__init__(embedder)
         self._client = client
         self.collection = collection
-        self.model = facts["model"]
-        self.dimensions = int(facts["dimensions"])
-        self.full_dimension = int(facts["full_dimension"])
-        self.contextual = bool(facts["contextual"])
-        self.store_float = False
-        self.query_model = facts.get("query_model")
         self.index_type = facts.get("index_type", "BIN_FLAT")
         self.nprobe = 16
-        self._lock = threading.RLock()
-        self._codes_cache: dict[str, np.ndarray] = {}
-        self._check_model_args()
+        self._remote_facts(facts)
 
     @classmethod
     def create(cls, location: str, model: str, dimensions: int | None = None, *, full_dimension: int | None = None,

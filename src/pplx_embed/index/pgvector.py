@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -80,16 +79,8 @@ class PgVectorStore(VectorStore):
         self._conn = conn
         self.table = table
         self._t = sql.Identifier(table)
-        self.model = facts["model"]
-        self.dimensions = int(facts["dimensions"])
-        self.full_dimension = int(facts["full_dimension"])
-        self.contextual = bool(facts["contextual"])
-        self.store_float = False
-        self.query_model = facts.get("query_model")
         self.ef_search = 100  # HNSW candidate list, raised to the number of candidates wanted
-        self._lock = threading.RLock()
-        self._codes_cache: dict[str, np.ndarray] = {}
-        self._check_model_args()
+        self._remote_facts(facts)
 
     def _sql(self, text: str):
         from psycopg import sql

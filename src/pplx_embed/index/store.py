@@ -15,6 +15,7 @@ then embedded with it. The backends live in their own modules and
 from __future__ import annotations
 
 import re
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -185,6 +186,18 @@ class VectorStore(ABC):
     def __init__(self, embedder=None):
         self._embedder = self._query_embedder = None
         self._pending = embedder
+
+    def _remote_facts(self, facts: dict[str, Any]) -> None:
+        """Take the facts a database-backed store keeps beside its rows, then check them (no float copies)."""
+        self.model = facts["model"]
+        self.dimensions = int(facts["dimensions"])
+        self.full_dimension = int(facts["full_dimension"])
+        self.contextual = bool(facts["contextual"])
+        self.store_float = False
+        self.query_model = facts.get("query_model")
+        self._lock = threading.RLock()
+        self._codes_cache: dict[str, np.ndarray] = {}
+        self._check_model_args()
 
     def _check_model_args(self) -> None:
         if self.dimensions % 8:
