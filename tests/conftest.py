@@ -9,6 +9,9 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# backend="auto" measures candidates on first use of each model (a minute for MiniLM on 2 cores):
+# the suite pins torch, and tests/test_engine_auto.py covers auto with a fresh cache.
+os.environ.setdefault("PPLX_EMBED_BACKEND", "torch")
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

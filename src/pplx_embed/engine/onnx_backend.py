@@ -15,17 +15,14 @@ library versions; a cache entry appears atomically, so a crash mid-export leaves
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from pplx_embed.engine.cache import cache_root, cached_directory, checkpoint_files, digest, entry_name
 from pplx_embed.engine.threads import physical_cores
 from pplx_embed.model.pooling import Span, pool_spans
 
@@ -33,12 +30,6 @@ VARIANTS = ("onnx", "onnx-int8")
 EXPORT_FORMAT = 1  # bump when the exported graph changes
 LARGE_MODEL_BYTES = 1 << 30  # above this, weights go to an external data file (protobuf's 2 GB limit)
 OUTPUTS = ("last_hidden_state", "pooled", "int8", "binary")
-
-
-def cache_root() -> Path:
-    """``$PPLX_EMBED_CACHE/onnx``, default ``~/.cache/pplx-embed/onnx``."""
-    base = os.environ.get("PPLX_EMBED_CACHE") or Path.home() / ".cache" / "pplx-embed"
-    return Path(base).expanduser() / "onnx"
 
 
 def _uses_token_types(model: torch.nn.Module) -> bool:
@@ -69,14 +60,9 @@ def cache_key(checkpoint_path: Path, variant: str, pooling: str) -> str:
     """Hash of what determines an export: checkpoint files (size, mtime), variant, versions."""
     import onnxruntime
 
-    path = Path(checkpoint_path).resolve()
-    files = sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".bin", ".json") and p.is_file())
-    facts = {
-        "path": str(path), "variant": variant, "pooling": pooling, "format": EXPORT_FORMAT,
-        "files": [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files],
-        "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
-    }
-    return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:20]
+    return digest({"path": str(Path(checkpoint_path).resolve()), "variant": variant, "pooling": pooling,
+                   "format": EXPORT_FORMAT, "files": checkpoint_files(checkpoint_path),
+                   "torch": torch.__version__, "onnxruntime": onnxruntime.__version__})
 
 
 def export_onnx(model: torch.nn.Module, target: Path, pooled_outputs: bool) -> Path:
@@ -123,30 +109,19 @@ def prepare_onnx(model: torch.nn.Module, checkpoint_path: Path, variant: str = "
     """
     if variant not in VARIANTS:
         raise ValueError(f"unknown ONNX variant {variant!r}; choose one of {', '.join(VARIANTS)}")
-    slug = "".join(c if c.isalnum() or c in "-_." else "-" for c in (name or Path(checkpoint_path).name))
-    entry = cache_root() / f"{slug[-60:].strip('-.')}-{variant}-{cache_key(checkpoint_path, variant, pooling)}"
-    model_file = entry / "model.onnx"
-    if model_file.is_file():
-        return model_file
-    fp32 = prepare_onnx(model, checkpoint_path, "onnx", pooling, name) if variant == "onnx-int8" else None
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=".export-", dir=entry.parent))
-    try:
-        if fp32 is None:
-            export_onnx(model, work / "model.onnx", pooled_outputs=pooling == "mean")
+    entry = cache_root("onnx") / entry_name(name or Path(checkpoint_path).name, variant,
+                                            cache_key(checkpoint_path, variant, pooling))
+
+    def build(work: Path) -> None:
+        if variant == "onnx-int8":
+            quantize_int8(prepare_onnx(model, checkpoint_path, "onnx", pooling, name), work / "model.onnx")
         else:
-            quantize_int8(fp32, work / "model.onnx")
+            export_onnx(model, work / "model.onnx", pooled_outputs=pooling == "mean")
         outputs = OUTPUTS if pooling == "mean" else OUTPUTS[:1]
         (work / "export.json").write_text(json.dumps({"checkpoint": str(checkpoint_path), "variant": variant,
                                                       "outputs": outputs}, indent=2))
-        try:
-            work.rename(entry)
-        except OSError:  # another process finished the same export first
-            if not model_file.is_file():
-                raise
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return model_file
+
+    return cached_directory(entry, "model.onnx", build) / "model.onnx"
 
 
 class OnnxBackend:
