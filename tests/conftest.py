@@ -47,6 +47,18 @@ def minilm():
     return Embedder("minilm")
 
 
+@pytest.fixture(scope="module")
+def engine_cache(tmp_path_factory):
+    """Exports and auto decisions go to a fresh cache directory for the module (``PPLX_EMBED_CACHE``)."""
+    before = os.environ.get("PPLX_EMBED_CACHE")
+    os.environ["PPLX_EMBED_CACHE"] = str(tmp_path_factory.mktemp("pplx-cache"))
+    yield os.environ["PPLX_EMBED_CACHE"]
+    if before is None:
+        os.environ.pop("PPLX_EMBED_CACHE")
+    else:
+        os.environ["PPLX_EMBED_CACHE"] = before
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():

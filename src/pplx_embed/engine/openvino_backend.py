@@ -18,6 +18,7 @@ from __future__ import annotations
 import inspect
 import json
 import threading
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,7 @@ from pplx_embed.engine.threads import physical_cores
 from pplx_embed.model.pooling import Span, pool_spans
 
 VARIANTS = ("openvino", "openvino-int8")
-EXPORT_FORMAT = 1  # bump when the converted graph changes
+EXPORT_FORMAT = 2  # bump when the converted or quantized graph changes
 PRECISIONS = {torch.float32: "f32", torch.bfloat16: "bf16"}
 
 
@@ -78,7 +79,10 @@ def convert(model: torch.nn.Module, target: Path) -> Path:
     mask = torch.ones_like(ids)
     mask[1, 5:] = 0  # trace the padded path: the mask stays an input
     example = feeds(names, ids.numpy(), mask.numpy())
-    with torch.inference_mode(False), torch.no_grad():
+    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+        # transformers' mask code branches on shapes (cache offset, one-token query); without a KV cache and with
+        # an explicit mask those branches are constant for an encoder, which the tests check against torch
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         converted = ov.convert_model(
             HiddenStates(model).eval(), example_input={k: torch.from_numpy(v) for k, v in example.items()},
             input=[(name, ov.PartialShape([-1, -1]), ov.Type.i64) for name in names])
@@ -87,14 +91,23 @@ def convert(model: torch.nn.Module, target: Path) -> Path:
     return target
 
 
+# The FFN output projections (BERT ``layer.N.output.dense``, Qwen3 ``mlp.down_proj``) read GELU/SiLU outputs
+# with large outliers: quantizing their activations cost MiniLM 0.006 of mean cosine (0.992 → 0.998 kept in float).
+FLOAT_MATMULS = (r".*layer\.\d+\.output\.dense/.*", r".*mlp\.down_proj/.*")
+
+
 def quantize_int8(source: Path, target: Path, calibration: list[dict[str, np.ndarray]]) -> Path:
-    """NNCF post-training int8 quantization of an IR, calibrated on ``calibration`` inputs."""
+    """NNCF post-training int8 quantization of an IR, calibrated on ``calibration`` inputs.
+
+    Every matrix multiplication but the FFN output projections gets int8 weights and activations.
+    """
     import nncf
     import openvino as ov
 
     model = ov.Core().read_model(source)
     quantized = nncf.quantize(model, nncf.Dataset(calibration), model_type=nncf.ModelType.TRANSFORMER,
-                              subset_size=len(calibration))
+                              subset_size=len(calibration),
+                              ignored_scope=nncf.IgnoredScope(patterns=list(FLOAT_MATMULS), validate=False))
     ov.save_model(quantized, target, compress_to_fp16=False)
     return target
 
