@@ -53,9 +53,11 @@ DATA = ROOT.parent / "shared" / "data"
 PEER_VENVS = {"openvino": Path(os.environ.get("PEER_VENV", "/work/peer-venv")),
               "onnx": Path(os.environ.get("PEER_VENV_ONNX", "/work/peer-venv-onnx"))}
 PEER = "st-torch"  # the baseline every ratio divides by: sentence-transformers fp32 torch
-OURS = ("auto", "torch", "torch-bf16", "openvino", "openvino-bf16", "onnx", "openvino-int8", "onnx-int8")
+OURS = ("auto", "torch", "torch-bf16", "openvino", "openvino-bf16", "onnx", "openvino-int8", "openvino-int8-bf16",
+        "onnx-int8")
 PEERS = ("st-torch", "st-onnx", "st-onnx-int8", "st-openvino", "fastembed")
-INT8 = ("openvino-int8", "onnx-int8", "st-onnx-int8")
+SETTLE_S = 1.0  # pause between two workers' timings (ONNX Runtime / OpenVINO threads spin for a while after a run)
+INT8 = ("openvino-int8", "openvino-int8-bf16", "onnx-int8", "st-onnx-int8")
 
 
 # ---- data -------------------------------------------------------------------------------------
@@ -99,15 +101,15 @@ def peak_rss_mib() -> float:
 
 
 # ---- workers: one configuration per process, driven over stdin/stdout ---------------------------
-def _load_config(label: str, model: str, workdir: Path, batch: int):
-    """``(encode(texts) -> float32 array, facts)`` for one configuration."""
+def _load_config(label: str, model: str, workdir: Path, batch: int, our_batch: int | None):
+    """``(encode(texts) -> float32 array, facts)`` for one configuration (``our_batch`` None: our defaults)."""
     if label.startswith("st-") or label == "fastembed":
         return _load_peer(label, model, workdir, batch)
     from pplx_embed import Embedder
 
     backend = label.removesuffix("-bf16")
     dtype = "bfloat16" if label.endswith("-bf16") else None
-    embedder = Embedder(model, backend=backend, dtype=dtype, max_batch_size=batch)
+    embedder = Embedder(model, backend=backend, dtype=dtype, max_batch_size=our_batch)
     return (lambda texts: embedder.encode(texts, truncation="right")), {"engine": embedder.engine_info()}
 
 
@@ -163,7 +165,7 @@ def worker(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     sets = json.loads(Path(args.texts).read_text())
     start = time.perf_counter()
-    encode, facts = _load_config(args.worker, args.model, Path(args.workdir), args.batch)
+    encode, facts = _load_config(args.worker, args.model, Path(args.workdir), args.batch, args.our_batch or None)
     encode(sets["warmup"])
     print(json.dumps({"ready": True, "load_s": round(time.perf_counter() - start, 1), **facts}), flush=True)
     for line in sys.stdin:
@@ -187,14 +189,14 @@ def physical_cores() -> int:
 class Worker:
     """A configuration running in its own process (its own venv for peers)."""
 
-    def __init__(self, label: str, model: str, texts: Path, workdir: Path, batch: int, env: dict | None = None,
-                 timeout: float = 1800):
+    def __init__(self, label: str, model: str, texts: Path, workdir: Path, batch: int, our_batch: int,
+                 env: dict | None = None):
         venv = PEER_VENVS["openvino" if label == "st-openvino" else "onnx"] if label in PEERS[1:] else None
         python = str(venv / "bin" / "python") if venv else sys.executable
-        self.label, self.timeout = label, timeout
+        self.label = label
         self.proc = subprocess.Popen(
             [python, __file__, "--worker", label, "--model", model, "--texts", str(texts), "--workdir", str(workdir),
-             "--batch", str(batch), "--threads", str(physical_cores())], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+             "--batch", str(batch), "--our-batch", str(our_batch), "--threads", str(physical_cores())], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
             env={**os.environ, "PYTHONPATH": str(ROOT / "src"), **(env or {})})
         self.ready = self._reply()
 
@@ -218,7 +220,9 @@ class Worker:
             self.proc.wait(timeout=60)
 
 
-def start_workers(labels: list[str], model: str, texts: Path, workdir: Path, batch: int) -> dict[str, Worker]:
+def start_workers(labels: list[str], model: str, texts: Path, workdir: Path, batch: int,
+                  our_batch: int = 0) -> dict[str, Worker]:
+    """Peers encode in batches of ``batch``; ours with ``max_batch_size=our_batch`` (0: our defaults)."""
     workers = {}
     for label in labels:
         print(f"[start] {label} ...", flush=True)
@@ -226,7 +230,7 @@ def start_workers(labels: list[str], model: str, texts: Path, workdir: Path, bat
         if label == "auto":  # a fresh cache: the first-use decision (probe and conversion) is part of its load
             env["PPLX_EMBED_CACHE"] = tempfile.mkdtemp(prefix="auto-cache-", dir=workdir)
         try:
-            workers[label] = Worker(label, model, texts, workdir, batch, env)
+            workers[label] = Worker(label, model, texts, workdir, batch, our_batch, env)
             print(f"[start] {label}: {json.dumps(workers[label].ready)[:600]}", flush=True)
         except RuntimeError as exc:
             print(f"[start] {label} failed: {exc}", flush=True)
@@ -248,16 +252,17 @@ def bench_minilm(workdir: Path, sets: dict[str, list[str]], rounds: int, labels:
     workers = start_workers(labels, str(minilm_path()), workdir / "minilm-texts.json", workdir, 32)
     out: dict = {"model": reference.name, "load": {k: w.ready for k, w in workers.items()}, "sets": {}}
     try:
-        for name in sets:
+        for name, texts_of_set in sets.items():
             best = dict.fromkeys(workers, float("inf"))
             for _ in range(rounds):
                 for label, w in workers.items():
+                    time.sleep(SETTLE_S)  # the previous worker's runtime threads stop spinning before this one starts
                     best[label] = min(best[label], w.ask("time", name)["seconds"])
             base = best.get(PEER)
             rows = {label: {"seconds": round(s, 3), "tokens_per_s": round(tokens[name] / s),
-                            "texts_per_s": round(len(sets[name]) / s, 1),
+                            "texts_per_s": round(len(texts_of_set) / s, 1),
                             "vs_st_torch": round(base / s, 2) if base else None} for label, s in best.items()}
-            out["sets"][name] = {"texts": len(sets[name]), "tokens": tokens[name], "results": rows}
+            out["sets"][name] = {"texts": len(texts_of_set), "tokens": tokens[name], "results": rows}
             print(f"[minilm] {name} ({load_now()}): " + ", ".join(f"{k} {v['vs_st_torch']}x" for k, v in rows.items()),
                   flush=True)
         out["accuracy"] = {}
@@ -335,7 +340,7 @@ def bench_pplx(workdir: Path, texts: list[str], labels: list[str], mfu_batch: in
     out["matmul_peak_tflops"] = {d: round(p / 1e12, 3) for d, p in peaks.items()}
     print(f"[0.6b] matmul peak (TFLOP/s): {out['matmul_peak_tflops']} ({load_now()})", flush=True)
     for label in labels:  # one at a time: each holds a 0.6B model
-        workers = start_workers([label], str(checkpoint), workdir / "pplx-texts.json", workdir, 32)
+        workers = start_workers([label], str(checkpoint), workdir / "pplx-texts.json", workdir, 32, 32)
         if label not in workers:
             out["results"][label] = {"error": "failed to start"}
             continue
@@ -380,7 +385,7 @@ def verdicts(result: dict) -> list[str]:
         said.append(f"auto cosine to fp32: mean {acc['auto']['mean_cosine']}, min {acc['auto']['min_cosine']} "
                     f"(target ≥ 0.999: {'met' if acc['auto']['min_cosine'] >= 0.999 else 'not met'})")
         mixed = m["sets"]["mixed"]["results"]
-        for label in ("openvino-int8", "onnx-int8"):
+        for label in INT8[:3]:
             if label in mixed and label in acc:
                 drop = round(acc["torch"]["xquad_en_ndcg@10"] - acc[label]["xquad_en_ndcg@10"], 2)
                 ok = mixed[label]["vs_st_torch"] >= 5 and acc[label]["mean_cosine"] >= 0.99 and drop <= 0.5
@@ -416,11 +421,11 @@ def markdown(result: dict) -> str:
     if "minilm" in result:
         m = result["minilm"]
         auto = m["load"].get("auto", {}).get("engine", {})
-        lines += [f"## {m['model']}", "", f"{result['rounds']} rounds, best round counted; batches of 32 "
-                  "(sentence-transformers `encode(batch_size=32)`, fastembed `batch_size=32`, ours "
-                  "`max_batch_size=32` + token budget). Tokens include special tokens, after truncation to 256.", "",
-                  f"`auto` chose **{auto.get('backend')} {auto.get('dtype')}**; its first load (probe and conversion, "
-                  f"fresh cache) took {m['load'].get('auto', {}).get('load_s')} s. Candidates measured:", "",
+        lines += [f"## {m['model']}", "", (f"{result['rounds']} rounds, best round counted. Peers at their default batches of 32 "
+                  "(sentence-transformers `encode(batch_size=32)`, fastembed `batch_size=32`); ours at our defaults "
+                  "(token budget 16,384, at most 256 sequences, length-sorted). Tokens include special tokens, after truncation to 256."), "",
+                  (f"`auto` chose **{auto.get('backend')} {auto.get('dtype')}**; its first load (probe and conversion, "
+                  f"fresh cache) took {m['load'].get('auto', {}).get('load_s')} s. Candidates measured:"), "",
                   "| backend | dtype | probe s | mean cosine | min cosine | passed | build s |",
                   "|---|---|---:|---:|---:|---|---:|"]
         for c in auto.get("auto", {}).get("candidates", []):
@@ -431,8 +436,8 @@ def markdown(result: dict) -> str:
             for label, r in s["results"].items():
                 lines.append(f"| {name} | {s['texts']} | {s['tokens']} | {label} | {r['tokens_per_s']} | "
                              f"{r['texts_per_s']} | {r['vs_st_torch']}x |")
-        lines += ["", f"Accuracy: cosine to our torch fp32 vectors (mixed set); XQuAD-en retrieval "
-                  f"({m['xquad']['queries']} queries, {m['xquad']['corpus']} paragraphs).", "",
+        lines += ["", (f"Accuracy: cosine to our torch fp32 vectors (mixed set); XQuAD-en retrieval "
+                  f"({m['xquad']['queries']} queries, {m['xquad']['corpus']} paragraphs)."), "",
                   "| config | mean cosine | min cosine | XQuAD-en nDCG@10 | load s |", "|---|---:|---:|---:|---:|"]
         for label, a in m["accuracy"].items():
             lines.append(f"| {label} | {a['mean_cosine']} | {a['min_cosine']} | {a['xquad_en_ndcg@10']} | "
@@ -440,11 +445,11 @@ def markdown(result: dict) -> str:
     if "pplx_0.6b" in result:
         p = result["pplx_0.6b"]
         lines += ["", "## pplx-embed-v1-0.6B-shaped checkpoint (random weights)", "",
-                  f"{p['checkpoint']}; {p['texts']} mixed XQuAD questions / paragraphs / COVID-QA chunks "
+                  (f"{p['checkpoint']}; {p['texts']} mixed XQuAD questions and paragraphs (3:1) "
                   f"({p['tokens']} tokens), sorted batches of 32, one pass after a warm-up; each configuration in "
                   f"its own process. Matmul peak of this machine (4096² `torch.matmul`, same run): "
                   f"{p['matmul_peak_tflops']} TFLOP/s. The last columns: a batch of 512-token inputs, FLOP/s "
-                  "reached and its fraction of the peak of the configuration's compute dtype.", "",
+                  "reached and its fraction of the peak of the configuration's compute dtype."), "",
                   "| config | tokens/s | vs best ST | load s | peak RSS MiB | TFLOP/s at 512 | of peak |",
                   "|---|---:|---:|---:|---:|---:|---:|"]
         for label, r in p["results"].items():
@@ -478,15 +483,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--configs", default=",".join(PEERS + OURS), help="MiniLM configurations (default: all)")
     parser.add_argument("--skip-minilm", action="store_true")
     parser.add_argument("--skip-pplx", action="store_true", help="skip the 0.6B-shaped checkpoint")
-    parser.add_argument("--pplx-configs", default="st-torch,st-bf16,torch-bf16,openvino-bf16,auto",
+    parser.add_argument("--pplx-configs", default="st-torch,st-bf16,torch-bf16,openvino-bf16",
                         help="0.6B configurations (ours: auto, torch, torch-bf16, openvino, openvino-bf16; "
                              "peers: st-torch, st-bf16)")
     parser.add_argument("--pplx-texts", type=int, default=None, help="mixed texts for the 0.6B model (default 256)")
     parser.add_argument("--mfu-batch", type=int, default=8, help="512-token inputs in the peak-fraction batch")
     parser.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "pplx-embed-bench"))
     parser.add_argument("--output", default=str(ROOT / "docs" / "benchmarks" / "engine-cpu.md"))
-    for name in ("worker", "model", "texts", "batch", "threads"):  # worker mode (internal)
-        parser.add_argument(f"--{name}", help=argparse.SUPPRESS, type=int if name in ("batch", "threads") else str)
+    for name in ("worker", "model", "texts", "batch", "our-batch", "threads"):  # worker mode (internal)
+        parser.add_argument(f"--{name}", help=argparse.SUPPRESS, type=str if name in ("worker", "model", "texts") else int)
 
 
 def run(args: argparse.Namespace, command: str = "python bench/bench_engine.py") -> int:
@@ -509,7 +514,7 @@ def run(args: argparse.Namespace, command: str = "python bench/bench_engine.py")
         result["minilm"] = bench_minilm(workdir, sets, rounds, args.configs.split(","), 300 if args.quick else 1190)
     if not args.skip_pplx:
         n = args.pplx_texts or (64 if args.quick else 256)
-        texts = sets["short"][: n // 2] + sets["long"][: n - n // 2]
+        texts = sets["short"][: n - n // 4] + sets["long"][: n // 4]  # questions and XQuAD paragraphs, 3:1
         random.Random(1).shuffle(texts)
         result["pplx_0.6b"] = bench_pplx(workdir, texts, args.pplx_configs.split(","), args.mfu_batch)
     result["environment"]["load_average_at_end"] = list(os.getloadavg())

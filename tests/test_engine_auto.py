@@ -9,6 +9,7 @@ import os
 import shutil
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -87,7 +88,7 @@ def test_decision_is_cached_and_invalidated_by_checkpoint_and_versions(chosen, c
     again = Embedder(str(checkpoint), backend="auto")
     assert again.auto["cached"] is True and again.auto["cache_file"] == chosen.auto["cache_file"]
     assert (again.backend, again.dtype) == (chosen.backend, chosen.dtype)
-    stored = json.loads(open(chosen.auto["cache_file"]).read())
+    stored = json.loads(Path(chosen.auto["cache_file"]).read_text())
     assert stored["candidates"] == chosen.auto["candidates"]
     path = auto.decision_file(chosen.name, checkpoint)
     assert str(path) == chosen.auto["cache_file"]
