@@ -8,21 +8,22 @@ import numpy as np
 import pytest
 import torch
 
-from pplx_embed import Embedder
+from pplx_embed import Embedder, similarity
 
 pytest.importorskip("openvino")
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
+    """Row-wise cosine of two equally long lists of vectors."""
+    return np.diag(similarity(a, b))
 
 
 @pytest.fixture(scope="module")
 def texts(shared_data) -> list[str]:
+    """XQuAD-en questions, whole paragraphs and one-token texts."""
     xquad = shared_data / "xquad" / "en"
-    questions = [json.loads(line)["text"] for line in (xquad / "queries.jsonl").open()][:12]
-    paragraphs = [json.loads(line)["text"] for line in (xquad / "corpus.jsonl").open()][:4]
-    return questions + paragraphs + ["a", "Why?"]
+    return [json.loads(line)["text"] for line in (xquad / "queries.jsonl").open()][:12] + [
+        json.loads(line)["text"] for line in (xquad / "corpus.jsonl").open()][:4] + ["a", "Why?"]
 
 
 @pytest.fixture(scope="module")
