@@ -1,19 +1,34 @@
-"""CPU benchmark of the embedding engine against sentence-transformers, measured in the same run.
+"""CPU benchmark of the embedding engine against its peers, every configuration measured in the same run.
 
-Parts (texts are real: XQuAD-en questions and paragraphs, COVID-QA article chunks, from ../shared/data):
+Texts are real (XQuAD-en questions and paragraphs, COVID-QA article chunks, from ../shared/data).
 
-1. all-MiniLM-L6-v2: tokens/s and texts/s on short / long / mixed sets for sentence-transformers
-   ``encode(batch_size=32)`` (fp32 torch, the peer) and our ``torch``, ``onnx`` and ``onnx-int8``
-   backends; configurations alternate within each round and the best round counts (the machine may
-   be shared). Then the accuracy price of ``onnx-int8``: mean cosine to fp32 and XQuAD-en nDCG@10.
-2. A pplx-embed-v1-0.6B-shaped checkpoint (real config, random weights): tokens/s and peak RSS of
-   our engine vs sentence-transformers on the same weights (each in its own process, so RSS is its
-   own), and the time and peak RSS of single long inputs.
+1. all-MiniLM-L6-v2 on short / long / mixed sets. Ours: ``auto`` (the default, decided from a fresh
+   cache so its first-use probe cost is measured), ``torch`` fp32 / bf16, ``openvino`` fp32 / bf16,
+   ``onnx``, and the int8-compute opt-ins ``openvino-int8`` and ``onnx-int8``. Peers:
+   sentence-transformers ``encode(batch_size=32)`` with ``backend="torch"`` (fp32), ``"onnx"``,
+   ``"openvino"``, its ONNX int8 export (``export_dynamic_quantized_onnx_model``) and fastembed on
+   the same local ONNX export. Each configuration is a worker process (peers in their own virtual
+   environments, see ``PEER_VENVS``); rounds alternate the configurations and the best round counts.
+   Accuracy: cosine to our torch fp32 vectors, XQuAD-en nDCG@10.
+2. A pplx-embed-v1-0.6B-shaped checkpoint (real config, random weights), mixed-length texts in
+   sorted batches of 32: ours vs sentence-transformers on the same weights in fp32 and bf16, and
+   the fraction of this machine's matmul peak (a large ``torch.matmul``, same run) reached on
+   512-token inputs.
 
-Writes ``docs/benchmarks/engine-cpu.md`` and ``.json`` (device, versions, date)::
+Writes ``docs/benchmarks/engine-cpu.md`` and ``.json`` (CPU model and flags, versions, date)::
 
-    .venv/bin/python bench/bench_engine.py --quick          # a few minutes
-    .venv/bin/python bench/bench_engine.py --long-tokens 2048,32768
+    python bench/bench_engine.py --quick
+    python bench/bench_engine.py --skip-pplx --rounds 5
+
+Peer environments (their optimum pins clash with our transformers), created once::
+
+    python -m venv /work/peer-venv && echo $PWD/.venv/lib/python3.11/site-packages \
+        > /work/peer-venv/lib/python3.11/site-packages/main-venv.pth   # torch from our venv, not a CUDA build
+    /work/peer-venv/bin/pip install sentence-transformers==6.2.0 "optimum-intel[openvino]==2.2.0"
+    (then pip uninstall torchvision: its CUDA build does not load against torch+cpu)
+    /work/peer-venv-onnx: the same with "optimum-onnx[onnxruntime]==0.1.0" fastembed==0.9.1, and
+    --no-deps transformers==4.57.6 huggingface_hub==0.36.2 tokenizers==0.22.2 datasets==4.4.1
+    (optimum-onnx 0.1.0 needs transformers < 4.58)
 """
 
 from __future__ import annotations
@@ -24,7 +39,7 @@ import json
 import os
 import platform
 import random
-import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -35,9 +50,14 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
-
-PEER = "sentence-transformers"
-BACKENDS = ("torch", "onnx", "onnx-int8")
+PEER_VENVS = {"openvino": Path(os.environ.get("PEER_VENV", "/work/peer-venv")),
+              "onnx": Path(os.environ.get("PEER_VENV_ONNX", "/work/peer-venv-onnx"))}
+PEER = "st-torch"  # the baseline every ratio divides by: sentence-transformers fp32 torch
+OURS = ("auto", "torch", "torch-bf16", "openvino", "openvino-bf16", "onnx", "openvino-int8", "openvino-int8-bf16",
+        "onnx-int8")
+PEERS = ("st-torch", "st-onnx", "st-onnx-int8", "st-openvino", "fastembed")
+SETTLE_S = 1.0  # pause between two workers' timings (ONNX Runtime / OpenVINO threads spin for a while after a run)
+INT8 = ("openvino-int8", "openvino-int8-bf16", "onnx-int8", "st-onnx-int8")
 
 
 # ---- data -------------------------------------------------------------------------------------
@@ -58,307 +78,460 @@ def text_sets(short: int, long: int) -> dict[str, list[str]]:
 
 # ---- machine facts ----------------------------------------------------------------------------
 def environment() -> dict:
-    import onnxruntime
-    import sentence_transformers
     import torch
-    import transformers
 
-    from pplx_embed.engine.threads import cpu_model, physical_cores
+    from pplx_embed.engine.cache import versions
+    from pplx_embed.engine.threads import cpu_description, cpu_flags, cpu_model, physical_cores
 
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "cpu": cpu_model(), "logical_cpus": os.cpu_count(), "physical_cores": physical_cores(),
-        "load_average_at_start": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-        "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-        "sentence_transformers": sentence_transformers.__version__, "onnxruntime": onnxruntime.__version__,
+        "cpu": cpu_model(), "cpu_description": cpu_description(), "logical_cpus": os.cpu_count(),
+        "physical_cores": physical_cores(), "native_bf16": bool({"avx512_bf16", "amx_bf16"} & cpu_flags()),
+        "load_average_at_start": list(os.getloadavg()), "python": platform.python_version(),
         "torch_threads": torch.get_num_threads(),
+        **versions("torch", "transformers", "sentence-transformers", "onnxruntime", "openvino", "nncf"),
     }
 
 
 def peak_rss_mib() -> float:
-    """This process's peak RSS (``VmHWM``; ``ru_maxrss`` would count the parent's RSS at fork)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+# ---- workers: one configuration per process, driven over stdin/stdout ---------------------------
+def _load_config(label: str, model: str, workdir: Path, batch: int, our_batch: int | None):
+    """``(encode(texts) -> float32 array, facts)`` for one configuration (``our_batch`` None: our defaults)."""
+    if label.startswith("st-") or label == "fastembed":
+        return _load_peer(label, model, workdir, batch)
+    from pplx_embed import Embedder
+
+    backend = label.removesuffix("-bf16")
+    dtype = "bfloat16" if label.endswith("-bf16") else None
+    embedder = Embedder(model, backend=backend, dtype=dtype, max_batch_size=our_batch)
+    return (lambda texts: embedder.encode(texts, truncation="right")), {"engine": embedder.engine_info()}
+
+
+def _load_peer(label: str, model: str, workdir: Path, batch: int):
+    import torch
+
+    local = Path(model)
+    if label in ("st-onnx", "st-onnx-int8", "st-openvino", "fastembed"):
+        local = workdir / f"model-{label}"  # these export next to the weights: a copy, never site-packages
+        if not local.is_dir():
+            shutil.copytree(model, local)
+    if label == "fastembed":
+        from fastembed import TextEmbedding
+        from fastembed.common.model_description import ModelSource, PoolingType
+        from sentence_transformers import SentenceTransformer
+
+        if not (local / "onnx" / "model.onnx").is_file():
+            SentenceTransformer(str(local), backend="onnx", device="cpu").save_pretrained(str(local))
+        TextEmbedding.add_custom_model(model="local/minilm-onnx", pooling=PoolingType.MEAN, normalization=True,
+                                       sources=ModelSource(hf="local/minilm-onnx"), dim=384,
+                                       model_file="onnx/model.onnx")
+        peer = TextEmbedding("local/minilm-onnx", specific_model_path=str(local), threads=torch.get_num_threads())
+        return (lambda texts: np.stack(list(peer.embed(texts, batch_size=batch)))), {}
+    from sentence_transformers import SentenceTransformer
+
+    kwargs: dict = {}
+    if label == "st-onnx-int8":
+        from sentence_transformers import export_dynamic_quantized_onnx_model
+
+        config = "avx512_vnni" if "avx512_vnni" in Path("/proc/cpuinfo").read_text() else "avx2"
+        target = local / "onnx" / f"model_qint8_{config}.onnx"
+        if not target.is_file():
+            st = SentenceTransformer(str(local), backend="onnx", device="cpu")
+            st.save_pretrained(str(local))
+            export_dynamic_quantized_onnx_model(st, config, str(local))
+        kwargs = {"backend": "onnx", "model_kwargs": {"file_name": f"onnx/{target.name}"}}
+    elif label in ("st-onnx", "st-openvino"):
+        kwargs = {"backend": label[3:]}
+    elif label == "st-bf16":
+        kwargs = {"model_kwargs": {"torch_dtype": torch.bfloat16}}
+    if "pplx" in str(model):
+        import pplx_embed.model.encoder  # noqa: F401  registers bidirectional_pplx_qwen3 with transformers
+    st = SentenceTransformer(str(local), device="cpu", **kwargs)
+    if label in ("st-onnx", "st-openvino") and not (local / label[3:]).is_dir():
+        st.save_pretrained(str(local))  # keep the export: later workers load it instead of exporting again
+    return (lambda texts: st.encode(texts, batch_size=batch, convert_to_numpy=True).astype(np.float32)), {}
+
+
+def worker(args: argparse.Namespace) -> None:
+    """Load one configuration, then answer ``{"op": "time"|"vectors"|"quit", ...}`` lines with JSON lines."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    sets = json.loads(Path(args.texts).read_text())
+    start = time.perf_counter()
+    encode, facts = _load_config(args.worker, args.model, Path(args.workdir), args.batch, args.our_batch or None)
+    encode(sets["warmup"])
+    print(json.dumps({"ready": True, "load_s": round(time.perf_counter() - start, 1), **facts}), flush=True)
+    for line in sys.stdin:
+        cmd = json.loads(line)
+        if cmd["op"] == "quit":
+            break
+        start = time.perf_counter()
+        vectors = encode(sets[cmd["set"]])
+        reply = {"seconds": time.perf_counter() - start, "peak_rss_mib": round(peak_rss_mib())}
+        if cmd["op"] == "vectors":
+            np.save(cmd["out"], vectors)
+        print(json.dumps(reply), flush=True)
+
+
+def physical_cores() -> int:
+    from pplx_embed.engine.threads import physical_cores as cores
+
+    return cores()
+
+
+class Worker:
+    """A configuration running in its own process (its own venv for peers)."""
+
+    def __init__(self, label: str, model: str, texts: Path, workdir: Path, batch: int, our_batch: int,
+                 env: dict | None = None):
+        venv = PEER_VENVS["openvino" if label == "st-openvino" else "onnx"] if label in PEERS[1:] else None
+        python = str(venv / "bin" / "python") if venv else sys.executable
+        self.label = label
+        self.proc = subprocess.Popen(
+            [python, __file__, "--worker", label, "--model", model, "--texts", str(texts), "--workdir", str(workdir),
+             "--batch", str(batch), "--our-batch", str(our_batch), "--threads", str(physical_cores())],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT / "src"), **(env or {})})
+        self.ready = self._reply()
+
+    def _reply(self) -> dict:
+        while True:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise RuntimeError(f"{self.label}: worker exited ({self.proc.wait()})")
+            if line.startswith("{"):
+                return json.loads(line)
+
+    def ask(self, op: str, name: str, out: Path | None = None) -> dict:
+        self.proc.stdin.write(json.dumps({"op": op, "set": name, "out": str(out) if out else None}) + "\n")
+        self.proc.stdin.flush()
+        return self._reply()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.write(json.dumps({"op": "quit"}) + "\n")
+            self.proc.stdin.flush()
+            self.proc.wait(timeout=60)
+
+
+def start_workers(labels: list[str], model: str, texts: Path, workdir: Path, batch: int,
+                  our_batch: int = 0) -> dict[str, Worker]:
+    """Peers encode in batches of ``batch``; ours with ``max_batch_size=our_batch`` (0: our defaults)."""
+    workers = {}
+    for label in labels:
+        print(f"[start] {label} ...", flush=True)
+        env = {"PPLX_EMBED_CACHE": str(workdir / "cache")}
+        if label == "auto":  # a fresh cache: the first-use decision (probe and conversion) is part of its load
+            env["PPLX_EMBED_CACHE"] = tempfile.mkdtemp(prefix="auto-cache-", dir=workdir)
+        try:
+            workers[label] = Worker(label, model, texts, workdir, batch, our_batch, env)
+            print(f"[start] {label}: {json.dumps(workers[label].ready)[:600]}", flush=True)
+        except RuntimeError as exc:
+            print(f"[start] {label} failed: {exc}", flush=True)
+    return workers
 
 
 # ---- part 1: MiniLM ---------------------------------------------------------------------------
-def bench_minilm(sets: dict[str, list[str]], rounds: int, backends: list[str], eval_queries: int) -> dict:
-    from sentence_transformers import SentenceTransformer
-
+def bench_minilm(workdir: Path, sets: dict[str, list[str]], rounds: int, labels: list[str], queries: int) -> dict:
     from pplx_embed import Embedder
+    from pplx_embed.eval.datasets import load_beir
+    from pplx_embed.eval.metrics import evaluate
     from pplx_embed.model.checkpoint import minilm_path
 
-    t0 = time.perf_counter()
-    ours = {b: Embedder("minilm", backend=b) for b in backends}
-    load_s = time.perf_counter() - t0  # includes ONNX export when not cached yet
-    peer = SentenceTransformer(str(minilm_path()), device="cpu")
-    runners = {PEER: lambda texts: peer.encode(texts, batch_size=32, convert_to_numpy=True)}
-    for b, embedder in ours.items():
-        runners[b] = lambda texts, e=embedder: e.encode(texts, truncation="right")
-    reference = ours.get("torch") or Embedder("minilm")
-    out: dict = {"model": reference.name, "load_s_ours": round(load_s, 1), "sets": {}}
-    for name, texts in sets.items():
-        tokens = sum(len(ids) for ids in reference.tokenize(texts, truncation="right"))
-        for run in runners.values():
-            run(texts[:8])  # warm-up
-        best = dict.fromkeys(runners, float("inf"))
-        for _ in range(rounds):
-            for label, run in runners.items():
-                start = time.perf_counter()
-                run(texts)
-                best[label] = min(best[label], time.perf_counter() - start)
-        rows = {label: {"seconds": round(s, 3), "tokens_per_s": round(tokens / s), "texts_per_s": round(len(texts) / s, 1),
-                        "vs_peer": round(best[PEER] / s, 2)} for label, s in best.items()}
-        out["sets"][name] = {"texts": len(texts), "tokens": tokens, "results": rows}
-        print(f"[minilm] {name:5s} {len(texts)} texts {tokens} tokens: "
-              + ", ".join(f"{k} {v['tokens_per_s']} tok/s ({v['vs_peer']}x)" for k, v in rows.items()), flush=True)
-    out["accuracy"] = minilm_accuracy(ours, reference, peer, sets["mixed"], eval_queries)
+    xquad = load_beir(DATA / "xquad" / "en")
+    reference = Embedder("minilm", backend="torch")
+    texts = {**sets, "warmup": sets["mixed"][:8], "queries": xquad.query_texts[:queries], "corpus": xquad.corpus_texts}
+    (workdir / "minilm-texts.json").write_text(json.dumps(texts))
+    tokens = {name: sum(map(len, reference.tokenize(texts[name], truncation="right"))) for name in sets}
+    workers = start_workers(labels, str(minilm_path()), workdir / "minilm-texts.json", workdir, 32)
+    out: dict = {"model": reference.name, "load": {k: w.ready for k, w in workers.items()}, "sets": {}}
+    try:
+        for name, texts_of_set in sets.items():
+            best = dict.fromkeys(workers, float("inf"))
+            for _ in range(rounds):
+                for label, w in workers.items():
+                    time.sleep(SETTLE_S)  # the previous worker's runtime threads stop spinning before this one starts
+                    best[label] = min(best[label], w.ask("time", name)["seconds"])
+            base = best.get(PEER)
+            rows = {label: {"seconds": round(s, 3), "tokens_per_s": round(tokens[name] / s),
+                            "texts_per_s": round(len(texts_of_set) / s, 1),
+                            "vs_st_torch": round(base / s, 2) if base else None} for label, s in best.items()}
+            out["sets"][name] = {"texts": len(texts_of_set), "tokens": tokens[name], "results": rows}
+            print(f"[minilm] {name} ({load_now()}): " + ", ".join(f"{k} {v['vs_st_torch']}x" for k, v in rows.items()),
+                  flush=True)
+        out["accuracy"] = {}
+        vectors = {}
+        for label, w in workers.items():
+            for name in ("mixed", "queries", "corpus"):
+                w.ask("vectors", name, workdir / f"{label}-{name}.npy")
+            vectors[label] = {n: np.load(workdir / f"{label}-{n}.npy") for n in ("mixed", "queries", "corpus")}
+    finally:
+        for w in workers.values():
+            w.close()
+    fp32 = reference.encode(sets["mixed"], truncation="right")
+    qids = xquad.query_ids[:queries]
+    for label, v in vectors.items():
+        cos = (v["mixed"] * fp32).sum(1) / (np.linalg.norm(v["mixed"], axis=1) * np.linalg.norm(fp32, axis=1))
+        scores = v["queries"] @ v["corpus"].T
+        run = {q: {xquad.corpus_ids[j]: float(s[j]) for j in np.argsort(-s)[:100]} for q, s in zip(qids, scores)}
+        ndcg = evaluate({q: xquad.qrels[q] for q in qids}, run)["ndcg@10"]
+        out["accuracy"][label] = {"mean_cosine": round(float(cos.mean()), 6), "min_cosine": round(float(cos.min()), 6),
+                                  "xquad_en_ndcg@10": round(100 * ndcg, 2)}
+    out["xquad"] = {"queries": len(qids), "corpus": len(xquad.corpus_ids)}
+    print(f"[minilm] accuracy: {json.dumps(out['accuracy'])}", flush=True)
     return out
 
 
-def minilm_accuracy(ours: dict, reference, peer, texts: list[str], eval_queries: int) -> dict:
-    """Mean/min cosine of each backend to our fp32 torch vectors (and the peer's), XQuAD-en nDCG@10."""
-    from pplx_embed.eval.datasets import load_beir
-    from pplx_embed.eval.metrics import evaluate
-
-    fp32 = reference.encode(texts, truncation="right")
-    vectors = {label: e.encode(texts, truncation="right") for label, e in ours.items()}
-    vectors[PEER] = peer.encode(texts, batch_size=32)
-    cos = {label: (v * fp32).sum(1) / (np.linalg.norm(v, axis=1) * np.linalg.norm(fp32, axis=1))
-           for label, v in vectors.items()}
-    result = {"cosine_to_torch_fp32": {k: {"mean": round(float(c.mean()), 5), "min": round(float(c.min()), 5)}
-                                       for k, c in cos.items()}}
-    xquad = load_beir(DATA / "xquad" / "en")
-    qids, queries = xquad.query_ids[:eval_queries], xquad.query_texts[:eval_queries]
-    ndcg = {}
-    for label, e in ours.items():
-        docs = e.encode(xquad.corpus_texts, truncation="right")
-        scores = e.encode(queries, truncation="right") @ docs.T
-        run = {q: {xquad.corpus_ids[j]: float(s[j]) for j in np.argsort(-s)[:100]} for q, s in zip(qids, scores)}
-        ndcg[label] = round(100 * evaluate({q: xquad.qrels[q] for q in qids}, run)["ndcg@10"], 2)
-    result["xquad_en_ndcg@10"] = {"queries": len(qids), "corpus": len(xquad.corpus_ids), **ndcg}
-    print(f"[minilm] accuracy: {json.dumps(result)}", flush=True)
-    return result
+def load_now() -> str:
+    return "load " + " ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
 # ---- part 2: pplx-embed-0.6B-shaped checkpoint ------------------------------------------------
-def worker(args: argparse.Namespace) -> None:
-    """One configuration on the 0.6B-shaped checkpoint, in its own process; prints one JSON line."""
+def matmul_peak(dtype_name: str, n: int = 4096, reps: int = 6) -> float:
+    """This machine's matmul throughput (FLOP/s) on a large square ``torch.matmul``, best of ``reps``."""
     import torch
 
-    from pplx_embed.engine.threads import physical_cores
-
-    texts = json.loads(Path(args.texts).read_text())
-    torch.set_num_threads(physical_cores())
-    start = time.perf_counter()
-    if args.worker == PEER:
-        from sentence_transformers import SentenceTransformer
-
-        import pplx_embed.model.encoder  # noqa: F401  registers bidirectional_pplx_qwen3 with transformers
-
-        model = SentenceTransformer(args.checkpoint, device="cpu")
-        count = lambda batch: sum(len(x) for x in model.tokenizer(batch)["input_ids"])  # noqa: E731
-        run = lambda batch: model.encode(batch, batch_size=32)  # noqa: E731
-    else:
-        from pplx_embed import Embedder
-
-        backend = args.worker.removesuffix("-bf16")
-        dtype = "bfloat16" if args.worker.endswith("-bf16") else None
-        model = Embedder(args.checkpoint, backend=backend, dtype=dtype)
-        count = lambda batch: sum(model.count_tokens(batch))  # noqa: E731
-        run = model.encode
-    result = {"config": args.worker, "load_s": round(time.perf_counter() - start, 1)}
-    run(texts[:2])
-    tokens = count(texts)
-    seconds = float("inf")
-    for _ in range(2):  # best of two passes
+    dtype = getattr(torch, dtype_name)
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    torch.matmul(a, b)
+    best = float("inf")
+    for _ in range(reps):
         start = time.perf_counter()
-        vectors = run(texts)
-        seconds = min(seconds, time.perf_counter() - start)
-    result.update(texts=len(texts), tokens=tokens, seconds=round(seconds, 2), tokens_per_s=round(tokens / seconds, 1),
-                  peak_rss_mib=round(peak_rss_mib()), checksum=float(np.abs(vectors).sum()))
-    if args.worker != PEER and args.long_tokens:
-        from pplx_embed.engine.batching import Sequence
-
-        ids = [i for ids in model.tokenize(json.loads(Path(args.long_text).read_text())) for i in ids]
-        result["long"] = []
-        for n in args.long_tokens:
-            source = (ids * (n // max(len(ids), 1) + 1))[:n]
-            start = time.perf_counter()
-            model.engine.run([Sequence(source)])
-            result["long"].append({"tokens": n, "seconds": round(time.perf_counter() - start, 1),
-                                   "peak_rss_mib": round(peak_rss_mib())})
-            print(json.dumps(result["long"][-1]), file=sys.stderr, flush=True)
-    print(json.dumps(result), flush=True)
+        torch.matmul(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best
 
 
-def bench_pplx(workdir: Path, texts: list[str], long_text: list[str], long_tokens: list[int],
-               configs: list[str], timeout: float) -> dict:
+def forward_flops(config: dict, tokens: int, length: int) -> float:
+    """FLOPs of a Qwen3 encoder forward: 2 × non-embedding parameters per token + attention scores and values."""
+    h, inter, layers = config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"]
+    heads, kv, head_dim = config["num_attention_heads"], config["num_key_value_heads"], config["head_dim"]
+    per_layer = h * heads * head_dim * 2 + h * kv * head_dim * 2 + 3 * h * inter
+    return tokens * (2 * layers * per_layer + 4 * layers * heads * head_dim * length)
+
+
+def bench_pplx(workdir: Path, texts: list[str], labels: list[str], mfu_batch: int) -> dict:
+    from transformers import AutoTokenizer
+
     from pplx_embed.model.synthetic import write_random_checkpoint
 
     checkpoint = workdir / "pplx-0.6b-random"
-    if not (checkpoint / "model.safetensors").is_file() and not list(checkpoint.glob("*.safetensors")):
+    if not list(checkpoint.glob("*.safetensors")):
         print(f"[0.6b] writing a random 0.6B-shaped checkpoint to {checkpoint} ...", flush=True)
         write_random_checkpoint(checkpoint, "0.6b", seed=0)
-    (workdir / "texts.json").write_text(json.dumps(texts))
-    (workdir / "long.json").write_text(json.dumps(long_text))
-    out: dict = {"checkpoint": "write_random_checkpoint(dir, '0.6b') (28 layers, hidden 1024, fp32)",
-                 "texts": len(texts), "results": {}}
-    for config in configs:
-        cmd = [sys.executable, __file__, "--worker", config, "--checkpoint", str(checkpoint),
-               "--texts", str(workdir / "texts.json"), "--long-text", str(workdir / "long.json")]
-        if config != PEER and long_tokens:
-            cmd += ["--long-tokens", ",".join(map(str, long_tokens))]
-        print(f"[0.6b] {config} ...", flush=True)
-        try:
-            done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-        except subprocess.TimeoutExpired as exc:
-            partial = [json.loads(line) for line in (exc.stderr or b"").decode().splitlines() if line.startswith("{")]
-            out["results"][config] = {"error": f"stopped after {timeout:.0f} s", "long": partial}
-            print(f"[0.6b] {config}: stopped after {timeout:.0f} s; long inputs done: {partial}", flush=True)
+    config = json.loads((checkpoint / "config.json").read_text())
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    ids = tokenizer(texts)["input_ids"]  # Qwen3 adds no special tokens
+    longest = max(ids, key=len)
+    fixed = tokenizer.decode((longest * (512 // len(longest) + 1))[:512])
+    sets = {"mixed": texts, "warmup": texts[:4], "fixed512": [fixed] * mfu_batch}
+    (workdir / "pplx-texts.json").write_text(json.dumps(sets))
+    fixed_tokens = sum(map(len, tokenizer(sets["fixed512"])["input_ids"]))
+    tokens = sum(map(len, ids))
+    out: dict = {"checkpoint": "write_random_checkpoint(dir, '0.6b') (28 layers, hidden 1024, fp32 weights)",
+                 "texts": len(texts), "tokens": tokens, "batch": 32, "results": {}}
+    peaks = {d: matmul_peak(d) for d in ("float32", "bfloat16")}
+    out["matmul_peak_tflops"] = {d: round(p / 1e12, 3) for d, p in peaks.items()}
+    print(f"[0.6b] matmul peak (TFLOP/s): {out['matmul_peak_tflops']} ({load_now()})", flush=True)
+    for label in labels:  # one at a time: each holds a 0.6B model
+        workers = start_workers([label], str(checkpoint), workdir / "pplx-texts.json", workdir, 32, 32)
+        if label not in workers:
+            out["results"][label] = {"error": "failed to start"}
             continue
-        lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-        if done.returncode or not lines:
-            out["results"][config] = {"error": done.stderr.strip().splitlines()[-1:] or ["no output"]}
-        else:
-            out["results"][config] = json.loads(lines[-1])
-        print(f"[0.6b] {config}: {out['results'][config]}", flush=True)
-    peer = out["results"].get(PEER, {}).get("tokens_per_s")
-    for config, row in out["results"].items():
-        if peer and row.get("tokens_per_s"):
-            row["vs_peer"] = round(row["tokens_per_s"] / peer, 2)
+        w = workers[label]
+        try:
+            seconds = w.ask("time", "mixed")["seconds"]
+            mfu_s = w.ask("time", "fixed512")
+        finally:
+            w.close()
+        dtype = "bfloat16" if ("bf16" in label or w.ready.get("engine", {}).get("dtype") == "bfloat16") else "float32"
+        flops = forward_flops(config, fixed_tokens, 512) / mfu_s["seconds"]
+        out["results"][label] = {
+            "load_s": w.ready["load_s"], "engine": w.ready.get("engine"), "seconds": round(seconds, 2),
+            "tokens_per_s": round(tokens / seconds, 1), "peak_rss_mib": mfu_s["peak_rss_mib"],
+            "tflops_at_512": round(flops / 1e12, 3), "compute_dtype": dtype,
+            "fraction_of_matmul_peak": round(flops / peaks[dtype], 3)}
+        print(f"[0.6b] {label}: {out['results'][label]} ({load_now()})", flush=True)
+    peers = [r["tokens_per_s"] for k, r in out["results"].items() if k.startswith("st-") and "tokens_per_s" in r]
+    for row in out["results"].values():
+        if peers and "tokens_per_s" in row:
+            row["vs_best_st"] = round(row["tokens_per_s"] / max(peers), 2)
     return out
 
 
 # ---- report -----------------------------------------------------------------------------------
-def targets(minilm: dict) -> list[str]:
-    """The issue's CPU targets, each with the measured figure and met / not met."""
-    rows = minilm["sets"]["mixed"]["results"]
-    acc = minilm["accuracy"]
+def verdicts(result: dict) -> list[str]:
+    """The issue's targets, each with the measured figure and met / not met."""
     said = []
-    if "torch" in rows:
-        ratio = rows["torch"]["vs_peer"]
-        said.append(f"torch ≥ 1.3x: {ratio}x ({'met' if ratio >= 1.3 else 'not met'})")
-    if "onnx-int8" in rows:
-        ratio = rows["onnx-int8"]["vs_peer"]
-        cos = acc["cosine_to_torch_fp32"]["onnx-int8"]["mean"]
-        ndcg = acc["xquad_en_ndcg@10"]
-        drop = round(ndcg["torch"] - ndcg["onnx-int8"], 2) if "torch" in ndcg else None
-        ok = ratio >= 2.5 and cos >= 0.99 and (drop is None or drop <= 0.5)
-        said.append(f"onnx-int8 ≥ 2.5x with mean cosine ≥ 0.99 and nDCG@10 within 0.5: {ratio}x, cosine {cos}, "
-                    f"nDCG@10 change {-drop if drop is not None else '—'} points ({'met' if ok else 'not met'})")
+    m = result.get("minilm")
+    if m and "auto" in m["sets"]["mixed"]["results"]:
+        acc = m["accuracy"]
+        for name, s in m["sets"].items():
+            rows = s["results"]
+            peers = {k: r["tokens_per_s"] for k, r in rows.items() if k in PEERS and k not in INT8}
+            if not peers:
+                continue
+            best_peer = max(peers, key=peers.get)
+            ratio = round(rows["auto"]["tokens_per_s"] / peers[best_peer], 2)
+            said.append(f"{name}: auto {ratio}x the best float peer ({best_peer}), {rows['auto']['vs_st_torch']}x "
+                        f"st-torch; targets 1.1x and 3x → {'met' if ratio >= 1.1 else 'not met'} / "
+                        f"{'met' if rows['auto']['vs_st_torch'] >= 3 else 'not met'}")
+        said.append(f"auto cosine to fp32: mean {acc['auto']['mean_cosine']}, min {acc['auto']['min_cosine']} "
+                    f"(target ≥ 0.999: {'met' if acc['auto']['min_cosine'] >= 0.999 else 'not met'})")
+        mixed = m["sets"]["mixed"]["results"]
+        for label in INT8[:3]:
+            if label in mixed and label in acc:
+                fp32 = acc["torch"] if "torch" in acc else acc[PEER]  # both are fp32 torch
+                drop = round(fp32["xquad_en_ndcg@10"] - acc[label]["xquad_en_ndcg@10"], 2)
+                ok = mixed[label]["vs_st_torch"] >= 5 and acc[label]["mean_cosine"] >= 0.99 and drop <= 0.5
+                said.append(f"{label} (int8 compute): {mixed[label]['vs_st_torch']}x st-torch, mean cosine "
+                            f"{acc[label]['mean_cosine']}, nDCG@10 change {-drop:+} points; target ≥ 5x within the "
+                            f"guard → {'met' if ok else 'not met'}")
+    p = result.get("pplx_0.6b")
+    if p:
+        ours = {k: r for k, r in p["results"].items() if not k.startswith("st-") and "tokens_per_s" in r}
+        if ours:
+            best = max(ours, key=lambda k: ours[k]["tokens_per_s"])
+            r = ours[best]
+            said.append(f"0.6B: ours at best ({best}) {r.get('vs_best_st')}x sentence-transformers' best (target 1.5x "
+                        f"→ {'met' if (r.get('vs_best_st') or 0) >= 1.5 else 'not met'}); "
+                        f"{round(100 * r['fraction_of_matmul_peak'])}% of the {r['compute_dtype']} matmul peak at "
+                        f"512 tokens (target 50% → {'met' if r['fraction_of_matmul_peak'] >= 0.5 else 'not met'})")
     return said
 
 
 def markdown(result: dict) -> str:
     env = result["environment"]
-    lines = [
-        "# Engine benchmark on CPU",
-        "",
-        f"Run `{result['command']}` on {env['date']}.",
-        "",
-        f"Device: {env['cpu']}, {env['physical_cores']} physical cores ({env['logical_cpus']} logical), "
-        f"no GPU; 1-min load average at start {env['load_average_at_start']:.1f} (a shared machine: the "
-        "configurations alternate within each round and the best round counts, so ratios are fairer than "
-        "absolute numbers). Versions: python " + env["python"] + ", torch " + env["torch"] + ", transformers "
-        + env["transformers"] + ", sentence-transformers " + env["sentence_transformers"] + ", onnxruntime "
-        + env["onnxruntime"] + ".",
-        "",
-    ]
+    lines = ["# Engine benchmark on CPU", "", f"Run `{result['command']}` on {env['date']}.", "",
+             f"Device: {env['cpu_description']} ({env['logical_cpus']} logical CPUs), no GPU; native bf16: "
+             f"{env['native_bf16']}. Load average at start {env['load_average_at_start']} and during the run "
+             "(a shared machine: configurations alternate within each round, the best round counts; ratios "
+             "are fairer than absolute numbers). Ours: torch " + str(env["torch"]) + ", transformers "
+             + str(env["transformers"]) + ", openvino " + str(env["openvino"]) + ", onnxruntime "
+             + str(env["onnxruntime"]) + ", nncf " + str(env["nncf"]) + ".", ""]
+    if result.get("peer_versions"):
+        lines += ["Peers (own virtual environments, same torch): " + "; ".join(
+            f"{k}: {', '.join(f'{p} {v}' for p, v in vs.items())}" for k, vs in result["peer_versions"].items()), ""]
+    lines += ["Targets of the issue: " + "; ".join(verdicts(result)) + ".", ""]
     if "minilm" in result:
         m = result["minilm"]
-        lines += [f"## {m['model']} — ours vs sentence-transformers `encode(batch_size=32)` fp32 torch", "",
-                  f"{result['rounds']} rounds, best round counted. Token counts include special tokens, after "
-                  "truncation to 256 (what both sides compute).", "",
-                  "| set | texts | tokens | config | tokens/s | texts/s | vs peer |", "|---|---:|---:|---|---:|---:|---:|"]
+        auto = m["load"].get("auto", {}).get("engine", {})
+        lines += [f"## {m['model']}", "", (f"{result['rounds']} rounds, best round counted. "
+                  "Peers at their default batches of 32 "
+                  "(sentence-transformers `encode(batch_size=32)`, fastembed `batch_size=32`); ours at our defaults "
+                  "(token budget 16,384, at most 256 sequences, length-sorted). "
+                  "Tokens include special tokens, after truncation to 256."), "",
+                  (f"`auto` chose **{auto.get('backend')} {auto.get('dtype')}**; its first load (probe and conversion, "
+                  f"fresh cache) took {m['load'].get('auto', {}).get('load_s')} s. Candidates measured:"), "",
+                  "| backend | dtype | probe s | mean cosine | min cosine | passed | build s |",
+                  "|---|---|---:|---:|---:|---|---:|"]
+        for c in auto.get("auto", {}).get("candidates", []):
+            lines.append(f"| {c['backend']} | {c['dtype']} | {c.get('seconds', '—')} | {c.get('mean_cosine', '—')} | "
+                         f"{c.get('min_cosine', '—')} | {c.get('passed', c.get('error', '—'))} | "
+                         f"{c.get('build_s')} |")
+        lines += ["", "| set | texts | tokens | config | tokens/s | texts/s | vs st-torch |",
+                  "|---|---:|---:|---|---:|---:|---:|"]
         for name, s in m["sets"].items():
             for label, r in s["results"].items():
                 lines.append(f"| {name} | {s['texts']} | {s['tokens']} | {label} | {r['tokens_per_s']} | "
-                             f"{r['texts_per_s']} | {r['vs_peer']}x |")
-        acc = m["accuracy"]
-        lines += ["", "Targets of the issue, on the mixed set: " + "; ".join(targets(m)) + "."]
-        lines += ["", "Accuracy against our fp32 torch vectors (mixed set) and XQuAD-en retrieval "
-                  f"({acc['xquad_en_ndcg@10']['queries']} queries, {acc['xquad_en_ndcg@10']['corpus']} paragraphs):", "",
-                  "| config | mean cosine | min cosine | XQuAD-en nDCG@10 |", "|---|---:|---:|---:|"]
-        for label, c in acc["cosine_to_torch_fp32"].items():
-            lines.append(f"| {label} | {c['mean']} | {c['min']} | {acc['xquad_en_ndcg@10'].get(label, '—')} |")
+                             f"{r['texts_per_s']} | {r['vs_st_torch']}x |")
+        lines += ["", (f"Accuracy: cosine to our torch fp32 vectors (mixed set); XQuAD-en retrieval "
+                  f"({m['xquad']['queries']} queries, {m['xquad']['corpus']} paragraphs)."), "",
+                  "| config | mean cosine | min cosine | XQuAD-en nDCG@10 | load s |", "|---|---:|---:|---:|---:|"]
+        for label, a in m["accuracy"].items():
+            lines.append(f"| {label} | {a['mean_cosine']} | {a['min_cosine']} | {a['xquad_en_ndcg@10']} | "
+                         f"{m['load'][label]['load_s']} |")
     if "pplx_0.6b" in result:
         p = result["pplx_0.6b"]
-        lines += ["", "## pplx-embed-v1-0.6B-shaped checkpoint (random weights) — ours vs sentence-transformers", "",
-                  f"{p['checkpoint']}; {p['texts']} XQuAD questions / passages (whole); each configuration "
-                  "in its own process (peak RSS is that process's).", "",
-                  "| config | texts | tokens | seconds | tokens/s | vs peer | peak RSS MiB | load s |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += ["", "## pplx-embed-v1-0.6B-shaped checkpoint (random weights)", "",
+                  (f"{p['checkpoint']}; {p['texts']} mixed XQuAD questions and paragraphs (3:1) "
+                  f"({p['tokens']} tokens), sorted batches of 32, one pass after a warm-up; each configuration in "
+                  f"its own process. Matmul peak of this machine (4096² `torch.matmul`, same run): "
+                  f"{p['matmul_peak_tflops']} TFLOP/s. The last columns: a batch of 512-token inputs, FLOP/s "
+                  "reached and its fraction of the peak of the configuration's compute dtype."), "",
+                  "| config | tokens/s | vs best ST | load s | peak RSS MiB | TFLOP/s at 512 | of peak |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
         for label, r in p["results"].items():
-            if "error" in r and "tokens_per_s" not in r:
-                lines.append(f"| {label} | — | — | — | — | — | — | {r['error']} |")
+            if "tokens_per_s" not in r:
+                lines.append(f"| {label} | {r.get('error')} | | | | | |")
                 continue
-            lines.append(f"| {label} | {r['texts']} | {r['tokens']} | {r['seconds']} | {r['tokens_per_s']} | "
-                         f"{r.get('vs_peer', '—')}x | {r['peak_rss_mib']} | {r['load_s']} |")
-        longs = [(label, x) for label, r in p["results"].items() for x in r.get("long", [])]
-        if longs:
-            lines += ["", "Single long inputs (one forward pass, our engine):", "",
-                      "| config | tokens | seconds | peak RSS MiB |", "|---|---:|---:|---:|"]
-            lines += [f"| {label} | {x['tokens']} | {x['seconds']} | {x['peak_rss_mib']} |" for label, x in longs]
+            lines.append(f"| {label} | {r['tokens_per_s']} | {r.get('vs_best_st', '—')}x | {r['load_s']} | "
+                         f"{r['peak_rss_mib']} | {r['tflops_at_512']} | {round(100 * r['fraction_of_matmul_peak'])}% "
+                         f"({r['compute_dtype']}) |")
     return "\n".join(lines) + "\n"
 
 
+def peer_versions() -> dict:
+    found = {}
+    for name, venv in PEER_VENVS.items():
+        python = venv / "bin" / "python"
+        if python.is_file():
+            code = ("import json; from importlib.metadata import version as v; print(json.dumps({p: v(p) for p in "
+                    "['sentence-transformers', 'transformers', 'torch', 'optimum', "
+                    + ("'optimum-intel', 'openvino'" if name == "openvino" else "'optimum-onnx', 'onnxruntime', "
+                       "'fastembed'") + "]}))")
+            done = subprocess.run([str(python), "-c", code], capture_output=True, text=True, check=False)
+            found[str(venv)] = json.loads(done.stdout) if done.returncode == 0 else {"error": done.stderr[-200:]}
+    return found
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The benchmark's options (shared by this script and ``pplx-embed bench``)."""
-    parser.add_argument("--quick", action="store_true", help="small sets, 2 rounds, short long-inputs")
+    """The benchmark's options."""
+    parser.add_argument("--quick", action="store_true", help="small sets, 2 rounds")
     parser.add_argument("--rounds", type=int, default=None)
-    parser.add_argument("--backends", default=",".join(BACKENDS), help="our MiniLM backends (default: all)")
+    parser.add_argument("--configs", default=",".join(PEERS + OURS), help="MiniLM configurations (default: all)")
     parser.add_argument("--skip-minilm", action="store_true")
     parser.add_argument("--skip-pplx", action="store_true", help="skip the 0.6B-shaped checkpoint")
-    parser.add_argument("--pplx-configs", default=f"torch,{PEER}", help="0.6B configurations: torch, torch-bf16 (bf16 weights on CPU), onnx, onnx-int8, "
-                             f"{PEER} (default: torch,{PEER})")
-    parser.add_argument("--pplx-texts", default=None, type=lambda v: tuple(int(x) for x in v.split(",")),
-                        help="short,long texts for the 0.6B model (default 32,8; --quick 8,2)")
-    parser.add_argument("--long-tokens", default=None, help="long single inputs on the 0.6B model, e.g. 2048,32768")
-    parser.add_argument("--pplx-timeout", type=float, default=900, help="seconds per 0.6B configuration")
+    parser.add_argument("--pplx-configs", default="st-torch,st-bf16,torch-bf16,openvino-bf16",
+                        help="0.6B configurations (ours: auto, torch, torch-bf16, openvino, openvino-bf16; "
+                             "peers: st-torch, st-bf16)")
+    parser.add_argument("--pplx-texts", type=int, default=None, help="mixed texts for the 0.6B model (default 256)")
+    parser.add_argument("--mfu-batch", type=int, default=8, help="512-token inputs in the peak-fraction batch")
     parser.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "pplx-embed-bench"))
     parser.add_argument("--output", default=str(ROOT / "docs" / "benchmarks" / "engine-cpu.md"))
-    # worker mode (internal)
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
-    parser.add_argument("--checkpoint", help=argparse.SUPPRESS)
-    parser.add_argument("--texts", help=argparse.SUPPRESS)
-    parser.add_argument("--long-text", help=argparse.SUPPRESS)
+    for name in ("worker", "model", "texts", "batch", "our-batch", "threads"):  # worker mode (internal)
+        parser.add_argument(f"--{name}", help=argparse.SUPPRESS,
+                            type=str if name in ("worker", "model", "texts") else int)
 
 
 def run(args: argparse.Namespace, command: str = "python bench/bench_engine.py") -> int:
     """Run the benchmark with parsed options; writes the Markdown and JSON reports."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    sys.path.insert(0, str(ROOT / "src"))
     if args.worker:
-        args.long_tokens = [int(x) for x in args.long_tokens.split(",")] if args.long_tokens else []
         worker(args)
         return 0
     if not DATA.is_dir():
         raise SystemExit(f"data not found at {DATA}")
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
     rounds = args.rounds or (2 if args.quick else 3)
     sets = text_sets(*((128, 48) if args.quick else (512, 160)))
-    long_tokens = [int(x) for x in (args.long_tokens or ("512" if args.quick else "2048,8192")).split(",") if x]
-    args.pplx_texts = args.pplx_texts or ((8, 2) if args.quick else (32, 8))
-    result: dict = {"command": command, "rounds": rounds, "environment": environment()}
+    result: dict = {"command": command, "rounds": rounds, "environment": environment(),
+                    "peer_versions": peer_versions()}
     print(json.dumps(result["environment"]), flush=True)
     if not args.skip_minilm:
-        result["minilm"] = bench_minilm(sets, rounds, args.backends.split(","), 300 if args.quick else 1190)
+        result["minilm"] = bench_minilm(workdir, sets, rounds, args.configs.split(","), 300 if args.quick else 1190)
     if not args.skip_pplx:
-        workdir = Path(args.workdir)
-        workdir.mkdir(parents=True, exist_ok=True)
-        short, long = args.pplx_texts
-        texts = sets["short"][:short] + sets["long"][:long]
-        result["pplx_0.6b"] = bench_pplx(workdir, texts, sets["long"][-8:], long_tokens,
-                                         args.pplx_configs.split(","), args.pplx_timeout)
+        n = args.pplx_texts or (64 if args.quick else 256)
+        texts = sets["short"][: n - n // 4] + sets["long"][: n // 4]  # questions and XQuAD paragraphs, 3:1
+        random.Random(1).shuffle(texts)
+        result["pplx_0.6b"] = bench_pplx(workdir, texts, args.pplx_configs.split(","), args.mfu_batch)
+    result["environment"]["load_average_at_end"] = list(os.getloadavg())
     output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(markdown(result))
-    output.with_suffix(".json").write_text(json.dumps(result, indent=2))
+    from pplx_embed.atomic import write_text
+
+    write_text(output.with_suffix(".json"), json.dumps(result, indent=2))
+    write_text(output, markdown(result))
+    print("\n".join(verdicts(result)))
     print(f"wrote {output} and {output.with_suffix('.json')}")
     return 0
 

@@ -9,6 +9,9 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# backend="auto" measures candidates on first use of each model (a minute for MiniLM on 2 cores):
+# the suite pins torch, and tests/test_engine_auto.py covers auto with a fresh cache.
+os.environ.setdefault("PPLX_EMBED_BACKEND", "torch")
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -42,6 +45,18 @@ def minilm():
     from pplx_embed import Embedder
 
     return Embedder("minilm")
+
+
+@pytest.fixture(scope="module")
+def engine_cache(tmp_path_factory):
+    """Exports and auto decisions go to a fresh cache directory for the module (``PPLX_EMBED_CACHE``)."""
+    before = os.environ.get("PPLX_EMBED_CACHE")
+    os.environ["PPLX_EMBED_CACHE"] = str(tmp_path_factory.mktemp("pplx-cache"))
+    yield os.environ["PPLX_EMBED_CACHE"]
+    if before is None:
+        os.environ.pop("PPLX_EMBED_CACHE")
+    else:
+        os.environ["PPLX_EMBED_CACHE"] = before
 
 
 @pytest.fixture(scope="session")

@@ -29,24 +29,12 @@ def texts(shared_data) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def onnx_cache(tmp_path_factory):
-    """Exports go to a fresh cache directory for this module (``PPLX_EMBED_CACHE``)."""
-    before = os.environ.get("PPLX_EMBED_CACHE")
-    os.environ["PPLX_EMBED_CACHE"] = str(tmp_path_factory.mktemp("pplx-cache"))
-    yield os.environ["PPLX_EMBED_CACHE"]
-    if before is None:
-        os.environ.pop("PPLX_EMBED_CACHE")
-    else:
-        os.environ["PPLX_EMBED_CACHE"] = before
-
-
-@pytest.fixture(scope="module")
-def minilm_onnx(onnx_cache):
+def minilm_onnx(engine_cache):
     return Embedder("minilm", backend="onnx")
 
 
 @pytest.fixture(scope="module")
-def tiny_onnx(onnx_cache, tiny_pplx_dir):
+def tiny_onnx(engine_cache, tiny_pplx_dir):
     return Embedder(str(tiny_pplx_dir), backend="onnx")
 
 
@@ -168,11 +156,11 @@ def test_onnx_export_has_official_outputs(tiny_pplx, tiny_onnx, texts):
     assert np.array_equal(binary, quantize(pooled, "pm1"))
 
 
-def test_onnx_int8_close_to_fp32_and_cached(minilm, minilm_onnx, onnx_cache, texts):
+def test_onnx_int8_close_to_fp32_and_cached(minilm, minilm_onnx, engine_cache, texts):
     quantized = Embedder("minilm", backend="onnx-int8")
     assert quantized.engine.backend.name == "onnx-int8"
     files = {quantized.engine.backend.model_file, minilm_onnx.engine.backend.model_file}
-    assert len(files) == 2 and all(str(f).startswith(onnx_cache) for f in files)
+    assert len(files) == 2 and all(str(f).startswith(engine_cache) for f in files)
     assert quantized.engine.backend.model_file.stat().st_size < minilm_onnx.engine.backend.model_file.stat().st_size / 2
     cosine = _cosine(quantized.encode(texts, truncation="right"), minilm.encode(texts, truncation="right"))
     assert cosine.mean() > 0.98 and cosine.min() > 0.9

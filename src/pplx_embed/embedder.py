@@ -10,6 +10,7 @@ import os
 from typing import Literal
 
 import numpy as np
+import torch
 
 from pplx_embed.engine.batching import Sequence
 from pplx_embed.engine.engine import Engine
@@ -61,17 +62,44 @@ class Embedder:
         from pplx_embed.model.encoder import load_transformer
 
         self.device = pick_device(options.device)
-        self.dtype = pick_dtype(options.dtype, self.device)
-        self.backend = resolve_backend(options.backend, self.device, self.dtype)
+        probing = options.backend == "auto" and options.dtype is None and self.device == "cpu"
+        self.dtype = torch.float32 if probing else pick_dtype(options.dtype, self.device)
+        backend = "auto" if probing else resolve_backend(options.backend, self.device, self.dtype)
         self.checkpoint: Checkpoint = load_checkpoint(options.model)
         self.tokenizer = AutoTokenizer.from_pretrained(self.checkpoint.path, trust_remote_code=False)
         self._prefix, self._suffix = self._special_tokens()
-        self.model = load_transformer(self.checkpoint.path, self.checkpoint.config, self.dtype, self.device)
+        load_dtype = self.dtype if backend == "torch" else torch.float32  # exports convert the fp32 model
+        self.model = load_transformer(self.checkpoint.path, self.checkpoint.config, load_dtype, self.device)
+        #: the auto decision (candidates measured, cache file), or None when the backend was explicit
+        self.auto: dict | None = None
+        if probing:
+            self.auto = self._choose_backend()
+            backend, self.dtype = self.auto["backend"], getattr(torch, self.auto["dtype"])
+            if backend == "torch" and self.dtype != torch.float32:
+                self.model.to(self.dtype)
+        self.backend = backend
+        calibration = self._probe_ids() if backend.endswith("-int8") else None
+        self.engine = self._engine(create_backend(backend, self.dtype, self.model, self.device, self.checkpoint.path,
+                                                  self.checkpoint.pooling, self.name, calibration))
+
+    def _engine(self, backend) -> Engine:
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        runner = create_backend(self.backend, self.model, self.device, self.checkpoint.path,
-                                self.checkpoint.pooling, self.name)
-        self.engine = Engine(runner, self.dimension, pad_id, self.checkpoint.pooling, options.max_batch_tokens,
-                             options.max_batch_size)
+        return Engine(backend, self.dimension, pad_id, self.checkpoint.pooling, self.options.max_batch_tokens,
+                      self.options.max_batch_size)
+
+    def _probe_ids(self) -> list[list[int]]:
+        from pplx_embed.engine.auto import probe_texts
+
+        return self.tokenize(probe_texts(), truncation="right")
+
+    def _choose_backend(self) -> dict:
+        """``backend="auto"`` on CPU: the cached or freshly measured fastest accurate configuration."""
+        from pplx_embed.engine.auto import choose
+
+        def run(backend, ids: list[list[int]]) -> np.ndarray:
+            return np.concatenate(self._engine(backend).run([Sequence(x) for x in ids]))
+
+        return choose(self.model, self.checkpoint.path, self.name, self.checkpoint.pooling, self._probe_ids(), run)
 
     # ---- facts -------------------------------------------------------------------------------
     @property
@@ -112,7 +140,20 @@ class Embedder:
             "pooling": self.checkpoint.pooling, "normalize": self.checkpoint.normalize,
             "architecture": self.checkpoint.config.get("model_type"),
             "bidirectional": self.checkpoint.is_pplx or None,
+            "engine": self.engine_info(),
         }
+
+    def engine_info(self) -> dict:
+        """How vectors are computed: backend, compute dtype, and whether ``auto`` chose them (with its figures).
+
+        Every output's metadata records this, so vectors computed differently can be told apart.
+        """
+        out = {"backend": self.backend, "dtype": str(self.dtype).removeprefix("torch."),
+               "requested": self.options.backend}
+        if self.auto is not None:
+            out["auto"] = {k: self.auto[k] for k in ("candidates", "probe", "probe_s", "guard", "decided", "cached",
+                                                     "cache_file") if k in self.auto}
+        return out
 
     # ---- tokens ------------------------------------------------------------------------------
     def _special_tokens(self) -> tuple[list[int], list[int]]:

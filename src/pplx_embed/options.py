@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 ENV_PREFIX = "PPLX_EMBED_"
 DEFAULT_MAX_BATCH_TOKENS = 16384
 DEFAULT_MAX_BATCH_SIZE = 256
-BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
+BACKENDS = ("auto", "torch", "openvino", "onnx", "openvino-int8", "onnx-int8")  # -int8: int8 compute, lossy
 DTYPES = ("float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
 TRUNCATIONS = ("right", "left")
 
@@ -99,8 +99,9 @@ class EmbedderOptions:
                                help="alias (pplx-embed-v1-0.6b, minilm, ...), checkpoint directory or hub id; "
                                     "default: $PPLX_EMBED_MODEL, else pplx-embed-v1-0.6b if cached, else minilm")
         group.add_argument("--backend", default=None, choices=BACKENDS,
-                           help="auto (default: the fastest accurate configuration on this machine), torch, "
-                                "onnx, onnx-int8")
+                           help="auto (default: the fastest configuration within cosine 0.9995 of torch fp32 on "
+                                "this machine, measured once and cached), torch, openvino, onnx; openvino-int8 / "
+                                "onnx-int8 compute in int8 (lossy opt-in; not the output --quantization)")
         group.add_argument("--dtype", default=None, choices=DTYPES,
                            help="compute dtype (default: the backend's choice for the device)")
         group.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")

@@ -1,9 +1,15 @@
-"""Choosing a backend: ``auto`` (the default), ``torch``, ``onnx`` (fp32) or ``onnx-int8``.
+"""Choosing a backend: ``auto`` (the default), ``torch``, ``openvino``, ``onnx``, or an int8-compute variant.
 
-``auto`` means ``torch`` — the reference numerics on every
-device, with no export step. The ONNX variants run on CPU only and are opt-in: the first use of a
-checkpoint exports it (cached on disk, see ``engine.onnx_backend``), and ``onnx-int8`` changes the
-vectors slightly (mean cosine to fp32 ≥ 0.99 on MiniLM, see docs/benchmarks/engine-cpu.md).
+``auto`` measures, once per model and machine, which configuration is fastest while passing an
+accuracy guard against torch fp32 (see ``engine.auto``). The explicit names always win:
+
+- ``torch``: the reference numerics, every device; ``dtype`` casts the weights (bf16 on CPUs with
+  native bf16 is the fast one), pooling accumulates in fp32.
+- ``openvino``: the encoder converted to OpenVINO IR (CPU), fp32 or bf16 inference precision.
+- ``onnx``: ONNX Runtime fp32 (CPU).
+- ``openvino-int8`` / ``onnx-int8``: int8 *compute* (quantized weights and matrix multiplications):
+  lossy, opt-in, never picked by ``auto``. Unrelated to the *output* ``quantization="int8"`` of
+  ``encode``, which any backend produces from its float vectors.
 """
 
 from __future__ import annotations
@@ -13,32 +19,52 @@ from pathlib import Path
 import torch
 
 from pplx_embed.engine.engine import Backend
+from pplx_embed.options import BACKENDS
 
-BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
+CPU_ONLY = ("openvino", "openvino-int8", "onnx", "onnx-int8")
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def native_bf16(flags: frozenset[str]) -> bool:
+    """True when the CPU multiplies bf16 natively (AVX512-BF16 or AMX): there bf16 is fast, elsewhere emulated."""
+    return any(f in flags for f in NATIVE_BF16_FLAGS)
 
 
 def resolve_backend(backend: str | None, device: str, dtype: torch.dtype) -> str:
-    """The concrete backend name for ``backend`` on ``device``, or a ValueError saying what fits."""
+    """The concrete backend name for ``backend`` on ``device``, or a ValueError saying what fits.
+
+    ``auto`` resolves here only where nothing is probed: on GPU, or with an explicit dtype → ``torch``.
+    """
     name = (backend or "auto").lower()
     if name == "auto":
         name = "torch"
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    if name.startswith("onnx"):
-        if device != "cpu":
-            raise ValueError(f"backend {name!r} runs on CPU only; pass device='cpu' or backend='torch'")
-        if dtype != torch.float32:
-            raise ValueError(f"backend {name!r} exports the float32 model; leave dtype unset or pass 'float32'")
+    if name in CPU_ONLY and device != "cpu":
+        raise ValueError(f"backend {name!r} runs on CPU only; pass device='cpu' or backend='torch'")
+    if name.startswith("onnx") and dtype != torch.float32:
+        raise ValueError(f"backend {name!r} exports the float32 model; leave dtype unset or pass 'float32'")
+    if name.startswith("openvino") and dtype not in (torch.float32, torch.bfloat16):
+        raise ValueError(f"backend {name!r} computes in float32 or bfloat16; pass dtype='float32' or 'bfloat16'")
     return name
 
 
-def create_backend(name: str, model: torch.nn.Module, device: str, checkpoint_path: Path,
-                   pooling: str, model_name: str | None = None) -> Backend:
-    """A ready backend of a concrete ``name`` (see :func:`resolve_backend`) for a loaded model."""
+def create_backend(name: str, dtype: torch.dtype, model: torch.nn.Module, device: str, checkpoint_path: Path,
+                   pooling: str, model_name: str | None = None,
+                   calibration: list[list[int]] | None = None) -> Backend:
+    """A ready backend of a concrete ``name`` (see :func:`resolve_backend`) for a loaded model.
+
+    ``torch`` runs ``model`` as loaded; the others export or convert it (``model`` must then be
+    float32), cached on disk. ``calibration`` token ids calibrate ``openvino-int8``.
+    """
     if name == "torch":
         from pplx_embed.engine.torch_backend import TorchBackend
 
         return TorchBackend(model, device)
+    if name.startswith("openvino"):
+        from pplx_embed.engine.openvino_backend import OpenVinoBackend, prepare_openvino
+
+        return OpenVinoBackend(prepare_openvino(model, checkpoint_path, name, model_name, calibration), name, dtype)
     from pplx_embed.engine.onnx_backend import OnnxBackend, prepare_onnx
 
     return OnnxBackend(prepare_onnx(model, checkpoint_path, name, pooling, model_name), name)

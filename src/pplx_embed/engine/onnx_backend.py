@@ -15,7 +15,6 @@ library versions; a cache entry appears atomically, so a crash mid-export leaves
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import json
 from pathlib import Path
@@ -23,20 +22,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pplx_embed.atomic import atomic_path
+from pplx_embed.engine.cache import cache_root, cached_directory, checkpoint_files, digest, entry_name
 from pplx_embed.engine.threads import physical_cores
 from pplx_embed.model.pooling import Span, pool_spans
-from pplx_embed.options import cache_dir
 
 VARIANTS = ("onnx", "onnx-int8")
 EXPORT_FORMAT = 1  # bump when the exported graph changes
 LARGE_MODEL_BYTES = 1 << 30  # above this, weights go to an external data file (protobuf's 2 GB limit)
 OUTPUTS = ("last_hidden_state", "pooled", "int8", "binary")
-
-
-def cache_root() -> Path:
-    """``$PPLX_EMBED_CACHE/onnx``, default ``~/.cache/pplx-embed/onnx``."""
-    return cache_dir("onnx")
 
 
 def _uses_token_types(model: torch.nn.Module) -> bool:
@@ -51,7 +44,8 @@ class ExportedEncoder(torch.nn.Module):
         self.model = model
         self.pooled_outputs = pooled_outputs
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None):
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: torch.Tensor | None = None):
         extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
         hidden = self.model(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
         if not self.pooled_outputs:
@@ -67,14 +61,9 @@ def cache_key(checkpoint_path: Path, variant: str, pooling: str) -> str:
     """Hash of what determines an export: checkpoint files (size, mtime), variant, versions."""
     import onnxruntime
 
-    path = Path(checkpoint_path).resolve()
-    files = sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".bin", ".json") and p.is_file())
-    facts = {
-        "path": str(path), "variant": variant, "pooling": pooling, "format": EXPORT_FORMAT,
-        "files": [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files],
-        "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
-    }
-    return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:20]
+    return digest({"path": str(Path(checkpoint_path).resolve()), "variant": variant, "pooling": pooling,
+                   "format": EXPORT_FORMAT, "files": checkpoint_files(checkpoint_path),
+                   "torch": torch.__version__, "onnxruntime": onnxruntime.__version__})
 
 
 def export_onnx(model: torch.nn.Module, target: Path, pooled_outputs: bool) -> Path:
@@ -121,25 +110,19 @@ def prepare_onnx(model: torch.nn.Module, checkpoint_path: Path, variant: str = "
     """
     if variant not in VARIANTS:
         raise ValueError(f"unknown ONNX variant {variant!r}; choose one of {', '.join(VARIANTS)}")
-    slug = "".join(c if c.isalnum() or c in "-_." else "-" for c in (name or Path(checkpoint_path).name))
-    entry = cache_root() / f"{slug[-60:].strip('-.')}-{variant}-{cache_key(checkpoint_path, variant, pooling)}"
-    model_file = entry / "model.onnx"
-    if model_file.is_file():
-        return model_file
-    fp32 = prepare_onnx(model, checkpoint_path, "onnx", pooling, name) if variant == "onnx-int8" else None
-    try:
-        with atomic_path(entry, directory=True) as work:
-            if fp32 is None:
-                export_onnx(model, work / "model.onnx", pooled_outputs=pooling == "mean")
-            else:
-                quantize_int8(fp32, work / "model.onnx")
-            outputs = OUTPUTS if pooling == "mean" else OUTPUTS[:1]
-            (work / "export.json").write_text(json.dumps({"checkpoint": str(checkpoint_path), "variant": variant,
-                                                          "outputs": outputs}, indent=2))
-    except OSError:  # another process finished the same export first
-        if not model_file.is_file():
-            raise
-    return model_file
+    entry = cache_root("onnx") / entry_name(name or Path(checkpoint_path).name, variant,
+                                            cache_key(checkpoint_path, variant, pooling))
+
+    def build(work: Path) -> None:
+        if variant == "onnx-int8":
+            quantize_int8(prepare_onnx(model, checkpoint_path, "onnx", pooling, name), work / "model.onnx")
+        else:
+            export_onnx(model, work / "model.onnx", pooled_outputs=pooling == "mean")
+        outputs = OUTPUTS if pooling == "mean" else OUTPUTS[:1]
+        (work / "export.json").write_text(json.dumps({"checkpoint": str(checkpoint_path), "variant": variant,
+                                                      "outputs": outputs}, indent=2))
+
+    return cached_directory(entry, "model.onnx", build) / "model.onnx"
 
 
 class OnnxBackend:

@@ -1,0 +1,167 @@
+"""OpenVINO (CPU) backend: our torch encoder converted once to OpenVINO IR, run in fp32 or bf16, or int8.
+
+Conversion is direct, ``openvino.convert_model`` on the loaded transformers module (PyTorch
+frontend), not through optimum-intel: optimum-intel pins older ``transformers`` than ours, and the
+direct path converts exactly the module the torch backend runs (the bidirectional Qwen3 included),
+with attention fused into OpenVINO's ``ScaledDotProductAttention``. The IR returns
+``last_hidden_state``; the engine pools spans itself, so late chunking and every output precision
+work as on torch.
+
+Variants: ``openvino`` (fp32 weights; ``INFERENCE_PRECISION_HINT`` f32 or bf16 at compile time)
+and ``openvino-int8`` (NNCF post-training quantization of the fp32 IR, calibrated on the texts
+shipped with the package: int8 weights and activations in the matrix multiplications). IRs are
+cached under ``$PPLX_EMBED_CACHE/openvino`` keyed by checkpoint files, variant and versions.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import threading
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pplx_embed.engine.cache import cache_root, cached_directory, checkpoint_files, digest, entry_name, versions
+from pplx_embed.engine.threads import physical_cores
+from pplx_embed.model.pooling import Span, pool_spans
+
+VARIANTS = ("openvino", "openvino-int8")
+EXPORT_FORMAT = 2  # bump when the converted or quantized graph changes
+PRECISIONS = {torch.float32: "f32", torch.bfloat16: "bf16"}
+
+
+class HiddenStates(torch.nn.Module):
+    """The encoder as a function of named int64 inputs returning ``last_hidden_state``."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+        # decoder-style encoders (Qwen3) would trace an empty key/value cache and concatenate onto it
+        self.extra = {"use_cache": False} if "use_cache" in inspect.signature(model.forward).parameters else {}
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: torch.Tensor | None = None):
+        extra = dict(self.extra) if token_type_ids is None else {**self.extra, "token_type_ids": token_type_ids}
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
+
+
+def input_names(model: torch.nn.Module) -> list[str]:
+    """``input_ids``, ``attention_mask`` and, for BERT-style encoders, ``token_type_ids``."""
+    names = ["input_ids", "attention_mask"]
+    return names + ["token_type_ids"] if "token_type_ids" in inspect.signature(model.forward).parameters else names
+
+
+def feeds(names: list[str] | set[str], input_ids: np.ndarray, attention_mask: np.ndarray) -> dict[str, np.ndarray]:
+    """The inputs of one right-padded batch (zero token types where the model takes them)."""
+    out = {"input_ids": input_ids, "attention_mask": attention_mask}
+    if "token_type_ids" in names:
+        out["token_type_ids"] = np.zeros_like(input_ids)
+    return out
+
+
+def cache_key(checkpoint_path: Path, variant: str) -> str:
+    """Hash of what determines a converted IR: checkpoint files (size, mtime), variant, versions."""
+    libraries = versions("torch", "transformers", "openvino", *(("nncf",) if variant == "openvino-int8" else ()))
+    return digest({"path": str(Path(checkpoint_path).resolve()), "variant": variant, "format": EXPORT_FORMAT,
+                   "files": checkpoint_files(checkpoint_path), **libraries})
+
+
+def convert(model: torch.nn.Module, target: Path) -> Path:
+    """Convert a float32 transformers encoder to IR (``target`` = ``model.xml``) with dynamic batch and length."""
+    import openvino as ov
+
+    if next(model.parameters()).dtype != torch.float32:
+        raise ValueError("OpenVINO conversion needs the float32 model; load it with dtype='float32'")
+    names = input_names(model)
+    ids = torch.full((2, 8), 100, dtype=torch.long)
+    mask = torch.ones_like(ids)
+    mask[1, 5:] = 0  # trace the padded path: the mask stays an input
+    example = feeds(names, ids.numpy(), mask.numpy())
+    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+        # transformers' mask code branches on shapes (cache offset, one-token query); without a KV cache and with
+        # an explicit mask those branches are constant for an encoder, which the tests check against torch
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        converted = ov.convert_model(
+            HiddenStates(model).eval(), example_input={k: torch.from_numpy(v) for k, v in example.items()},
+            input=[(name, ov.PartialShape([-1, -1]), ov.Type.i64) for name in names])
+    converted.outputs[0].get_tensor().set_names({"last_hidden_state"})
+    ov.save_model(converted, target, compress_to_fp16=False)
+    return target
+
+
+# The FFN output projections (BERT ``layer.N.output.dense``, Qwen3 ``mlp.down_proj``) read GELU/SiLU outputs
+# with large outliers: quantizing their activations cost MiniLM 0.006 of mean cosine (0.992 → 0.998 kept in float).
+FLOAT_MATMULS = (r".*layer\.\d+\.output\.dense/.*", r".*mlp\.down_proj/.*")
+
+
+def quantize_int8(source: Path, target: Path, calibration: list[dict[str, np.ndarray]]) -> Path:
+    """NNCF post-training int8 quantization of an IR, calibrated on ``calibration`` inputs.
+
+    Every matrix multiplication but the FFN output projections gets int8 weights and activations.
+    """
+    import nncf
+    import openvino as ov
+
+    model = ov.Core().read_model(source)
+    quantized = nncf.quantize(model, nncf.Dataset(calibration), model_type=nncf.ModelType.TRANSFORMER,
+                              subset_size=len(calibration),
+                              ignored_scope=nncf.IgnoredScope(patterns=list(FLOAT_MATMULS), validate=False))
+    ov.save_model(quantized, target, compress_to_fp16=False)
+    return target
+
+
+def prepare_openvino(model: torch.nn.Module, checkpoint_path: Path, variant: str = "openvino",
+                     name: str | None = None, calibration: list[list[int]] | None = None) -> Path:
+    """The cached IR (``model.xml``) of this checkpoint and variant, converting (and quantizing) it first if needed.
+
+    ``openvino-int8`` quantizes the cached fp32 IR with ``calibration`` token ids (one text each).
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown OpenVINO variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+    entry = cache_root("openvino") / entry_name(name or Path(checkpoint_path).name, variant,
+                                                cache_key(checkpoint_path, variant))
+
+    def build(work: Path) -> None:
+        if variant == "openvino-int8":
+            if not calibration:
+                raise ValueError("openvino-int8 needs calibration texts")
+            names = input_names(model)
+            inputs = [feeds(names, np.array([ids], np.int64), np.ones((1, len(ids)), np.int64)) for ids in calibration]
+            quantize_int8(prepare_openvino(model, checkpoint_path, "openvino", name), work / "model.xml", inputs)
+        else:
+            convert(model, work / "model.xml")
+        (work / "export.json").write_text(json.dumps({"checkpoint": str(checkpoint_path), "variant": variant,
+                                                      "inputs": input_names(model)}, indent=2))
+
+    return cached_directory(entry, "model.xml", build) / "model.xml"
+
+
+class OpenVinoBackend:
+    """Runs an IR on the CPU plugin: latency hint, physical-core threads, fp32 or bf16 inference precision."""
+
+    def __init__(self, model_xml: Path, variant: str = "openvino", dtype: torch.dtype = torch.float32,
+                 threads: int | None = None):
+        import openvino as ov
+        import openvino.properties as props
+        import openvino.properties.hint as hints
+
+        if dtype not in PRECISIONS:
+            raise ValueError(f"backend {variant!r} computes in float32 or bfloat16, not {dtype}")
+        core = ov.Core()
+        model = core.read_model(model_xml)
+        config = {hints.inference_precision: PRECISIONS[dtype], hints.performance_mode: hints.PerformanceMode.LATENCY,
+                  props.inference_num_threads: threads or physical_cores()}
+        self.request = core.compile_model(model, "CPU", config).create_infer_request()
+        self.lock = threading.Lock()  # one infer request: one batch at a time
+        self.input_names = {i.get_any_name() for i in model.inputs}
+        self.name = variant
+        self.model_file = Path(model_xml)
+
+    def pool(self, input_ids: np.ndarray, attention_mask: np.ndarray, spans: list[list[Span]], mode: str) -> np.ndarray:
+        """Pooled float32 vectors ``[total spans, dim]`` for one right-padded batch."""
+        with self.lock:  # the output buffer is the request's own: pool before the next batch overwrites it
+            hidden = self.request.infer(feeds(self.input_names, input_ids, attention_mask))[0]
+            return pool_spans(torch.from_numpy(np.asarray(hidden)), spans, mode).numpy()

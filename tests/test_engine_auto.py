@@ -1,0 +1,146 @@
+"""``backend="auto"``: a measured choice that always passes the accuracy guard, cached per checkpoint,
+machine and versions (no timings asserted: which candidate wins depends on the machine)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pplx_embed import Embedder
+from pplx_embed.engine import auto
+from pplx_embed.engine.backends import create_backend
+from pplx_embed.engine.batching import Sequence
+from pplx_embed.engine.cache import cached_directory
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tiny_pplx_dir, tmp_path_factory):
+    """A private copy of the tiny checkpoint (the test touches its files)."""
+    return shutil.copytree(tiny_pplx_dir, tmp_path_factory.mktemp("auto") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def chosen(engine_cache, checkpoint):
+    return Embedder(str(checkpoint), backend="auto")
+
+
+def test_probe_texts_are_shipped_real_and_mixed():
+    texts = auto.probe_texts()
+    assert len(texts) >= 32 and len(set(texts)) == len(texts)
+    assert min(map(len, texts)) < 60 and max(map(len, texts)) > 600  # questions and long answers
+    assert auto.PROBE_FILE.parent.name == "engine"  # package data, not ../shared/data
+
+
+def test_auto_measures_and_picks_a_candidate_within_the_guard(chosen, checkpoint):
+    decision = chosen.auto
+    assert decision is not None and decision["cached"] is False
+    rows = [r for r in decision["candidates"] if "error" not in r]
+    assert rows[0]["backend"] == "torch" and rows[0]["dtype"] == "float32"  # the reference is measured too
+    assert {(r["backend"], r["dtype"]) for r in decision["candidates"]} == set(auto.candidates())
+    winner = next(r for r in rows if (r["backend"], r["dtype"]) == (chosen.backend, str(chosen.dtype)[6:]))
+    assert winner["passed"] and winner["seconds"] == min(r["seconds"] for r in rows if r["passed"])
+    for row in rows[1:]:
+        assert row["passed"] == (row["mean_cosine"] >= auto.GUARD["mean_cosine"]
+                                 and row["min_cosine"] >= auto.GUARD["min_cosine"])
+    info = chosen.info()["engine"]
+    assert info["backend"] == chosen.backend and info["requested"] == "auto" and info["auto"]["candidates"] == rows
+    # what it computes stays within the guard of torch fp32 on other texts too
+    reference = Embedder(str(checkpoint), backend="torch")
+    texts = ["What is the capital of France?", "A long answer about anatomy. " * 30, "x"]
+    assert _cosine(chosen.encode(texts), reference.encode(texts)).min() >= auto.GUARD["min_cosine"]
+
+
+def test_auto_never_picks_a_candidate_that_fails_the_guard(tiny_pplx):
+    """A lossy configuration that is at least as fast (one layer instead of two) loses to the reference."""
+    lossy = copy.deepcopy(tiny_pplx.model)
+    lossy.layers = lossy.layers[:1]
+    ids = tiny_pplx.tokenize(auto.probe_texts()[:9], truncation="right")
+
+    def run(backend):
+        return np.concatenate(tiny_pplx._engine(backend).run([Sequence(x) for x in ids]))
+
+    builders = {auto.REFERENCE: lambda: create_backend("torch", torch.float32, tiny_pplx.model, "cpu", None, "mean"),
+                ("torch", "one-layer"): lambda: create_backend("torch", torch.float32, lossy, "cpu", None, "mean"),
+                ("broken", "float32"): lambda: create_backend("onnx", torch.float32, lossy, "cpu", None, "mean")}
+    decision = auto.measure(builders, run, sum(map(len, ids)), auto.GUARD)
+    rows = {(r["backend"], r["dtype"]): r for r in decision["candidates"]}
+    assert (decision["backend"], decision["dtype"]) == auto.REFERENCE
+    assert rows[("torch", "one-layer")]["passed"] is False and rows[("torch", "one-layer")]["mean_cosine"] < 0.999
+    assert "error" in rows[("broken", "float32")]  # a candidate that cannot be built drops out, the load goes on
+    strict = auto.measure({auto.REFERENCE: builders[auto.REFERENCE]}, run, 1, {"mean_cosine": 2, "min_cosine": 2})
+    assert (strict["backend"], strict["dtype"]) == auto.REFERENCE  # the reference always qualifies
+
+
+def test_decision_is_cached_and_invalidated_by_checkpoint_and_versions(chosen, checkpoint, monkeypatch):
+    again = Embedder(str(checkpoint), backend="auto")
+    assert again.auto["cached"] is True and again.auto["cache_file"] == chosen.auto["cache_file"]
+    assert (again.backend, again.dtype) == (chosen.backend, chosen.dtype)
+    stored = json.loads(Path(chosen.auto["cache_file"]).read_text())
+    assert stored["candidates"] == chosen.auto["candidates"]
+    path = auto.decision_file(chosen.name, checkpoint)
+    assert str(path) == chosen.auto["cache_file"]
+    # a library upgrade decides again
+    real = auto.versions
+    monkeypatch.setattr(auto, "versions", lambda *names: {**real(*names), "openvino": "9999.0"})
+    assert auto.decision_file(chosen.name, checkpoint) != path
+    monkeypatch.setattr(auto, "versions", real)
+    # so does a changed checkpoint (weights rewritten: new size or mtime)
+    weights = next(checkpoint.glob("*.safetensors"))
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    assert auto.decision_file(chosen.name, checkpoint) != path
+    # another guard is another decision
+    assert auto.decision_key(checkpoint, {"mean_cosine": 0.9, "min_cosine": 0.9}) != auto.decision_key(checkpoint)
+
+
+def test_explicit_flags_win_over_auto(checkpoint, engine_cache):
+    explicit = Embedder(str(checkpoint), backend="torch")
+    assert (explicit.backend, explicit.dtype, explicit.auto) == ("torch", torch.float32, None)
+    with_dtype = Embedder(str(checkpoint), backend="auto", dtype="bfloat16")  # a dtype pins torch: no probe
+    assert (with_dtype.backend, with_dtype.dtype, with_dtype.auto) == ("torch", torch.bfloat16, None)
+    assert next(with_dtype.model.parameters()).dtype == torch.bfloat16
+
+
+def test_candidates_follow_cpu_flags():
+    plain = auto.candidates(frozenset({"avx2", "avx512f", "avx512_vnni"}))  # e.g. AMD EPYC without bf16
+    assert all(dtype == "float32" for _, dtype in plain) and plain[0] == auto.REFERENCE
+    amx = auto.candidates(frozenset({"avx512f", "amx_bf16", "amx_tile"}))
+    assert ("torch", "bfloat16") in amx and not any(b.endswith("int8") for b, _ in amx)  # int8: never auto
+
+
+def test_concurrent_builders_leave_one_complete_entry(tmp_path):
+    """Two processes deciding or exporting at once: each gets a complete entry, nothing half-written."""
+    entry = tmp_path / "entry"
+    results, errors = [], []
+
+    def build(work):
+        (work / "part").write_text("first half")
+        time.sleep(0.2)
+        (work / "done").write_text(str(threading.get_ident()))
+
+    def worker():
+        try:
+            results.append(cached_directory(entry, "done", build))
+        except Exception as exc:  # noqa: BLE001  collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert not errors and results == [entry] * 4
+    assert sorted(p.name for p in entry.iterdir()) == ["done", "part"]
+    assert not [p for p in tmp_path.iterdir() if p != entry]  # no temporary directories left behind
