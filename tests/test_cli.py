@@ -53,15 +53,17 @@ def test_embed_writes_npy_jsonl_parquet_matching_the_api(tiny_pplx, tiny_pplx_di
         assert "wrote 3 embeddings" in result.stderr
         if name.endswith(".npy"):
             got = np.load(out)
-            assert json.loads(out.with_suffix(".json").read_text())["model"] == str(tiny_pplx_dir)
+            sidecar = json.loads(out.with_suffix(".json").read_text())
+            assert sidecar["model"] == str(tiny_pplx_dir) and sidecar["engine"] == "torch:float32"
         elif name.endswith(".jsonl"):
             rows = [json.loads(line) for line in out.read_text().splitlines()]
             got = np.array([r["embedding"] for r in rows], dtype=np.int8)
-            assert {r["model"] for r in rows} == {str(tiny_pplx_dir)}
+            assert {(r["model"], r["engine"]) for r in rows} == {(str(tiny_pplx_dir), "torch:float32")}
         else:
             table = pq.read_table(out)
             got = np.array(table.column("embedding").to_pylist(), dtype=np.int8)
             assert table.schema.metadata[b"model"].decode() == str(tiny_pplx_dir)
+            assert table.schema.metadata[b"engine"] == b"torch:float32"
         assert np.array_equal(got, expected), name
 
 

@@ -151,6 +151,7 @@ def test_models_health_metrics(server):
     assert health["status"] == "ok" and "tiny" in health["models"]
     models = {m["id"]: m for m in httpx.get(server + "/v1/models").json()["data"]}
     assert models["minilm"]["dimension"] == 384 and models["tiny"]["dimension"] == 64
+    assert models["tiny"]["engine"]["backend"] == "torch"  # the test suite pins the backend (conftest)
     assert models["ab"]["split"] == {"minilm": 1, "tiny": 1}
     post(server, "/v1/embeddings", {"input": TEXTS, "model": "tiny"})
     assert metric(server, "pplx_requests_total", endpoint="/v1/embeddings", model="tiny", status="200") >= 1

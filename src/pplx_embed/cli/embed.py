@@ -16,8 +16,10 @@ from pplx_embed.options import EmbedderOptions
 FORMATS = (".jsonl", ".json", ".npy", ".parquet")
 
 
-def _write_embeddings(path: str, texts: list[str], vectors, model: str, quantization: str) -> None:
-    """Write ``vectors`` in the format the suffix of ``path`` names; the file appears only once complete."""
+def _write_embeddings(path: str, texts: list[str], vectors, model: str, quantization: str, engine: str) -> None:
+    """Write ``vectors`` in the format the suffix of ``path`` names; the file appears only once complete.
+
+    Every format records the model, the output quantization and the engine (``backend:dtype``) that computed them."""
     import numpy as np
 
     out = Path(path)
@@ -31,14 +33,16 @@ def _write_embeddings(path: str, texts: list[str], vectors, model: str, quantiza
 
             column = pa.array([v.tolist() for v in vectors], type=pa.list_(pa.from_numpy_dtype(vectors.dtype)))
             table = pa.table({"text": texts, "embedding": column})
-            pq.write_table(table.replace_schema_metadata({"model": model, "quantization": quantization}), tmp)
+            meta = {"model": model, "quantization": quantization, "engine": engine}
+            pq.write_table(table.replace_schema_metadata(meta), tmp)
         else:
             with tmp.open("w", encoding="utf-8") as f:
                 for text, vector in zip(texts, vectors):
                     f.write(json.dumps({"text": text, "embedding": vector.tolist(), "model": model,
-                                        "quantization": quantization}, ensure_ascii=False) + "\n")
+                                        "quantization": quantization, "engine": engine}, ensure_ascii=False) + "\n")
     if out.suffix == ".npy":
-        meta = {"model": model, "quantization": quantization, "shape": list(vectors.shape), "dtype": str(vectors.dtype)}
+        meta = {"model": model, "quantization": quantization, "engine": engine, "shape": list(vectors.shape),
+                "dtype": str(vectors.dtype)}
         write_text(out.with_suffix(".json"), json.dumps(meta))
 
 
@@ -49,7 +53,9 @@ def cmd_embed(args: argparse.Namespace) -> int:
     embedder = load_embedder(args)
     vectors = embedder.encode(texts, quantization=args.quantization, dimensions=args.dimensions,
                               show_progress_bar=not args.quiet, truncation=args.truncation)
-    _write_embeddings(args.output, texts, vectors, embedder.name, args.quantization)
+    engine = embedder.engine_info()
+    _write_embeddings(args.output, texts, vectors, embedder.name, args.quantization,
+                      f"{engine['backend']}:{engine['dtype']}")
     print(f"wrote {len(texts)} embeddings {tuple(vectors.shape)} {vectors.dtype} from {embedder.name} "
           f"to {args.output}", file=sys.stderr)
     return 0

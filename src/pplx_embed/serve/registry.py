@@ -109,7 +109,8 @@ class ServedModel:
     def describe(self) -> dict:
         return {"id": self.name, "object": "model", "owned_by": "pplx-embed", "model": self.embedder.name,
                 "aliases": [n for n in self.names if n != self.name], "dimension": self.embedder.dimension,
-                "max_length": self.embedder.max_length, "pooling": self.embedder.checkpoint.pooling}
+                "max_length": self.embedder.max_length, "pooling": self.embedder.checkpoint.pooling,
+                "engine": {k: v for k, v in self.embedder.engine_info().items() if k != "auto"}}
 
 
 class Registry:
