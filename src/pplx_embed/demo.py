@@ -37,8 +37,10 @@ def run(model: str | EmbedderOptions | None = None, out: Path = Path("out/demo")
     embedder = options.build()
     out.mkdir(parents=True, exist_ok=True)
     print("== 1. embeddings ==")
+    engine = embedder.engine_info()
+    chosen = " (chosen by auto: fastest within the accuracy guard)" if engine["requested"] == "auto" else ""
     print(f"model: {embedder.name}  dim={embedder.dimension}  context={embedder.max_length} tokens  "
-          f"device={embedder.device}")
+          f"device={embedder.device}  engine={engine['backend']}:{engine['dtype']}{chosen}")
     print(f"\nquery: {QUERY!r}")
     print(f"{'precision':<10}{'bytes/vector':>14}  ranking of the documents (best first)")
     for precision in ("float", "int8", "binary"):
