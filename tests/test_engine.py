@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from pplx_embed import Embedder, quantize
-from pplx_embed.engine.batching import Sequence, plan_batches
+from pplx_embed.engine.batching import plan_batches
 from pplx_embed.engine.engine import Engine
 from pplx_embed.engine.threads import physical_cores
+from pplx_embed.model.pooling import Sequence
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -18,8 +18,8 @@ import torch
 from pplx_embed import Embedder
 from pplx_embed.engine import auto
 from pplx_embed.engine.backends import create_backend
-from pplx_embed.engine.batching import Sequence
 from pplx_embed.engine.cache import cached_directory
+from pplx_embed.model.pooling import Sequence
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:

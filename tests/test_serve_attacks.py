@@ -22,8 +22,8 @@ import httpx
 import numpy as np
 import pytest
 
-from pplx_embed.engine.batching import Sequence
 from pplx_embed.errors import InputError
+from pplx_embed.model.pooling import Sequence
 from pplx_embed.serve.app import ServeConfig
 from pplx_embed.serve.auth import KeyRing
 from pplx_embed.serve.background import serve_in_thread

@@ -12,11 +12,11 @@ from typing import Literal
 import numpy as np
 import torch
 
-from pplx_embed.engine.batching import Sequence
 from pplx_embed.engine.engine import Engine
 from pplx_embed.errors import InputError
 from pplx_embed.model.checkpoint import Checkpoint, load_checkpoint
 from pplx_embed.model.late_chunking import join_chunks, macro_windows
+from pplx_embed.model.pooling import Sequence
 from pplx_embed.model.quantization import check_dimensions, check_quantization, quantize, similarity
 from pplx_embed.options import EmbedderOptions
 

@@ -7,10 +7,6 @@ budget keeps memory bounded whatever the input mix. A sequence longer than the b
 
 from __future__ import annotations
 
-from pplx_embed.model.pooling import Sequence
-
-__all__ = ["Sequence", "plan_batches"]  # Sequence lives with pooling; the engine's callers import it here
-
 
 def plan_batches(lengths: list[int], max_batch_tokens: int, max_batch_size: int) -> list[list[int]]:
     """Group indices of ``lengths`` into batches, longest first, with padded size ≤ the budget.

@@ -7,8 +7,8 @@ from typing import Protocol
 import numpy as np
 from tqdm.auto import tqdm
 
-from pplx_embed.engine.batching import Sequence, plan_batches
-from pplx_embed.model.pooling import Span
+from pplx_embed.engine.batching import plan_batches
+from pplx_embed.model.pooling import Sequence, Span
 from pplx_embed.options import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_BATCH_TOKENS
 
 

@@ -1,6 +1,6 @@
 """Cross-request batching on the event loop: one scheduler per served model, shaped like TEI's.
 
-Requests arrive as prepared :class:`~pplx_embed.engine.batching.Sequence` s (tokenized once, off the
+Requests arrive as prepared :class:`~pplx_embed.model.pooling.Sequence` s (tokenized once, off the
 loop) and wait in an asyncio queue; no thread is parked per request. Each *step* takes the waiting
 requests in turn, one sequence at a time (round-robin), until it holds its token budget or
 ``max_batch_requests`` sequences, and runs it on the model's one worker thread (``Engine.run`` packs the
@@ -28,8 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pplx_embed.engine.batching import Sequence
 from pplx_embed.engine.engine import Engine
+from pplx_embed.model.pooling import Sequence
 
 log = logging.getLogger("pplx_embed.serve")
 
