@@ -144,3 +144,35 @@ def test_concurrent_builders_leave_one_complete_entry(tmp_path):
     assert not errors and results == [entry] * 4
     assert sorted(p.name for p in entry.iterdir()) == ["done", "part"]
     assert not [p for p in tmp_path.iterdir() if p != entry]  # no temporary directories left behind
+
+
+def test_auto_openvino_sends_long_inputs_to_torch(tiny_pplx_dir, engine_cache, tmp_path):
+    """Where ``auto`` chose OpenVINO for a long-context model, inputs over LONG_INPUT_TOKENS run on torch."""
+    from pplx_embed.engine.backends import LONG_INPUT_TOKENS
+
+    checkpoint = shutil.copytree(tiny_pplx_dir, tmp_path / "tiny")
+    name = Embedder(str(checkpoint), backend="torch").name
+    # the decision as `auto` stores it, here one that chose OpenVINO fp32 on this machine
+    decision = {"backend": "openvino", "dtype": "float32", "candidates": []}
+    auto.decision_file(name, checkpoint).parent.mkdir(parents=True, exist_ok=True)
+    auto.decision_file(name, checkpoint).write_text(json.dumps(decision))
+    routed = Embedder(str(checkpoint), backend="auto")
+    assert (routed.backend, routed.long_inputs) == ("openvino", LONG_INPUT_TOKENS)
+    assert routed.engine_info()["long_inputs"] == {"backend": "torch", "over_tokens": LONG_INPUT_TOKENS}
+    reference = Embedder(str(checkpoint), backend="torch")
+    texts = ["word " * (LONG_INPUT_TOKENS + 300), "a short question about the weather"]
+    assert reference.count_tokens(texts)[0] > LONG_INPUT_TOKENS
+    got, want = routed.encode(texts), reference.encode(texts)
+    assert np.array_equal(got[0], want[0])  # computed by torch fp32, exactly as the reference
+    assert not np.array_equal(got[1], want[1]) and _cosine(got[1], want[1]) > 0.9999  # OpenVINO, same vector
+
+
+def test_a_converted_backend_frees_the_torch_weights(checkpoint, engine_cache):
+    """OpenVINO / ONNX hold their own copy of the weights; the float32 torch module is released."""
+    reference = Embedder(str(checkpoint), backend="torch")
+    for backend in ("openvino", "onnx"):
+        converted = Embedder(str(checkpoint), backend=backend)
+        assert converted.long_inputs is None  # explicit backends are not re-routed
+        assert {p.device.type for p in converted.model.parameters()} == {"meta"}
+        assert converted.info()["parameters"] == reference.info()["parameters"]
+        assert _cosine(converted.encode("still embeds"), reference.encode("still embeds")) > 0.9999

@@ -79,6 +79,36 @@ def test_finetune_stops_early_when_the_metric_does_not_improve(tmp_path, tiny_pp
     assert summary["history"][1]["ndcg@10"] == pytest.approx(summary["before"]["ndcg@10"])
 
 
+def test_finetune_holds_out_training_pairs_and_mines_hard_negatives(tmp_path, tiny_pplx_dir):
+    """--holdout: early stopping on held-out training pairs (never trained on); --hard-negatives: triplets."""
+    pairs = write_pairs(tmp_path / "pairs.jsonl")
+    with pairs.open("a") as f:  # a second question with a held-out answer must not leak into training
+        f.write(json.dumps({"query": "How is gout treated?", "positive": "The symptoms of gout include fever and "
+                            "pain. gout is treated by doctors."}) + "\n")
+    out = tmp_path / "ft"
+    summary = finetune(str(tiny_pplx_dir), str(pairs), str(out), holdout=3, hard_negatives=1, batch_size=4,
+                       lr=3e-3, max_length=32, log_every=1, progress=False, seed=1)
+    held = [json.loads(line) for line in (out / "holdout" / "queries.jsonl").read_text().splitlines()]
+    answers = {json.loads(line)["text"] for line in (out / "holdout" / "corpus.jsonl").read_text().splitlines()}
+    trained = [json.loads(line) for line in (out / "train-pairs.jsonl").read_text().splitlines()]
+    assert len(held) == 3 and not answers & {p["positive"] for p in trained}
+    assert not {q["text"] for q in held} & {p["query"] for p in trained}
+    assert len(trained) + len(held) <= 13
+    config = json.loads((out / "config.json").read_text())
+    assert config["stage"] == "triplets" and config["mining"]["num_negatives"] == 1
+    assert config["eval"]["data"] == str(out / "holdout")
+    assert summary["before"]["ndcg@10"] > 0 and summary["history"][-1]["step"] == summary["steps"] > 0
+    again = finetune(str(tiny_pplx_dir), str(pairs), str(tmp_path / "again"), holdout=3, seed=1, batch_size=4,
+                     max_steps=1, max_length=32, progress=False)  # the split depends only on the file and seed
+    assert (tmp_path / "again" / "holdout" / "queries.jsonl").read_text() == (out / "holdout" /
+                                                                               "queries.jsonl").read_text()
+    assert again["steps"] == 1
+    with pytest.raises(ValueError, match="--holdout must be between 1 and 12"):
+        finetune(str(tiny_pplx_dir), str(pairs), str(tmp_path / "x"), holdout=13, progress=False)
+    with pytest.raises(ValueError, match="choose --eval or --holdout"):
+        finetune(str(tiny_pplx_dir), str(pairs), str(tmp_path / "x"), str(tmp_path), holdout=2, progress=False)
+
+
 @pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16-autocast"])
 def test_finetune_minilm_lowers_loss_and_saves_a_checkpoint_the_runtime_loads(tmp_path, minilm, bf16):
     pairs = write_pairs(tmp_path / "pairs.jsonl")

@@ -57,7 +57,7 @@ class Embedder:
         self.options = options
         from transformers import AutoTokenizer
 
-        from pplx_embed.engine.backends import create_backend, resolve_backend
+        from pplx_embed.engine.backends import LONG_INPUT_TOKENS, create_backend, resolve_backend
         from pplx_embed.engine.torch_backend import pick_device, pick_dtype
         from pplx_embed.model.encoder import load_transformer
 
@@ -72,6 +72,8 @@ class Embedder:
         self.model = load_transformer(self.checkpoint.path, self.checkpoint.config, load_dtype, self.device)
         #: the auto decision (candidates measured, cache file), or None when the backend was explicit
         self.auto: dict | None = None
+        #: inputs longer than this many tokens run on torch (auto chose OpenVINO for a long-context model)
+        self.long_inputs: int | None = None
         if probing:
             self.auto = self._choose_backend()
             backend, self.dtype = self.auto["backend"], getattr(torch, self.auto["dtype"])
@@ -79,13 +81,21 @@ class Embedder:
                 self.model.to(self.dtype)
         self.backend = backend
         calibration = self._probe_ids() if backend.endswith("-int8") else None
-        self.engine = self._engine(create_backend(backend, self.dtype, self.model, self.device, self.checkpoint.path,
-                                                  self.checkpoint.pooling, self.name, calibration))
+        main = create_backend(backend, self.dtype, self.model, self.device, self.checkpoint.path,
+                              self.checkpoint.pooling, self.name, calibration)
+        long_backend = None
+        if self.auto is not None and backend == "openvino" and self.max_length > LONG_INPUT_TOKENS:
+            self.long_inputs = LONG_INPUT_TOKENS
+            long_backend = create_backend("torch", self.dtype, self.model.to(self.dtype), self.device,
+                                          self.checkpoint.path, self.checkpoint.pooling, self.name)
+        elif backend != "torch":
+            self.model.to("meta")  # the converted model holds the weights: free the float32 copy
+        self.engine = self._engine(main, long_backend)
 
-    def _engine(self, backend) -> Engine:
+    def _engine(self, backend, long_backend=None) -> Engine:
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         return Engine(backend, self.dimension, pad_id, self.checkpoint.pooling, self.options.max_batch_tokens,
-                      self.options.max_batch_size)
+                      self.options.max_batch_size, long_backend, self.long_inputs)
 
     def _probe_ids(self) -> list[list[int]]:
         from pplx_embed.engine.auto import probe_texts
@@ -150,6 +160,8 @@ class Embedder:
         """
         out = {"backend": self.backend, "dtype": str(self.dtype).removeprefix("torch."),
                "requested": self.options.backend}
+        if self.long_inputs is not None:
+            out["long_inputs"] = {"backend": "torch", "over_tokens": self.long_inputs}
         if self.auto is not None:
             out["auto"] = {k: self.auto[k] for k in ("candidates", "probe", "probe_s", "guard", "decided", "cached",
                                                      "cache_file") if k in self.auto}

@@ -70,7 +70,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         quantizations=args.qat.split(",") if args.qat else None, mrl_dims=args.mrl_dims, eval_every=args.eval_every,
         patience=args.patience, eval_max_queries=args.eval_max_queries, eval_max_corpus=args.eval_max_corpus,
         warmup_steps=args.warmup_steps, seed=args.seed, device=args.device, max_steps=args.max_steps,
-        bf16=args.bf16)
+        bf16=args.bf16, hard_negatives=args.hard_negatives, holdout=args.holdout)
     summary.pop("history", None)
     print(json.dumps(summary, indent=2))
     return 0
@@ -112,6 +112,12 @@ def register(sub) -> None:
                                                          "directory to start from")
     ft.add_argument("--train", required=True, help='pairs JSONL: {"query": ..., "positive": ...} per line')
     ft.add_argument("--eval", default=None, help="BEIR directory to evaluate before/after (early stopping, best kept)")
+    ft.add_argument("--holdout", type=int, default=0,
+                    help="instead of --eval: hold this many random training pairs out and evaluate / stop early on "
+                         "them (OUT/holdout/); pairs sharing their texts leave training too")
+    ft.add_argument("--hard-negatives", type=int, default=0,
+                    help="mine this many hard negatives per pair with the starting model (skipping near-duplicates "
+                         "of the positive and candidates scored above it)")
     ft.add_argument("--output", "-o", required=True, help="output directory (best/, last/, log.jsonl, summary.json)")
     ft.add_argument("--epochs", type=int, default=1, help="passes over the training pairs")
     ft.add_argument("--batch-size", type=int, default=32, help="pairs per step; each query's negatives are the other "

@@ -22,6 +22,10 @@ from pplx_embed.engine.engine import Backend
 from pplx_embed.options import BACKENDS
 
 CPU_ONLY = ("openvino", "openvino-int8", "onnx", "onnx-int8")
+#: Under ``auto``, inputs longer than this run on torch even where OpenVINO won the (short-text) probe:
+#: torch's fused SDPA attention was faster on every long input measured (one 8,192-token input: 12 s vs
+#: 14 s; 16,384 tokens: 43 s vs 84 s and +31 MiB vs +700 MiB; docs/engine.md, "Long inputs").
+LONG_INPUT_TOKENS = 4096
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 

@@ -20,11 +20,18 @@ class Backend(Protocol):
 
 
 class Engine:
-    """Packs sequences into token-budget batches, runs a backend, returns vectors in input order."""
+    """Packs sequences into token-budget batches, runs a backend, returns vectors in input order.
+
+    With ``long_backend``, batches wider than ``long_tokens`` run on it instead (the backend that
+    is fastest on short texts need not be on very long ones).
+    """
 
     def __init__(self, backend: Backend, dimension: int, pad_id: int, pooling: str = "mean",
-                 max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE):
+                 max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+                 long_backend: Backend | None = None, long_tokens: int | None = None):
         self.backend = backend
+        self.long_backend = long_backend
+        self.long_tokens = long_tokens
         self.dimension = dimension
         self.pad_id = pad_id
         self.pooling = pooling
@@ -50,7 +57,8 @@ class Engine:
                 for row, i in enumerate(batch):
                     ids[row, : lengths[i]] = sequences[i].ids
                     mask[row, : lengths[i]] = 1
-                pooled = self.backend.pool(ids, mask, [sequences[i].spans for i in batch], self.pooling)
+                runner = self.long_backend if self.long_backend and width > self.long_tokens else self.backend
+                pooled = runner.pool(ids, mask, [sequences[i].spans for i in batch], self.pooling)
                 offset = 0
                 for i in batch:
                     count = len(sequences[i].spans)

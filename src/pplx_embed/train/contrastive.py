@@ -129,7 +129,8 @@ class ContrastiveTrainer:
                 from pplx_embed.train.mining import mine_hard_negatives
 
                 corpus = ([p.positive for p in pairs] if mining.corpus is None else _read_corpus(mining.corpus))
-                pairs = mine_hard_negatives(self.encoder.embedder, pairs, corpus, mining)
+                with self._autocast():
+                    pairs = mine_hard_negatives(self.encoder.embedder, pairs, corpus, mining)
             if not pairs or any(not p.negatives for p in pairs):
                 raise InputError(f"triplet phase {phase.data}: every pair needs a 'negative' (or configure mining)")
             count = min(len(p.negatives) for p in pairs)

@@ -25,7 +25,11 @@ def mine_hard_negatives(embedder: Embedder, pairs: list[Pair], corpus: list[str]
         corpus = list(dict.fromkeys(corpus))
         corpus_vectors = pooled(embedder, corpus)
         query_vectors = pooled(embedder, [p.query for p in pairs])
-        positive_vectors = pooled(embedder, [p.positive for p in pairs])
+        row = {text: i for i, text in enumerate(corpus)}
+        missing = list(dict.fromkeys(p.positive for p in pairs if p.positive not in row))
+        extra = pooled(embedder, missing) if missing else corpus_vectors[:0]
+        row.update({text: len(corpus) + i for i, text in enumerate(missing)})
+        positive_vectors = np.concatenate([corpus_vectors, extra])[[row[p.positive] for p in pairs]]
     finally:
         embedder.model.train(was_training)
     out = []
