@@ -28,3 +28,12 @@ def start_run(args: argparse.Namespace) -> Path:
         shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
     return work
+
+
+def eval_engine() -> dict:
+    """Embedder options of the benchmarks' evaluations: torch bf16 where the CPU computes bf16 natively
+    (cosine ≥ 0.9999 to fp32, docs/engine.md), else torch fp32 — fixed, so every model is scored alike."""
+    from pplx_embed.engine.backends import native_bf16
+    from pplx_embed.engine.threads import cpu_flags
+
+    return {"backend": "torch", "dtype": "bfloat16" if native_bf16(frozenset(cpu_flags())) else "float32"}

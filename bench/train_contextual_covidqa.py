@@ -9,15 +9,18 @@ holds); written as contextual JSONL ``{"chunks": [...], "queries": [{"query", "c
 
 Model: the bundled all-MiniLM-L6-v2 with its window raised from 256 to ``--max-length`` (512, the
 limit of its position embeddings) so that late chunking sees neighbouring chunks; "before" is this
-same 512-token model, untrained. Stage: ``pplx-embed train contextual`` (late chunking, dual loss:
-in-batch chunk + in-sequence chunk + document-level InfoNCE).
+same 512-token model, untrained. Two arms per seed, the same queries in the same batches for the
+same steps: ``contextual`` (``pplx-embed train contextual``: late chunking, dual loss: in-batch chunk +
+in-sequence chunk + document-level InfoNCE) and ``pairs``, the control (``pplx-embed train pairs``:
+each query with its chunk embedded alone, in-batch InfoNCE) — so what the contextual loss adds beyond
+pair training on the same data shows as the difference between the arms.
 
 Evaluation: ``pplx_embed.eval.tasks.contextual`` (what ``pplx-embed eval --contextual`` runs) on
-covidqa-ctx — chunks embedded alone (``independent``) and late-chunked (``late``), float32, texts
-right-truncated — on ``--docs`` seeded random whole documents (0 = all 98) and every query whose
-relevant chunk lies in them.
+covidqa-ctx — chunks embedded alone (``independent``) and late-chunked (``late``), full-dimension
+float, texts right-truncated — on all 98 documents (``--docs N``: a seeded sample of N whole
+documents), with torch bf16 on CPUs with native bf16 (else fp32) for every model alike.
 
-    .venv/bin/python bench/train_contextual_covidqa.py            # resumes finished stages
+    .venv/bin/python bench/train_contextual_covidqa.py            # resumes finished runs and evaluations
     .venv/bin/python bench/train_contextual_covidqa.py --fresh
 
 Writes docs/benchmarks/train_contextual_covidqa.json.
@@ -42,7 +45,7 @@ import transformers
 from pplx_embed.engine.threads import cpu_description
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import add_run_args, start_run  # noqa: E402
+from common import add_run_args, eval_engine, start_run  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -119,96 +122,134 @@ def covidqa_subset(n_docs: int, seed: int):
 
 
 def evaluate(model_dir: Path | str, ds) -> dict:
-    """nDCG@10 etc. of chunks embedded alone vs late-chunked (float32, full dimension)."""
+    """nDCG@10 etc. of chunks embedded alone vs late-chunked (full dimension, float)."""
     from pplx_embed import Embedder
     from pplx_embed.eval.cache import EmbeddingCache
     from pplx_embed.eval.tasks import Settings, contextual
 
     t0 = time.time()
-    embedder = Embedder(str(model_dir), dtype="float32")
+    embedder = Embedder(str(model_dir), **eval_engine())
     rows = contextual(embedder, ds, Settings(precisions=("float",), truncation="right", cache=EmbeddingCache(None)))
     out = {r["mode"]: {k: round(v, 4) for k, v in r["metrics"].items()} for r in rows}
     out["over_limit"] = rows[0]["over_limit"]
+    out["engine"] = embedder.engine_info()
     out["seconds"] = round(time.time() - t0, 1)
     log.info("%s: nDCG@10 independent %.4f, late %.4f (%.0fs)", model_dir, out["independent"]["ndcg@10"],
              out["late"]["ndcg@10"], out["seconds"])
     return out
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--max-length", type=int, default=512, help="MiniLM window for training and evaluation")
-    ap.add_argument("--steps", type=int, default=40)
-    ap.add_argument("--batch-size", type=int, default=8, help="queries per step (their documents are embedded whole)")
-    ap.add_argument("--lr", type=float, default=5e-5)
-    ap.add_argument("--docs", type=int, default=25, help="covidqa-ctx documents evaluated (seeded sample; 0 = all 98)")
-    add_run_args(ap, "/tmp/pplx-train-bench/contextual", ROOT / "docs" / "benchmarks" / "train_contextual_covidqa.json")
-    args = ap.parse_args()
-    work = start_run(args)
-    started = time.time()
+def pairs_of(contextual_file: Path, out: Path) -> Path:
+    """The pair-training control's data: the same queries, each with its chunk alone as the positive."""
+    with out.open("w", encoding="utf-8") as f:
+        for line in contextual_file.read_text(encoding="utf-8").splitlines():
+            doc = json.loads(line)
+            for q in doc["queries"]:
+                f.write(json.dumps({"query": q["query"], "positive": doc["chunks"][q["chunk"]]}) + "\n")
+    return out
 
+
+def train_arm(work: Path, arm: str, seed: int, base: Path, data: Path, args: argparse.Namespace) -> dict:
+    """One training run (cached in ``<arm>-s<seed>.train.json``): the contextual stage, or the pair control."""
     from pplx_embed.train.config import stage_config
     from pplx_embed.train.contrastive import train_stage
 
+    done = work / f"{arm}-s{seed}.train.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    out = work / f"{arm}-s{seed}"
+    shutil.rmtree(out, ignore_errors=True)
+    t0 = time.time()
+    loss = {"temperature": 0.05, "contextual_weights": [1.0, 1.0, 1.0]} if arm == "contextual" else {
+        "temperature": 0.05}
+    summary = train_stage(stage_config(
+        stage="contextual" if arm == "contextual" else "pairs", model=str(base), output=str(out),
+        batch_size=args.batch_size, max_length=args.max_length, query_max_length=64, seed=seed, log_every=1,
+        max_steps=args.steps, bf16=args.bf16, loss=loss, optim={"lr": args.lr, "warmup_steps": 5},
+        phases=[{"data": str(data), "name": f"xquad-en-{arm}"}]), progress=False)
+    losses = [r["loss"] for r in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if "loss" in r]
+    result = {"steps": summary["steps"], "loss_curve": [round(x, 4) for x in losses],
+              "loss_first10": round(sum(losses[:10]) / len(losses[:10]), 4),
+              "loss_last10": round(sum(losses[-10:]) / len(losses[-10:]), 4), "seconds": round(time.time() - t0, 1)}
+    done.write_text(json.dumps(result))
+    return result
+
+
+ARMS = ("contextual", "pairs")
+
+
+def main() -> int:
+    from pplx_embed.engine.backends import native_bf16
+    from pplx_embed.engine.threads import cpu_flags
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--max-length", type=int, default=512, help="MiniLM window for training and evaluation")
+    ap.add_argument("--steps", type=int, default=80)
+    ap.add_argument("--batch-size", type=int, default=8, help="queries per step (their documents are embedded whole)")
+    ap.add_argument("--lr", type=float, default=5e-5)
+    ap.add_argument("--docs", type=int, default=0, help="covidqa-ctx documents evaluated (seeded sample; 0 = all 98)")
+    ap.add_argument("--seeds", default="0,1", help="training seeds (each arm runs once per seed)")
+    ap.add_argument("--arms", default=",".join(ARMS), help="contextual (late-chunked, dual loss) and/or pairs "
+                                                           "(the control: same queries, chunks alone, InfoNCE)")
+    ap.add_argument("--no-bf16", dest="bf16", action="store_false", help="fp32 training even on CPUs with bf16")
+    add_run_args(ap, "/tmp/pplx-train-bench/contextual", ROOT / "docs" / "benchmarks" / "train_contextual_covidqa.json")
+    args = ap.parse_args()
+    args.bf16 = args.bf16 and native_bf16(cpu_flags())
+    work = start_run(args)
+    started = time.time()
+
     base = widened_minilm(work / f"minilm-{args.max_length}", args.max_length)
     tokenizer = transformers.AutoTokenizer.from_pretrained(base)
-    train_file = work / "xquad-en-contextual.jsonl"
-    train_data = xquad_contextual(train_file, tokenizer, args.max_length)
+    files = {"contextual": work / "xquad-en-contextual.jsonl"}
+    train_data = xquad_contextual(files["contextual"], tokenizer, args.max_length)
+    files["pairs"] = pairs_of(files["contextual"], work / "xquad-en-pairs.jsonl")
     log.info("training data: %s", train_data)
-    ds = covidqa_subset(args.docs, args.seed)
+    ds = covidqa_subset(args.docs, 0)
     log.info("eval: covidqa-ctx, %d documents, %d chunks, %d queries", len(ds.documents), len(ds.corpus_ids),
              len(ds.query_ids))
 
-    cached = work / "before.json"
-    if not cached.is_file():
-        cached.write_text(json.dumps(evaluate(base, ds)))
-    before = json.loads(cached.read_text())
+    def cached_eval(name: str, model: Path) -> dict:
+        path = work / f"eval-{name}-{args.docs}.json"
+        if not path.is_file():
+            path.write_text(json.dumps(evaluate(model, ds)))
+        return json.loads(path.read_text())
 
-    out = work / "trained"
-    if not (work / "train.json").is_file():
-        shutil.rmtree(out, ignore_errors=True)
-        t0 = time.time()
-        summary = train_stage(stage_config(
-            stage="contextual", model=str(base), output=str(out), batch_size=args.batch_size,
-            max_length=args.max_length,
-            query_max_length=64, seed=args.seed, log_every=1, max_steps=args.steps,
-            loss={"temperature": 0.05, "contextual_weights": [1.0, 1.0, 1.0]},
-            optim={"lr": args.lr, "warmup_steps": 5}, phases=[{"data": str(train_file), "name": "xquad-en"}]))
-        losses = [r["loss"] for r in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if "loss" in r]
-        (work / "train.json").write_text(json.dumps({"steps": summary["steps"],
-                                                     "loss_curve": [round(x, 4) for x in losses],
-                                                     "seconds": round(time.time() - t0, 1)}))
-    train = json.loads((work / "train.json").read_text())
-    cached = work / "after.json"
-    if not cached.is_file():
-        cached.write_text(json.dumps(evaluate(out / "last", ds)))
-    after = json.loads(cached.read_text())
-
-    curve = train["loss_curve"]
-    print(f"{'model':<34}{'independent':>12}{'late':>8}")
-    for name, r in (("MiniLM, 512-token window (before)", before), ("after contextual training", after)):
-        print(f"{name:<34}{r['independent']['ndcg@10']:>12.4f}{r['late']['ndcg@10']:>8.4f}")
+    results = {"before": cached_eval("before", base)}
+    runs = {}
+    for seed in [int(x) for x in args.seeds.split(",")]:
+        for arm in args.arms.split(","):
+            runs[f"{arm}-s{seed}"] = train_arm(work, arm, seed, base, files[arm], args)
+            results[f"{arm}-s{seed}"] = cached_eval(f"{arm}-s{seed}", work / f"{arm}-s{seed}" / "last")
+    print(f"{'model':<22}{'independent':>12}{'late':>8}{'late-indep':>11}")
+    for name, r in results.items():
+        ind, late = r["independent"]["ndcg@10"], r["late"]["ndcg@10"]
+        print(f"{name:<22}{ind:>12.4f}{late:>8.4f}{(late - ind) * 100:>+11.1f}")
+    means = {}
+    for arm in args.arms.split(","):
+        rows = [r for n, r in results.items() if n.startswith(f"{arm}-s")]
+        means[arm] = {mode: round(sum(r[mode]["ndcg@10"] for r in rows) / len(rows), 4)
+                      for mode in ("independent", "late")}
+    print("mean over seeds:", json.dumps(means))
     record = {
         "benchmark": "train_contextual_covidqa", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "device": f"{cpu_description()} (CPU only, torch.set_num_threads({args.threads}); "
-                  "2-core machine shared with other jobs)",
+        "device": f"{cpu_description()} (CPU only, torch.set_num_threads({args.threads}))",
         "versions": {"python": sys.version.split()[0], "torch": torch.__version__,
                      "transformers": transformers.__version__},
         "model": "sentence-transformers/all-MiniLM-L6-v2 (bundled), window raised to "
                  f"{args.max_length} tokens (sentence_bert_config max_seq_length)",
         "settings": {k: v for k, v in vars(args).items() if k not in ("fresh", "out", "work")},
         "training": {"data": "xquad/en as contextual documents (articles cut into windows of consecutive paragraphs)",
-                     **train_data, "examples_seen": train["steps"] * args.batch_size, "stage": "contextual",
-                     "loss": "in-batch chunk + in-sequence chunk + document InfoNCE, weights 1/1/1, temperature 0.05",
-                     "steps": train["steps"], "loss_curve": curve,
-                     "loss_first10": round(sum(curve[:10]) / len(curve[:10]), 4),
-                     "loss_last10": round(sum(curve[-10:]) / len(curve[-10:]), 4)},
+                     **train_data,
+                     "contextual": "late-chunked documents; in-batch chunk + in-sequence chunk + document InfoNCE, "
+                                   "weights 1/1/1, temperature 0.05",
+                     "pairs": "control: the same queries in the same batches, each with its chunk alone as the "
+                              "positive; in-batch InfoNCE, temperature 0.05",
+                     "runs": runs},
         "eval": {"set": "covidqa-ctx", "documents": len(ds.documents), "chunks": len(ds.corpus_ids),
-                 "queries": len(ds.query_ids), "seed": args.seed, "precision": "float32, full dimension",
+                 "queries": len(ds.query_ids), "precision": "float, full dimension",
                  "truncation": "right", "code": "pplx_embed.eval.tasks.contextual (pplx-embed eval --contextual)"},
-        "before": before, "after": after,
-        "seconds": {"train": train["seconds"], "eval_before": before["seconds"], "eval_after": after["seconds"],
-                    "total_this_invocation": round(time.time() - started, 1)},
+        "results": results, "mean_over_seeds": means,
+        "seconds_this_invocation": round(time.time() - started, 1),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(record, indent=2))

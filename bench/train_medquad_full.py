@@ -39,8 +39,8 @@ import torch
 import transformers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import add_run_args, start_run  # noqa: E402
-from pplx_embed.engine.threads import cpu_description, cpu_flags  # noqa: E402
+from common import add_run_args, eval_engine, start_run  # noqa: E402
+from pplx_embed.engine.threads import cpu_description  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "medquad"
@@ -81,12 +81,6 @@ def merge(work: Path, seed: int) -> None:
     log.info("merged into %s", out)
 
 
-def engine_options() -> dict:
-    """bf16 torch where the CPU computes bf16 natively (cosine ≥ 0.9999 to fp32, see docs/engine.md), else fp32."""
-    native = {"amx_bf16", "avx512_bf16"} & set(cpu_flags())
-    return {"backend": "torch", "dtype": "bfloat16" if native else "float32"}
-
-
 def evaluate(work: Path, name: str, model: str) -> None:
     from pplx_embed import Embedder
     from pplx_embed.eval import runner, tasks
@@ -95,7 +89,7 @@ def evaluate(work: Path, name: str, model: str) -> None:
     if out.is_file():
         return
     started = time.time()
-    embedder = Embedder(model, **engine_options())
+    embedder = Embedder(model, **eval_engine())
     records = runner.run(embedder, DATA / "dev", tasks.Settings(precisions=PRECISIONS, dimensions=DIMS,
                                                                 truncation="right"))
     table = {f"{r['precision']}@{r['dimensions']}": r["metrics"] for r in records}

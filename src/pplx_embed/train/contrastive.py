@@ -340,7 +340,8 @@ class ContrastiveTrainer:
         if checked_at != self.step or not (self.out / "last").is_dir():
             self._check(position)
         bar.close()
-        summary = {"stage": cfg.stage, "steps": self.step, "world_size": self.world,
+        summary = {"stage": cfg.stage, "steps": self.step, "examples": [len(ex) for ex in self.phases],
+                   "world_size": self.world,
                    "parallel": cfg.parallel if self.world > 1 else None, "sharded": dist.is_sharded(self.encoder.model),
                    "metric": cfg.eval and cfg.eval.metric,
                    "before": before, "best": self.best, "early_stopped": early, "history": self.history,

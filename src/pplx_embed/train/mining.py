@@ -8,6 +8,8 @@ positive's score (likely unlabeled positives).
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from pplx_embed.embedder import Embedder
@@ -15,6 +17,8 @@ from pplx_embed.model.quantization import cosine_similarity
 from pplx_embed.train.config import MiningConfig
 from pplx_embed.train.data import Pair
 from pplx_embed.train.evaluation import pooled
+
+log = logging.getLogger(__name__)
 
 
 def mine_hard_negatives(embedder: Embedder, pairs: list[Pair], corpus: list[str], config: MiningConfig) -> list[Pair]:
@@ -53,6 +57,8 @@ def mine_hard_negatives(embedder: Embedder, pairs: list[Pair], corpus: list[str]
                     break
             if len(negatives) == config.num_negatives:
                 out.append(Pair(pair.query, pair.positive, negatives, pair.lang, pair.query_lang, pair.positive_lang))
+    log.info("mined %d negative(s) for %d of %d pairs; %d dropped (too few candidates below the positive's score "
+             "that are not near-duplicates of it)", config.num_negatives, len(out), len(pairs), len(pairs) - len(out))
     return out
 
 
