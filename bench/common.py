@@ -36,4 +36,4 @@ def eval_engine() -> dict:
     from pplx_embed.engine.backends import native_bf16
     from pplx_embed.engine.threads import cpu_flags
 
-    return {"backend": "torch", "dtype": "bfloat16" if native_bf16(frozenset(cpu_flags())) else "float32"}
+    return {"backend": "torch", "dtype": "bfloat16" if native_bf16(cpu_flags()) else "float32"}

@@ -40,7 +40,8 @@ import transformers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import add_run_args, eval_engine, start_run  # noqa: E402
-from pplx_embed.engine.threads import cpu_description  # noqa: E402
+from pplx_embed.engine.backends import native_bf16  # noqa: E402
+from pplx_embed.engine.threads import cpu_description, cpu_flags  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "medquad"
@@ -160,6 +161,7 @@ def main() -> int:
     ap.add_argument("--no-bf16", dest="bf16", action="store_false")
     add_run_args(ap, "/tmp/pplx-train-bench/medquad-full", ROOT / "docs" / "benchmarks" / "train_medquad_full.json")
     args = ap.parse_args()
+    args.bf16 = args.bf16 and native_bf16(cpu_flags())  # emulated bf16 is slower than fp32
     work = start_run(args)
     if args.run in VARIANTS:
         train(work, args.run, args)
