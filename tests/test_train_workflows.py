@@ -105,6 +105,8 @@ def test_finetune_holds_out_training_pairs_and_mines_hard_negatives(tmp_path, ti
     assert again["steps"] == 1
     with pytest.raises(ValueError, match="--holdout must be between 1 and 12"):
         finetune(str(tiny_pplx_dir), str(pairs), str(tmp_path / "x"), holdout=13, progress=False)
+    with pytest.raises(ValueError, match="--hard-negatives must be 0 or more"):
+        finetune(str(tiny_pplx_dir), str(pairs), str(tmp_path / "x"), hard_negatives=-1, progress=False)
     with pytest.raises(ValueError, match="choose --eval or --holdout"):
         finetune(str(tiny_pplx_dir), str(pairs), str(tmp_path / "x"), str(tmp_path), holdout=2, progress=False)
 
