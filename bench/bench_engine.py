@@ -10,7 +10,8 @@ Texts are real (XQuAD-en questions and paragraphs, COVID-QA article chunks, from
    the same local ONNX export. Each configuration is a worker process (peers in their own virtual
    environments, see ``PEER_VENVS``); rounds alternate the configurations and the best round counts.
    Accuracy: cosine to our torch fp32 vectors, XQuAD-en nDCG@10.
-2. A pplx-embed-v1-0.6B-shaped checkpoint (real config, random weights), mixed-length texts in
+2. A pplx-embed-v1-0.6B-shaped (or, ``--pplx-shape 4b``, 4B-shaped) checkpoint (real config, random weights),
+   mixed-length texts in
    sorted batches of 32: ours vs sentence-transformers on the same weights in fp32 and bf16, and
    the fraction of this machine's matmul peak (a large ``torch.matmul``, same run) reached on
    512-token inputs.
@@ -254,15 +255,20 @@ def bench_minilm(workdir: Path, sets: dict[str, list[str]], rounds: int, labels:
     out: dict = {"model": reference.name, "load": {k: w.ready for k, w in workers.items()}, "sets": {}}
     try:
         for name, texts_of_set in sets.items():
-            best = dict.fromkeys(workers, float("inf"))
+            times: dict[str, list[float]] = {label: [] for label in workers}
             for _ in range(rounds):
                 for label, w in workers.items():
                     time.sleep(SETTLE_S)  # the previous worker's runtime threads stop spinning before this one starts
-                    best[label] = min(best[label], w.ask("time", name)["seconds"])
-            base = best.get(PEER)
+                    times[label].append(w.ask("time", name)["seconds"])
+            best = {label: min(t) for label, t in times.items()}
+            median = {label: float(np.median(t)) for label, t in times.items()}
+            base, base_median = best.get(PEER), median.get(PEER)
             rows = {label: {"seconds": round(s, 3), "tokens_per_s": round(tokens[name] / s),
                             "texts_per_s": round(len(texts_of_set) / s, 1),
-                            "vs_st_torch": round(base / s, 2) if base else None} for label, s in best.items()}
+                            "vs_st_torch": round(base / s, 2) if base else None,
+                            "median_tokens_per_s": round(tokens[name] / median[label]),
+                            "median_vs_st_torch": round(base_median / median[label], 2) if base_median else None}
+                    for label, s in best.items()}
             out["sets"][name] = {"texts": len(texts_of_set), "tokens": tokens[name], "results": rows}
             print(f"[minilm] {name} ({load_now()}): " + ", ".join(f"{k} {v['vs_st_torch']}x" for k, v in rows.items()),
                   flush=True)
@@ -317,15 +323,18 @@ def forward_flops(config: dict, tokens: int, length: int) -> float:
     return tokens * (2 * layers * per_layer + 4 * layers * heads * head_dim * length)
 
 
-def bench_pplx(workdir: Path, texts: list[str], labels: list[str], mfu_batch: int) -> dict:
+def bench_pplx(workdir: Path, texts: list[str], labels: list[str], mfu_batch: int, shape: str = "0.6b") -> dict:
+    """Ours vs sentence-transformers on a random checkpoint of a published shape (4B: bf16 weights, 8 GB)."""
+    import torch
     from transformers import AutoTokenizer
 
     from pplx_embed.model.synthetic import write_random_checkpoint
 
-    checkpoint = workdir / "pplx-0.6b-random"
+    checkpoint = workdir / f"pplx-{shape}-random"
+    weights = "bf16" if shape == "4b" else "fp32"  # 4B in fp32 is 16 GB: written and loaded in bf16
     if not list(checkpoint.glob("*.safetensors")):
-        print(f"[0.6b] writing a random 0.6B-shaped checkpoint to {checkpoint} ...", flush=True)
-        write_random_checkpoint(checkpoint, "0.6b", seed=0)
+        print(f"[{shape}] writing a random {shape}-shaped checkpoint to {checkpoint} ...", flush=True)
+        write_random_checkpoint(checkpoint, shape, seed=0, dtype=torch.bfloat16 if weights == "bf16" else torch.float32)
     config = json.loads((checkpoint / "config.json").read_text())
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     ids = tokenizer(texts)["input_ids"]  # Qwen3 adds no special tokens
@@ -335,12 +344,13 @@ def bench_pplx(workdir: Path, texts: list[str], labels: list[str], mfu_batch: in
     (workdir / "pplx-texts.json").write_text(json.dumps(sets))
     fixed_tokens = sum(map(len, tokenizer(sets["fixed512"])["input_ids"]))
     tokens = sum(map(len, ids))
-    out: dict = {"checkpoint": "write_random_checkpoint(dir, '0.6b') (28 layers, hidden 1024, fp32 weights)",
-                 "texts": len(texts), "tokens": tokens, "batch": 32, "results": {}}
+    out: dict = {"checkpoint": (f"write_random_checkpoint(dir, '{shape}') ({config['num_hidden_layers']} layers, "
+                                f"hidden {config['hidden_size']}, {weights} weights)"),
+                 "shape": shape, "texts": len(texts), "tokens": tokens, "batch": 32, "results": {}}
     peaks = {d: matmul_peak(d) for d in ("float32", "bfloat16")}
     out["matmul_peak_tflops"] = {d: round(p / 1e12, 3) for d, p in peaks.items()}
-    print(f"[0.6b] matmul peak (TFLOP/s): {out['matmul_peak_tflops']} ({load_now()})", flush=True)
-    for label in labels:  # one at a time: each holds a 0.6B model
+    print(f"[{shape}] matmul peak (TFLOP/s): {out['matmul_peak_tflops']} ({load_now()})", flush=True)
+    for label in labels:  # one at a time: each holds a whole model
         workers = start_workers([label], str(checkpoint), workdir / "pplx-texts.json", workdir, 32, 32)
         if label not in workers:
             out["results"][label] = {"error": "failed to start"}
@@ -349,16 +359,21 @@ def bench_pplx(workdir: Path, texts: list[str], labels: list[str], mfu_batch: in
         try:
             seconds = w.ask("time", "mixed")["seconds"]
             mfu_s = w.ask("time", "fixed512")
+        except RuntimeError as exc:  # e.g. killed for memory: the other configurations' figures still count
+            out["results"][label] = {"error": str(exc)}
+            continue
         finally:
             w.close()
-        dtype = "bfloat16" if ("bf16" in label or w.ready.get("engine", {}).get("dtype") == "bfloat16") else "float32"
+        # sentence-transformers loads a checkpoint in its stored dtype: on bf16 weights even st-torch computes in bf16
+        bf16 = "bf16" in label or (label.startswith("st-") and weights == "bf16")
+        dtype = "bfloat16" if bf16 or w.ready.get("engine", {}).get("dtype") == "bfloat16" else "float32"
         flops = forward_flops(config, fixed_tokens, 512) / mfu_s["seconds"]
         out["results"][label] = {
             "load_s": w.ready["load_s"], "engine": w.ready.get("engine"), "seconds": round(seconds, 2),
             "tokens_per_s": round(tokens / seconds, 1), "peak_rss_mib": mfu_s["peak_rss_mib"],
             "tflops_at_512": round(flops / 1e12, 3), "compute_dtype": dtype,
             "fraction_of_matmul_peak": round(flops / peaks[dtype], 3)}
-        print(f"[0.6b] {label}: {out['results'][label]} ({load_now()})", flush=True)
+        print(f"[{shape}] {label}: {out['results'][label]} ({load_now()})", flush=True)
     peers = [r["tokens_per_s"] for k, r in out["results"].items() if k.startswith("st-") and "tokens_per_s" in r]
     for row in out["results"].values():
         if peers and "tokens_per_s" in row:
@@ -383,6 +398,12 @@ def verdicts(result: dict) -> list[str]:
             said.append(f"{name}: auto {ratio}x the best float peer ({best_peer}), {rows['auto']['vs_st_torch']}x "
                         f"st-torch; targets 1.1x and 3x → {'met' if ratio >= 1.1 else 'not met'} / "
                         f"{'met' if rows['auto']['vs_st_torch'] >= 3 else 'not met'}")
+            if "median_tokens_per_s" in rows["auto"]:
+                medians = {k: rows[k]["median_tokens_per_s"] for k in peers}
+                top = max(medians, key=medians.get)
+                ratio = round(rows["auto"]["median_tokens_per_s"] / medians[top], 2)
+                said.append(f"{name}, median rounds: auto {ratio}x the best float peer ({top}), "
+                            f"{rows['auto']['median_vs_st_torch']}x st-torch")
         said.append(f"auto cosine to fp32: mean {acc['auto']['mean_cosine']}, min {acc['auto']['min_cosine']} "
                     f"(target ≥ 0.999: {'met' if acc['auto']['min_cosine'] >= 0.999 else 'not met'})")
         mixed = m["sets"]["mixed"]["results"]
@@ -391,16 +412,18 @@ def verdicts(result: dict) -> list[str]:
                 fp32 = acc["torch"] if "torch" in acc else acc[PEER]  # both are fp32 torch
                 drop = round(fp32["xquad_en_ndcg@10"] - acc[label]["xquad_en_ndcg@10"], 2)
                 ok = mixed[label]["vs_st_torch"] >= 5 and acc[label]["mean_cosine"] >= 0.99 and drop <= 0.5
-                said.append(f"{label} (int8 compute): {mixed[label]['vs_st_torch']}x st-torch, mean cosine "
+                said.append(f"{label} (int8 compute): {mixed[label]['vs_st_torch']}x st-torch "
+                            f"(median rounds {mixed[label].get('median_vs_st_torch')}x), mean cosine "
                             f"{acc[label]['mean_cosine']}, nDCG@10 change {-drop:+} points; target ≥ 5x within the "
                             f"guard → {'met' if ok else 'not met'}")
-    p = result.get("pplx_0.6b")
-    if p:
+    for key in [k for k in result if k.startswith("pplx_")]:
+        p = result[key]
         ours = {k: r for k, r in p["results"].items() if not k.startswith("st-") and "tokens_per_s" in r}
         if ours:
             best = max(ours, key=lambda k: ours[k]["tokens_per_s"])
             r = ours[best]
-            said.append(f"0.6B: ours at best ({best}) {r.get('vs_best_st')}x sentence-transformers' best (target 1.5x "
+            said.append(f"{key[5:].upper()}: ours at best ({best}) {r.get('vs_best_st')}x sentence-transformers' best "
+                        f"(target 1.5x "
                         f"→ {'met' if (r.get('vs_best_st') or 0) >= 1.5 else 'not met'}); "
                         f"{round(100 * r['fraction_of_matmul_peak'])}% of the {r['compute_dtype']} matmul peak at "
                         f"512 tokens (target 50% → {'met' if r['fraction_of_matmul_peak'] >= 0.5 else 'not met'})")
@@ -423,34 +446,39 @@ def markdown(result: dict) -> str:
     if "minilm" in result:
         m = result["minilm"]
         auto = m["load"].get("auto", {}).get("engine", {})
-        lines += [f"## {m['model']}", "", (f"{result['rounds']} rounds, best round counted. "
+        lines += [f"## {m['model']}", "", (f"{result['rounds']} rounds (configurations alternate within each), "
+                  "best round counted, and the median round beside it. "
                   "Peers at their default batches of 32 "
                   "(sentence-transformers `encode(batch_size=32)`, fastembed `batch_size=32`); ours at our defaults "
                   "(token budget 16,384, at most 256 sequences, length-sorted). "
                   "Tokens include special tokens, after truncation to 256."), "",
-                  (f"`auto` chose **{auto.get('backend')} {auto.get('dtype')}**; its first load (probe and conversion, "
+                  (f"`auto` chose **{auto.get('backend')} {auto.get('dtype')}"
+                  f"{' in ' + str(auto['streams']) + ' streams' if auto.get('streams') else ''}**; "
+                  "its first load (probe and conversion, "
                   f"fresh cache) took {m['load'].get('auto', {}).get('load_s')} s. Candidates measured:"), "",
-                  "| backend | dtype | probe s | mean cosine | min cosine | passed | build s |",
-                  "|---|---|---:|---:|---:|---|---:|"]
+                  "| backend | dtype | streams | probe s | mean cosine | min cosine | passed | build s |",
+                  "|---|---|---|---:|---:|---:|---|---:|"]
         for c in auto.get("auto", {}).get("candidates", []):
-            lines.append(f"| {c['backend']} | {c['dtype']} | {c.get('seconds', '—')} | {c.get('mean_cosine', '—')} | "
+            lines.append(f"| {c['backend']} | {c['dtype']} | {'throughput' if c.get('throughput') else 'one'} | "
+                         f"{c.get('seconds', '—')} | {c.get('mean_cosine', '—')} | "
                          f"{c.get('min_cosine', '—')} | {c.get('passed', c.get('error', '—'))} | "
                          f"{c.get('build_s')} |")
-        lines += ["", "| set | texts | tokens | config | tokens/s | texts/s | vs st-torch |",
-                  "|---|---:|---:|---|---:|---:|---:|"]
+        lines += ["", "| set | texts | tokens | config | tokens/s | texts/s | vs st-torch | median tokens/s | "
+                  "median vs st-torch |", "|---|---:|---:|---|---:|---:|---:|---:|---:|"]
         for name, s in m["sets"].items():
             for label, r in s["results"].items():
                 lines.append(f"| {name} | {s['texts']} | {s['tokens']} | {label} | {r['tokens_per_s']} | "
-                             f"{r['texts_per_s']} | {r['vs_st_torch']}x |")
+                             f"{r['texts_per_s']} | {r['vs_st_torch']}x | {r.get('median_tokens_per_s', '—')} | "
+                             f"{r.get('median_vs_st_torch', '—')}x |")
         lines += ["", (f"Accuracy: cosine to our torch fp32 vectors (mixed set); XQuAD-en retrieval "
                   f"({m['xquad']['queries']} queries, {m['xquad']['corpus']} paragraphs)."), "",
                   "| config | mean cosine | min cosine | XQuAD-en nDCG@10 | load s |", "|---|---:|---:|---:|---:|"]
         for label, a in m["accuracy"].items():
             lines.append(f"| {label} | {a['mean_cosine']} | {a['min_cosine']} | {a['xquad_en_ndcg@10']} | "
                          f"{m['load'][label]['load_s']} |")
-    if "pplx_0.6b" in result:
-        p = result["pplx_0.6b"]
-        lines += ["", "## pplx-embed-v1-0.6B-shaped checkpoint (random weights)", "",
+    for key in [k for k in result if k.startswith("pplx_")]:
+        p = result[key]
+        lines += ["", f"## pplx-embed-v1-{key[5:].upper()}-shaped checkpoint (random weights)", "",
                   (f"{p['checkpoint']}; {p['texts']} mixed XQuAD questions and paragraphs (3:1) "
                   f"({p['tokens']} tokens), sorted batches of 32, one pass after a warm-up; each configuration in "
                   f"its own process. Matmul peak of this machine (4096² `torch.matmul`, same run): "
@@ -488,7 +516,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--configs", default=",".join(PEERS + OURS), help="MiniLM configurations (default: all)")
     parser.add_argument("--skip-minilm", action="store_true")
-    parser.add_argument("--skip-pplx", action="store_true", help="skip the 0.6B-shaped checkpoint")
+    parser.add_argument("--skip-pplx", action="store_true", help="skip the pplx-embed-shaped checkpoint")
+    parser.add_argument("--pplx-shape", choices=("0.6b", "4b"), default="0.6b",
+                        help="published shape of the random checkpoint (4b: bf16 weights, needs ~20 GB RAM)")
     parser.add_argument("--pplx-configs", default="st-torch,st-bf16,torch-bf16,openvino-bf16",
                         help="0.6B configurations (ours: auto, torch, torch-bf16, openvino, openvino-bf16; "
                              "peers: st-torch, st-bf16)")
@@ -524,7 +554,8 @@ def run(args: argparse.Namespace, command: str = "python bench/bench_engine.py")
         n = args.pplx_texts or (64 if args.quick else 256)
         texts = sets["short"][: n - n // 4] + sets["long"][: n // 4]  # questions and XQuAD paragraphs, 3:1
         random.Random(1).shuffle(texts)
-        result["pplx_0.6b"] = bench_pplx(workdir, texts, args.pplx_configs.split(","), args.mfu_batch)
+        result[f"pplx_{args.pplx_shape}"] = bench_pplx(workdir, texts, args.pplx_configs.split(","), args.mfu_batch,
+                                                      args.pplx_shape)
     result["environment"]["load_average_at_end"] = list(os.getloadavg())
     output = Path(args.output)
     from pplx_embed.atomic import write_text

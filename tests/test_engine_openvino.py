@@ -56,6 +56,53 @@ def test_openvino_fp32_gives_torch_bytes_and_spans(request, which, texts):
         assert not np.any(a[np.all(b == 0, axis=1)])  # an empty chunk stays a zero vector
 
 
+def _throughput(embedder: Embedder, dtype: torch.dtype = torch.float32) -> Embedder:
+    """``embedder`` re-wired to an OpenVINO backend in throughput streams on the same IR."""
+    from pplx_embed.engine.openvino_backend import OpenVinoBackend
+
+    streamed = OpenVinoBackend(embedder.engine.backend.model_file, "openvino", dtype, throughput=True)
+    embedder.engine = embedder._engine(streamed)
+    return embedder
+
+
+def test_openvino_throughput_streams_give_the_same_vectors_and_spans(engine_cache, minilm, texts, monkeypatch):
+    """Split across streams (each slice cut to its own longest row), a batch pools exactly as in one stream."""
+    from pplx_embed.engine import openvino_backend
+
+    monkeypatch.setattr(openvino_backend, "SPLIT_ROWS", 1)  # split every batch of at least one row per stream
+    streamed = _throughput(Embedder("minilm", backend="openvino"))
+    from pplx_embed.engine.threads import physical_cores
+
+    assert streamed.engine.backend.streams >= 2 or physical_cores() == 1  # one thread per stream
+    want = minilm.encode(texts, truncation="right")
+    np.testing.assert_allclose(streamed.encode(texts, truncation="right"), want, atol=1e-4, rtol=0)
+    for size in (1, 2, 3, 5):  # one-row batches (one stream), odd rows: slices of unequal height and width
+        np.testing.assert_allclose(streamed.encode(texts, truncation="right", batch_size=size), want, atol=1e-4,
+                                   rtol=0)
+    got = streamed.encode(texts, quantization="int8", truncation="right").astype(int)
+    assert np.abs(got - minilm.encode(texts, quantization="int8", truncation="right").astype(int)).max() <= 1
+    docs = [texts[:3], texts[12:14], ["x", "", texts[5]]]
+    for a, b in zip(streamed.encode_contextual(docs, truncation="right"),
+                    minilm.encode_contextual(docs, truncation="right"), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-4, rtol=0)
+    bf16 = _throughput(Embedder("minilm", backend="openvino", dtype="bfloat16"), torch.bfloat16)
+    assert _cosine(bf16.encode(texts, truncation="right"), want).min() >= 0.999
+
+
+def test_openvino_refuses_bf16_streams_for_a_gated_mlp(tiny_pplx, tiny_ov, texts, monkeypatch):
+    """OpenVINO 2026.4 dies (SIGFPE) compiling a SwiGLU MLP in bf16 for several streams: refused, process lives."""
+    from pplx_embed.engine import openvino_backend
+    from pplx_embed.engine.openvino_backend import OpenVinoBackend
+
+    monkeypatch.setattr(openvino_backend, "SPLIT_ROWS", 1)
+
+    with pytest.raises(ValueError, match="gated MLP in bfloat16"):
+        OpenVinoBackend(tiny_ov.engine.backend.model_file, "openvino", torch.bfloat16, throughput=True)
+    streamed = _throughput(Embedder(str(tiny_ov.checkpoint.path), backend="openvino"))  # fp32 streams work
+    np.testing.assert_allclose(streamed.encode(texts, truncation="right", batch_size=3),
+                               tiny_pplx.encode(texts, truncation="right"), atol=1e-4, rtol=0)
+
+
 def test_openvino_pplx_is_bidirectional(tiny_pplx, tiny_ov):
     ids = np.array([tiny_pplx.tokenize(["the cat sat on the mat"])[0]], dtype=np.int64)
     changed = ids.copy()

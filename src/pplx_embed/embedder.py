@@ -6,6 +6,7 @@ Matryoshka truncation → quantization (``model.quantization``).
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Literal
 
@@ -20,6 +21,7 @@ from pplx_embed.model.pooling import Sequence
 from pplx_embed.model.quantization import check_dimensions, check_quantization, quantize, similarity
 from pplx_embed.options import EmbedderOptions
 
+log = logging.getLogger(__name__)
 Truncation = Literal["right", "left"] | None
 # A text longer than this many characters per context token is refused (or cut, when truncating) before it is
 # tokenized: real text averages 3-6 characters per token, and tokenizing megabytes to refuse them costs gigabytes.
@@ -57,32 +59,41 @@ class Embedder:
         self.options = options
         from transformers import AutoTokenizer
 
-        from pplx_embed.engine.backends import LONG_INPUT_TOKENS, create_backend, resolve_backend
+        from pplx_embed.engine.auto import fits_in_memory
+        from pplx_embed.engine.backends import LONG_INPUT_TOKENS, create_backend, native_bf16, resolve_backend
+        from pplx_embed.engine.threads import cpu_flags
         from pplx_embed.engine.torch_backend import pick_device, pick_dtype
         from pplx_embed.model.encoder import load_transformer
 
         self.device = pick_device(options.device)
-        probing = options.backend == "auto" and options.dtype is None and self.device == "cpu"
-        self.dtype = torch.float32 if probing else pick_dtype(options.dtype, self.device)
-        backend = "auto" if probing else resolve_backend(options.backend, self.device, self.dtype)
         self.checkpoint: Checkpoint = load_checkpoint(options.model)
+        #: the auto decision (candidates measured, cache file), or None when the backend was explicit
+        self.auto: dict | None = None
+        probing = options.backend == "auto" and options.dtype is None and self.device == "cpu"
+        if probing and (reason := fits_in_memory(self.checkpoint.path, self.checkpoint.config)):
+            probing, fallback = False, "bfloat16" if native_bf16(cpu_flags()) else "float32"
+            self.auto = {"backend": "torch", "dtype": fallback, "candidates": [], "skipped": reason}
+            log.warning("auto: no probe for %s: %s; running torch %s", options.model, reason, fallback)
+        dtype = self.auto["dtype"] if self.auto else options.dtype
+        self.dtype = torch.float32 if probing else pick_dtype(dtype, self.device)
+        backend = "auto" if probing else resolve_backend(options.backend, self.device, self.dtype)
         self.tokenizer = AutoTokenizer.from_pretrained(self.checkpoint.path, trust_remote_code=False)
         self._prefix, self._suffix = self._special_tokens()
         load_dtype = self.dtype if backend == "torch" else torch.float32  # exports convert the fp32 model
         self.model = load_transformer(self.checkpoint.path, self.checkpoint.config, load_dtype, self.device)
-        #: the auto decision (candidates measured, cache file), or None when the backend was explicit
-        self.auto: dict | None = None
         #: inputs longer than this many tokens run on torch (auto chose OpenVINO for a long-context model)
         self.long_inputs: int | None = None
+        throughput: bool | None = None  # OpenVINO streams: its default layout, or what auto measured
         if probing:
             self.auto = self._choose_backend()
             backend, self.dtype = self.auto["backend"], getattr(torch, self.auto["dtype"])
+            throughput = bool(self.auto.get("throughput"))
             if backend == "torch" and self.dtype != torch.float32:
                 self.model.to(self.dtype)
         self.backend = backend
         calibration = self._probe_ids() if backend.endswith("-int8") else None
         main = create_backend(backend, self.dtype, self.model, self.device, self.checkpoint.path,
-                              self.checkpoint.pooling, self.name, calibration)
+                              self.checkpoint.pooling, self.name, calibration, throughput)
         long_backend = None
         if self.auto is not None and backend == "openvino" and self.max_length > LONG_INPUT_TOKENS:
             self.long_inputs = LONG_INPUT_TOKENS
@@ -109,7 +120,13 @@ class Embedder:
         def run(backend, ids: list[list[int]]) -> np.ndarray:
             return np.concatenate(self._engine(backend).run([Sequence(x) for x in ids]))
 
-        return choose(self.model, self.checkpoint.path, self.name, self.checkpoint.pooling, self._probe_ids(), run)
+        def load(dtype: torch.dtype) -> torch.nn.Module:
+            from pplx_embed.model.encoder import load_transformer
+
+            return load_transformer(self.checkpoint.path, self.checkpoint.config, dtype, "cpu")
+
+        return choose(self.model, self.checkpoint.path, self.name, self.checkpoint.pooling, self._probe_ids(), run,
+                      load)
 
     # ---- facts -------------------------------------------------------------------------------
     @property
@@ -160,11 +177,13 @@ class Embedder:
         """
         out = {"backend": self.backend, "dtype": str(self.dtype).removeprefix("torch."),
                "requested": self.options.backend}
+        if getattr(self.engine.backend, "streams", 1) > 1:
+            out["streams"] = self.engine.backend.streams
         if self.long_inputs is not None:
             out["long_inputs"] = {"backend": "torch", "over_tokens": self.long_inputs}
         if self.auto is not None:
-            out["auto"] = {k: self.auto[k] for k in ("candidates", "probe", "probe_s", "guard", "decided", "cached",
-                                                     "cache_file") if k in self.auto}
+            out["auto"] = {k: self.auto[k] for k in ("throughput", "skipped", "candidates", "probe", "probe_s", "guard",
+                                                     "decided", "cached", "cache_file") if k in self.auto}
         return out
 
     # ---- tokens ------------------------------------------------------------------------------

@@ -26,6 +26,9 @@ CPU_ONLY = ("openvino", "openvino-int8", "onnx", "onnx-int8")
 #: torch's fused SDPA attention was faster on every long input measured (one 8,192-token input: 12 s vs
 #: 14 s; 16,384 tokens: 43 s vs 84 s and +31 MiB vs +700 MiB; docs/engine.md, "Long inputs").
 LONG_INPUT_TOKENS = 4096
+#: Parameters below which a model is "small": ``auto`` probes it on the whole probe set, and OpenVINO runs it in
+#: throughput streams by default (its small matrix multiplications gain least from several threads each).
+SMALL_MODEL = 100_000_000
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
@@ -55,11 +58,13 @@ def resolve_backend(backend: str | None, device: str, dtype: torch.dtype) -> str
 
 def create_backend(name: str, dtype: torch.dtype, model: torch.nn.Module, device: str, checkpoint_path: Path,
                    pooling: str, model_name: str | None = None,
-                   calibration: list[list[int]] | None = None) -> Backend:
+                   calibration: list[list[int]] | None = None, throughput: bool | None = None) -> Backend:
     """A ready backend of a concrete ``name`` (see :func:`resolve_backend`) for a loaded model.
 
     ``torch`` runs ``model`` as loaded; the others export or convert it (``model`` must then be
-    float32), cached on disk. ``calibration`` token ids calibrate ``openvino-int8``.
+    float32), cached on disk. ``calibration`` token ids calibrate ``openvino-int8``. ``throughput``
+    runs OpenVINO in several streams (see :class:`~pplx_embed.engine.openvino_backend.OpenVinoBackend`);
+    ``None``: where the model is small and the CPU has several cores (unless the runtime cannot).
     """
     if name == "torch":
         from pplx_embed.engine.torch_backend import TorchBackend
@@ -68,7 +73,10 @@ def create_backend(name: str, dtype: torch.dtype, model: torch.nn.Module, device
     if name.startswith("openvino"):
         from pplx_embed.engine.openvino_backend import OpenVinoBackend, prepare_openvino
 
-        return OpenVinoBackend(prepare_openvino(model, checkpoint_path, name, model_name, calibration), name, dtype)
+        if throughput is None and sum(p.numel() for p in model.parameters()) >= SMALL_MODEL:
+            throughput = False  # large models: one stream (None lets the backend use streams where it can)
+        return OpenVinoBackend(prepare_openvino(model, checkpoint_path, name, model_name, calibration), name, dtype,
+                               throughput=throughput)
     from pplx_embed.engine.onnx_backend import OnnxBackend, prepare_onnx
 
     return OnnxBackend(prepare_onnx(model, checkpoint_path, name, pooling, model_name), name)

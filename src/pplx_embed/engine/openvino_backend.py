@@ -139,11 +139,41 @@ def prepare_openvino(model: torch.nn.Module, checkpoint_path: Path, variant: str
     return cached_directory(entry, "model.xml", build) / "model.xml"
 
 
+#: In throughput streams, a batch is split only when every stream gets at least this many rows: a slice of one or
+#: two rows on one thread is slower than the whole batch on every thread (MiniLM, 2-core Xeon).
+SPLIT_ROWS = 4
+
+
+def gated_mlp(model) -> bool:
+    """True when the IR has a gated MLP (``act(x W_gate) * (x W_up)``: SwiGLU, GeGLU), as Qwen3 does."""
+    for op in model.get_ops():
+        if op.get_type_name() not in ("Swish", "Gelu"):
+            continue
+        for target in op.output(0).get_target_inputs():
+            product = target.get_node()
+            if product.get_type_name() == "Multiply" and any(
+                    x.get_source_output().get_node().get_type_name() == "MatMul" for x in product.inputs()):
+                return True
+    return False
+
+
 class OpenVinoBackend:
-    """Runs an IR on the CPU plugin: latency hint, physical-core threads, fp32 or bf16 inference precision."""
+    """Runs an IR on the CPU plugin in fp32 or bf16 (or int8), with physical-core threads.
+
+    ``throughput=False``: one stream using every thread (the latency hint). ``throughput=True``:
+    OpenVINO's throughput hint chooses the streams (2 on a 2-core CPU, one thread each) and a batch
+    of at least ``SPLIT_ROWS`` rows per stream is split into row slices run at once, each cut to its
+    own longest row; smaller batches run on a second, one-stream compilation (a second copy of the weights:
+    ``auto`` offers this layout to small models only). On small models the streams avoid threads
+    synchronising inside every small matrix multiplication (MiniLM on a 2-core Xeon: 1.05-1.17x,
+    paired timings, docs/engine.md). OpenVINO 2026.4 dies (SIGFPE) compiling a gated MLP in bf16
+    for several streams (it fuses the MLP into an AMX kernel), so that combination is refused
+    (``throughput=True``) or falls back to one stream (``None``: streams where the runtime can and
+    the CPU has several cores).
+    """
 
     def __init__(self, model_xml: Path, variant: str = "openvino", dtype: torch.dtype = torch.float32,
-                 threads: int | None = None):
+                 threads: int | None = None, throughput: bool | None = False):
         import openvino as ov
         import openvino.properties as props
         import openvino.properties.hint as hints
@@ -152,16 +182,40 @@ class OpenVinoBackend:
             raise ValueError(f"backend {variant!r} computes in float32 or bfloat16, not {dtype}")
         core = ov.Core()
         model = core.read_model(model_xml)
+        broken = dtype == torch.bfloat16 and gated_mlp(model)
+        if throughput and broken:
+            raise ValueError("OpenVINO cannot compile this model's gated MLP in bfloat16 for several streams; "
+                             "use the latency layout (throughput=False) or float32")
+        if throughput is None:
+            throughput = not broken and (threads or physical_cores()) > 1
         config = {hints.inference_precision: PRECISIONS[dtype], hints.performance_mode: hints.PerformanceMode.LATENCY,
                   props.inference_num_threads: threads or physical_cores()}
-        self.request = core.compile_model(model, "CPU", config).create_infer_request()
-        self.lock = threading.Lock()  # one infer request: one batch at a time
+        self.single = core.compile_model(model, "CPU", config).create_infer_request()
+        self.streams, self.requests = 1, [self.single]
+        if throughput:
+            compiled = core.compile_model(model, "CPU", {**config,
+                                                         hints.performance_mode: hints.PerformanceMode.THROUGHPUT})
+            if int(compiled.get_property(props.num_streams)) > 1:  # the hint may settle on one stream
+                self.streams = int(compiled.get_property(props.num_streams))
+                self.requests = [compiled.create_infer_request() for _ in range(self.streams)]
+        self.lock = threading.Lock()  # one batch at a time: the requests' output buffers are reused
         self.input_names = {i.get_any_name() for i in model.inputs}
         self.name = variant
+        self.throughput = self.streams > 1
         self.model_file = Path(model_xml)
 
     def pool(self, input_ids: np.ndarray, attention_mask: np.ndarray, spans: list[list[Span]], mode: str) -> np.ndarray:
         """Pooled float32 vectors ``[total spans, dim]`` for one right-padded batch."""
-        with self.lock:  # the output buffer is the request's own: pool before the next batch overwrites it
-            hidden = self.request.infer(feeds(self.input_names, input_ids, attention_mask))[0]
-            return pool_spans(torch.from_numpy(np.asarray(hidden)), spans, mode).numpy()
+        split = self.streams > 1 and len(input_ids) >= SPLIT_ROWS * self.streams
+        slices = np.array_split(np.arange(len(input_ids)), self.streams if split else 1)
+        requests = self.requests if split else [self.single]
+        with self.lock:  # pool before the next batch overwrites the output buffers
+            for request, rows in zip(requests, slices):
+                width = int(attention_mask[rows].sum(1).max()) if len(slices) > 1 else input_ids.shape[1]
+                request.start_async(feeds(self.input_names, input_ids[rows, :width], attention_mask[rows, :width]))
+            pooled = []
+            for request, rows in zip(requests, slices):
+                request.wait()
+                hidden = torch.from_numpy(np.asarray(request.get_output_tensor(0).data))
+                pooled.append(pool_spans(hidden, [spans[r] for r in rows], mode))
+            return torch.cat(pooled).numpy()

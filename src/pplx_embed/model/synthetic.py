@@ -59,7 +59,12 @@ def write_random_checkpoint(directory: str | Path, preset: str = "tiny", seed: i
     directory.mkdir(parents=True, exist_ok=True)
     config = pplx_config(preset, **overrides)
     torch.manual_seed(seed)
-    model = PPLXQwen3Model(config).to(dtype)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # built in ``dtype``: a 4B model never exists in float32 (16 GB)
+    try:
+        model = PPLXQwen3Model(config)
+    finally:
+        torch.set_default_dtype(default)
     model.save_pretrained(directory, safe_serialization=True)
     saved = json.loads((directory / "config.json").read_text())
     saved["model_type"] = PPLX_MODEL_TYPE
