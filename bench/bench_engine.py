@@ -81,13 +81,14 @@ def text_sets(short: int, long: int) -> dict[str, list[str]]:
 def environment() -> dict:
     import torch
 
+    from pplx_embed.engine.backends import native_bf16
     from pplx_embed.engine.cache import versions
     from pplx_embed.engine.threads import cpu_description, cpu_flags, cpu_model, physical_cores
 
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "cpu": cpu_model(), "cpu_description": cpu_description(), "logical_cpus": os.cpu_count(),
-        "physical_cores": physical_cores(), "native_bf16": bool({"avx512_bf16", "amx_bf16"} & cpu_flags()),
+        "physical_cores": physical_cores(), "native_bf16": native_bf16(cpu_flags()),
         "load_average_at_start": list(os.getloadavg()), "python": platform.python_version(),
         "torch_threads": torch.get_num_threads(),
         **versions("torch", "transformers", "sentence-transformers", "onnxruntime", "openvino", "nncf"),

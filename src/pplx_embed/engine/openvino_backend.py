@@ -195,9 +195,9 @@ class OpenVinoBackend:
         if throughput:
             compiled = core.compile_model(model, "CPU", {**config,
                                                          hints.performance_mode: hints.PerformanceMode.THROUGHPUT})
-            if int(compiled.get_property(props.num_streams)) > 1:  # the hint may settle on one stream
-                self.streams = int(compiled.get_property(props.num_streams))
-                self.requests = [compiled.create_infer_request() for _ in range(self.streams)]
+            streams = int(compiled.get_property(props.num_streams))
+            if streams > 1:  # the hint may settle on one stream
+                self.streams, self.requests = streams, [compiled.create_infer_request() for _ in range(streams)]
         self.lock = threading.Lock()  # one batch at a time: the requests' output buffers are reused
         self.input_names = {i.get_any_name() for i in model.inputs}
         self.name = variant
@@ -207,15 +207,16 @@ class OpenVinoBackend:
     def pool(self, input_ids: np.ndarray, attention_mask: np.ndarray, spans: list[list[Span]], mode: str) -> np.ndarray:
         """Pooled float32 vectors ``[total spans, dim]`` for one right-padded batch."""
         split = self.streams > 1 and len(input_ids) >= SPLIT_ROWS * self.streams
-        slices = np.array_split(np.arange(len(input_ids)), self.streams if split else 1)
         requests = self.requests if split else [self.single]
+        edges = [len(input_ids) * k // len(requests) for k in range(len(requests) + 1)]  # contiguous row slices
         with self.lock:  # pool before the next batch overwrites the output buffers
-            for request, rows in zip(requests, slices):
-                width = int(attention_mask[rows].sum(1).max()) if len(slices) > 1 else input_ids.shape[1]
-                request.start_async(feeds(self.input_names, input_ids[rows, :width], attention_mask[rows, :width]))
+            for request, start, end in zip(requests, edges, edges[1:]):
+                width = int(attention_mask[start:end].sum(1).max())  # each slice cut to its own longest row
+                request.start_async(feeds(self.input_names, np.ascontiguousarray(input_ids[start:end, :width]),
+                                          np.ascontiguousarray(attention_mask[start:end, :width])))
             pooled = []
-            for request, rows in zip(requests, slices):
+            for request, start, end in zip(requests, edges, edges[1:]):
                 request.wait()
                 hidden = torch.from_numpy(np.asarray(request.get_output_tensor(0).data))
-                pooled.append(pool_spans(hidden, [spans[r] for r in rows], mode))
+                pooled.append(pool_spans(hidden, spans[start:end], mode))
             return torch.cat(pooled).numpy()
