@@ -112,7 +112,7 @@ def _load_config(label: str, model: str, workdir: Path, batch: int, our_batch: i
     backend = label.removesuffix("-bf16")
     dtype = "bfloat16" if label.endswith("-bf16") else None
     embedder = Embedder(model, backend=backend, dtype=dtype, max_batch_size=our_batch)
-    return (lambda texts: embedder.encode(texts, truncation="right")), {"engine": embedder.engine_info()}
+    return (lambda texts: embedder.encode(texts, truncation="right")), {"engine": embedder.engine_info.to_dict()}
 
 
 def _load_peer(label: str, model: str, workdir: Path, batch: int):

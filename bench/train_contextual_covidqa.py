@@ -132,7 +132,7 @@ def evaluate(model_dir: Path | str, ds) -> dict:
     rows = contextual(embedder, ds, Settings(precisions=("float",), truncation="right", cache=EmbeddingCache(None)))
     out = {r["mode"]: {k: round(v, 4) for k, v in r["metrics"].items()} for r in rows}
     out["over_limit"] = rows[0]["over_limit"]
-    out["engine"] = embedder.engine_info()
+    out["engine"] = embedder.engine_info.to_dict()
     out["seconds"] = round(time.time() - t0, 1)
     log.info("%s: nDCG@10 independent %.4f, late %.4f (%.0fs)", model_dir, out["independent"]["ndcg@10"],
              out["late"]["ndcg@10"], out["seconds"])

@@ -94,7 +94,7 @@ def evaluate(work: Path, name: str, model: str) -> None:
     records = runner.run(embedder, DATA / "dev", tasks.Settings(precisions=PRECISIONS, dimensions=DIMS,
                                                                 truncation="right"))
     table = {f"{r['precision']}@{r['dimensions']}": r["metrics"] for r in records}
-    out.write_text(json.dumps({"model": model, "engine": embedder.engine_info(),
+    out.write_text(json.dumps({"model": model, "engine": embedder.engine_info.to_dict(),
                                "seconds": round(time.time() - started),
                                "queries": records[0]["queries"], "corpus": records[0]["corpus"],
                                "metrics": table}, indent=2))

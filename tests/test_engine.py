@@ -175,34 +175,40 @@ def test_onnx_int8_close_to_fp32_and_cached(minilm, minilm_onnx, engine_cache, t
 def test_cache_key_follows_weights_and_variant(tiny_pplx_dir, tmp_path):
     import shutil
 
-    from pplx_embed.engine.onnx_backend import cache_key
+    from pplx_embed.engine.export import export_key
+    from pplx_embed.engine.onnx_backend import KIND
 
     copy = shutil.copytree(tiny_pplx_dir, tmp_path / "copy")
-    key = cache_key(copy, "onnx", "mean")
-    assert key == cache_key(copy, "onnx", "mean")
-    assert key != cache_key(copy, "onnx-int8", "mean")
+    key = export_key(KIND, copy, "onnx", {"pooling": "mean"})
+    assert key == export_key(KIND, copy, "onnx", {"pooling": "mean"})
+    assert key != export_key(KIND, copy, "onnx-int8", {"pooling": "mean"})
+    assert key != export_key(KIND, copy, "onnx", {"pooling": "cls"})
     weights = next(copy.glob("*.safetensors"))
     os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
-    assert key != cache_key(copy, "onnx", "mean")
+    assert key != export_key(KIND, copy, "onnx", {"pooling": "mean"})
 
 
 # ---- selection and threads --------------------------------------------------------------------
 def test_backend_choice_errors_are_clear(monkeypatch):
     import torch
 
-    from pplx_embed.engine.backends import resolve_backend
+    from pplx_embed.engine.build import resolve_backend
+    from pplx_embed.errors import InputError
     from pplx_embed.options import EmbedderOptions
 
     assert resolve_backend("onnx", "cpu", torch.float32) == "onnx"
     monkeypatch.setenv("PPLX_EMBED_BACKEND", "onnx-int8")
     assert EmbedderOptions.from_env().backend == "onnx-int8"          # the environment fills gaps
     assert EmbedderOptions.from_env(backend="torch").backend == "torch"  # explicit values win
-    with pytest.raises(ValueError, match="choose one of"):
+    with pytest.raises(InputError, match="choose one of"):
         Embedder("minilm", backend="tensorrt")
-    with pytest.raises(ValueError, match="CPU only"):
+    with pytest.raises(InputError, match="CPU only"):
         resolve_backend("onnx", "cuda", torch.bfloat16)
-    with pytest.raises(ValueError, match="float32"):
+    with pytest.raises(InputError, match="float32"):  # a user's mistake: one line and exit 2 on the CLI
         Embedder("minilm", backend="onnx", dtype="bfloat16")
+    with pytest.raises(InputError, match="unknown option 'precision'"):
+        Embedder("minilm", precision="int8")
+    assert Embedder("minilm", truncation="right").options.truncation == "right"  # every option is accepted
 
 
 def test_physical_cores(monkeypatch):

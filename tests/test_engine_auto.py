@@ -19,6 +19,7 @@ from pplx_embed import Embedder
 from pplx_embed.engine import auto
 from pplx_embed.engine.backends import create_backend, native_bf16
 from pplx_embed.engine.cache import cached_directory
+from pplx_embed.engine.engine import Engine
 from pplx_embed.engine.threads import cpu_flags
 from pplx_embed.model.pooling import Sequence
 
@@ -46,19 +47,19 @@ def test_probe_texts_are_shipped_real_and_mixed():
 
 
 def test_auto_measures_and_picks_a_candidate_within_the_guard(chosen, checkpoint):
-    decision = chosen.auto
+    decision = chosen.engine_info.auto
     assert decision is not None and decision["cached"] is False
     rows = [r for r in decision["candidates"] if "error" not in r]
     assert rows[0]["backend"] == "torch" and rows[0]["dtype"] == "float32"  # the reference is measured too
     assert {(r["backend"], r["dtype"], r["throughput"]) for r in decision["candidates"]} == set(auto.candidates())
     winner = next(r for r in rows if (r["backend"], r["dtype"], r["throughput"])
-                  == (chosen.backend, str(chosen.dtype)[6:], decision["throughput"]))
+                  == (chosen.engine_info.backend, chosen.engine_info.dtype, decision["throughput"]))
     assert winner["passed"] and winner["seconds"] == min(r["seconds"] for r in rows if r["passed"])
     for row in rows[1:]:
         assert row["passed"] == (row["mean_cosine"] >= auto.GUARD["mean_cosine"]
                                  and row["min_cosine"] >= auto.GUARD["min_cosine"])
     info = chosen.info()["engine"]
-    assert info["backend"] == chosen.backend and info["requested"] == "auto"
+    assert info["backend"] == chosen.engine_info.backend and info["requested"] == "auto"
     assert info["auto"]["candidates"] == decision["candidates"]
     # the one candidate refused is OpenVINO's bf16 streams on this gated-MLP (Qwen3) model, if offered at all
     assert all(r["backend"] == "openvino" and r["dtype"] == "bfloat16" and r["throughput"]
@@ -76,7 +77,8 @@ def test_auto_never_picks_a_candidate_that_fails_the_guard(tiny_pplx):
     ids = tiny_pplx.tokenize(auto.probe_texts()[:9], truncation="right")
 
     def run(backend):
-        return np.concatenate(tiny_pplx._engine(backend).run([Sequence(x) for x in ids]))
+        engine = Engine(backend, tiny_pplx.dimension, tiny_pplx.tokens.pad_id, "mean")
+        return np.concatenate(engine.run([Sequence(x) for x in ids]))
 
     def torch_fp32(model):
         return lambda: create_backend("torch", torch.float32, model, "cpu", None, "mean")
@@ -94,12 +96,14 @@ def test_auto_never_picks_a_candidate_that_fails_the_guard(tiny_pplx):
 
 def test_decision_is_cached_and_invalidated_by_checkpoint_and_versions(chosen, checkpoint, monkeypatch):
     again = Embedder(str(checkpoint), backend="auto")
-    assert again.auto["cached"] is True and again.auto["cache_file"] == chosen.auto["cache_file"]
-    assert (again.backend, again.dtype) == (chosen.backend, chosen.dtype)
-    stored = json.loads(Path(chosen.auto["cache_file"]).read_text())
-    assert stored["candidates"] == chosen.auto["candidates"]
+    decision = chosen.engine_info.auto
+    assert again.engine_info.auto["cached"] is True and again.engine_info.auto["cache_file"] == decision["cache_file"]
+    assert again.engine_info.backend == chosen.engine_info.backend
+    assert again.engine_info.dtype == chosen.engine_info.dtype
+    stored = json.loads(Path(decision["cache_file"]).read_text())
+    assert stored["candidates"] == decision["candidates"]
     path = auto.decision_file(chosen.name, checkpoint)
-    assert str(path) == chosen.auto["cache_file"]
+    assert str(path) == decision["cache_file"]
     # a library upgrade decides again
     real = auto.versions
     monkeypatch.setattr(auto, "versions", lambda *names: {**real(*names), "openvino": "9999.0"})
@@ -115,9 +119,11 @@ def test_decision_is_cached_and_invalidated_by_checkpoint_and_versions(chosen, c
 
 def test_explicit_flags_win_over_auto(checkpoint, engine_cache):
     explicit = Embedder(str(checkpoint), backend="torch")
-    assert (explicit.backend, explicit.dtype, explicit.auto) == ("torch", torch.float32, None)
+    info = explicit.engine_info
+    assert (info.backend, info.dtype, info.auto) == ("torch", "float32", None)
     with_dtype = Embedder(str(checkpoint), backend="auto", dtype="bfloat16")  # a dtype pins torch: no probe
-    assert (with_dtype.backend, with_dtype.dtype, with_dtype.auto) == ("torch", torch.bfloat16, None)
+    info = with_dtype.engine_info
+    assert (info.backend, info.dtype, info.auto) == ("torch", "bfloat16", None)
     assert next(with_dtype.model.parameters()).dtype == torch.bfloat16
 
 
@@ -168,8 +174,8 @@ def test_auto_openvino_sends_long_inputs_to_torch(tiny_pplx_dir, engine_cache, t
     auto.decision_file(name, checkpoint).parent.mkdir(parents=True, exist_ok=True)
     auto.decision_file(name, checkpoint).write_text(json.dumps(decision))
     routed = Embedder(str(checkpoint), backend="auto")
-    assert (routed.backend, routed.long_inputs) == ("openvino", LONG_INPUT_TOKENS)
-    assert routed.engine_info()["long_inputs"] == {"backend": "torch", "over_tokens": LONG_INPUT_TOKENS}
+    assert (routed.engine_info.backend, routed.engine_info.long_inputs) == ("openvino", LONG_INPUT_TOKENS)
+    assert routed.engine_info.to_dict()["long_inputs"] == {"backend": "torch", "over_tokens": LONG_INPUT_TOKENS}
     reference = Embedder(str(checkpoint), backend="torch")
     texts = ["word " * (LONG_INPUT_TOKENS + 300), "a short question about the weather"]
     assert reference.count_tokens(texts)[0] > LONG_INPUT_TOKENS
@@ -183,8 +189,8 @@ def test_a_converted_backend_frees_the_torch_weights(checkpoint, engine_cache):
     reference = Embedder(str(checkpoint), backend="torch")
     for backend in ("openvino", "onnx"):
         converted = Embedder(str(checkpoint), backend=backend)
-        assert converted.long_inputs is None  # explicit backends are not re-routed
-        assert {p.device.type for p in converted.model.parameters()} == {"meta"}
+        assert converted.engine_info.long_inputs is None  # explicit backends are not re-routed
+        assert converted.model is None and not hasattr(converted.engine.backend, "model")  # no torch weights kept
         assert converted.info()["parameters"] == reference.info()["parameters"]
         assert _cosine(converted.encode("still embeds"), reference.encode("still embeds")) > 0.9999
 
@@ -195,15 +201,15 @@ def test_auto_never_builds_what_does_not_fit_in_memory(tiny_pplx_dir, engine_cac
     parameters = Embedder(str(checkpoint), backend="torch").info()["parameters"]
     monkeypatch.setattr(auto, "available_memory", lambda: 8 * parameters)  # float32 and a bf16 copy fit, OpenVINO not
     tight = Embedder(str(checkpoint), backend="auto")
-    rows = tight.auto["candidates"]
+    rows = tight.engine_info.auto["candidates"]
     assert {r["backend"] for r in rows if "skipped" in r} <= {"openvino"}
     assert all("GiB" in r["skipped"] for r in rows if "skipped" in r)
     assert any("skipped" in r for r in rows) == ("openvino" in {b for b, _, _ in auto.candidates()})
-    assert tight.backend == "torch" and "seconds" in rows[0]  # the reference still measured and chosen from
+    assert tight.engine_info.backend == "torch" and "seconds" in rows[0]  # the reference still measured and chosen from
 
     monkeypatch.setattr(auto, "available_memory", lambda: 2 * parameters)  # not even the float32 model fits
     fallback = Embedder(str(shutil.copytree(tiny_pplx_dir, tmp_path / "tiny2")), backend="auto")
-    assert fallback.backend == "torch" and fallback.auto["candidates"] == []
-    assert "float32 model and a bf16 copy" in fallback.engine_info()["auto"]["skipped"]
-    assert fallback.dtype == (torch.bfloat16 if native_bf16(cpu_flags()) else torch.float32)
+    assert fallback.engine_info.backend == "torch" and fallback.engine_info.auto["candidates"] == []
+    assert "float32 model and a bf16 copy" in fallback.engine_info.to_dict()["auto"]["skipped"]
+    assert fallback.engine_info.dtype == ("bfloat16" if native_bf16(cpu_flags()) else "float32")
     assert fallback.encode("still embeds").shape == (fallback.dimension,)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from pplx_embed import Embedder, similarity
+from pplx_embed.errors import InputError
 
 pytest.importorskip("openvino")
 
@@ -40,7 +41,8 @@ def minilm_ov(engine_cache):
 def test_openvino_fp32_gives_torch_bytes_and_spans(request, which, texts):
     reference = request.getfixturevalue("tiny_pplx" if which == "tiny" else "minilm")
     ov = request.getfixturevalue(f"{which}_ov")
-    assert (ov.backend, ov.engine.backend.name, ov.dtype, ov.auto) == ("openvino", "openvino", torch.float32, None)
+    info = ov.engine_info
+    assert (info.backend, ov.engine.backend.name, info.dtype, info.auto) == ("openvino", "openvino", "float32", None)
     np.testing.assert_allclose(ov.encode(texts, truncation="right"), reference.encode(texts, truncation="right"),
                                atol=1e-4, rtol=0)
     for precision in ("int8", "binary"):
@@ -61,7 +63,7 @@ def _throughput(embedder: Embedder, dtype: torch.dtype = torch.float32) -> Embed
     from pplx_embed.engine.openvino_backend import OpenVinoBackend
 
     streamed = OpenVinoBackend(embedder.engine.backend.model_file, "openvino", dtype, throughput=True)
-    embedder.engine = embedder._engine(streamed)
+    embedder.engine.backend = streamed
     return embedder
 
 
@@ -117,7 +119,7 @@ def test_openvino_pplx_is_bidirectional(tiny_pplx, tiny_ov):
 
 def test_openvino_bf16_within_guard_and_ir_cached(minilm, minilm_ov, engine_cache, texts):
     bf16 = Embedder("minilm", backend="openvino", dtype="bfloat16")
-    assert bf16.dtype == torch.bfloat16 and bf16.info()["engine"]["dtype"] == "bfloat16"
+    assert bf16.engine_info.dtype == "bfloat16" and bf16.info()["engine"]["dtype"] == "bfloat16"
     assert bf16.engine.backend.model_file == minilm_ov.engine.backend.model_file  # one IR, two precisions
     assert str(bf16.engine.backend.model_file).startswith(engine_cache)
     cosine = _cosine(bf16.encode(texts, truncation="right"), minilm.encode(texts, truncation="right"))
@@ -129,7 +131,8 @@ def test_openvino_bf16_within_guard_and_ir_cached(minilm, minilm_ov, engine_cach
 def test_openvino_int8_compute_is_close_and_separate_from_output_quantization(minilm, minilm_ov, texts):
     pytest.importorskip("nncf")
     int8 = Embedder("minilm", backend="openvino-int8")
-    assert int8.backend == "openvino-int8" and int8.engine.backend.model_file != minilm_ov.engine.backend.model_file
+    assert int8.engine_info.backend == "openvino-int8"
+    assert int8.engine.backend.model_file != minilm_ov.engine.backend.model_file
     floats = int8.encode(texts, truncation="right")
     assert floats.dtype == np.float32  # int8 compute, float output unless quantization= asks otherwise
     cosine = _cosine(floats, minilm.encode(texts, truncation="right"))
@@ -140,9 +143,9 @@ def test_openvino_int8_compute_is_close_and_separate_from_output_quantization(mi
 
 
 def test_openvino_choice_errors_are_clear():
-    from pplx_embed.engine.backends import resolve_backend
+    from pplx_embed.engine.build import resolve_backend
 
-    with pytest.raises(ValueError, match="CPU only"):
+    with pytest.raises(InputError, match="CPU only"):
         resolve_backend("openvino", "cuda", torch.float32)
-    with pytest.raises(ValueError, match="float32 or bfloat16"):
+    with pytest.raises(InputError, match="float32 or bfloat16"):
         resolve_backend("openvino", "cpu", torch.float16)

@@ -60,8 +60,12 @@ def test_index_cli_end_to_end(tmp_path, tiny_pplx_dir, capsys):
     docs = tmp_path / "docs.jsonl"
     docs.write_text(json.dumps({"id": "d1", "chunks": ["First part.", "Second part."], "src": "x"}) + "\n")
     code, _, err = run(capsys, "index", "add", ix, str(docs), "--documents", "--quiet")
+    assert code == 2 and "not late-chunked documents" in err and err.count("\n") == 1  # the index holds texts
+    ctx = str(tmp_path / "ctx")
+    assert run(capsys, "index", "create", ctx, "--model", model, "--contextual")[0] == 0
+    code, _, err = run(capsys, "index", "add", ctx, str(docs), "--documents", "--quiet")
     assert code == 0 and "added 2 chunks" in err
-    code, out, _ = run(capsys, "index", "search", ix, "Second part.", "--filter", "src=x", "-k", "1")
+    code, out, _ = run(capsys, "index", "search", ctx, "Second part.", "--filter", "src=x", "-k", "1")
     hit = json.loads(out)["hits"][0]
     assert hit["doc_id"] == "d1" and hit["position"] in (0, 1)
 

@@ -1,8 +1,10 @@
 """The package's import picture: no circles, and every arrow points down the layers.
 
 Read from the source (imports inside functions count; ``if TYPE_CHECKING:`` blocks do not). An
-import of the root package ``pplx_embed`` is no arrow: Python loads it before any module inside it,
-and its ``__init__`` exports ``Embedder`` lazily (the one arrow up).
+import of the root package ``pplx_embed`` is no arrow by itself (Python loads it before any module
+inside it), but a name taken from it (``from pplx_embed import Embedder``, ``pplx_embed.Embedder``) is
+an arrow to the module that defines the name: the root ``__init__``'s lazy export is the one arrow up,
+and nothing may use it to hide a circle.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import pplx_embed
 ROOT = Path(pplx_embed.__file__).parent
 # Bottom to top; modules of one layer may import each other (without circles) and anything below.
 LAYERS = [
-    {"errors", "atomic", "jsonl", "options", "wire"},
+    {"errors", "checks", "atomic", "jsonl", "options", "wire"},
     {"model"},
     {"engine"},
     {"embedder"},
@@ -31,8 +33,15 @@ def _module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+def _root_exports() -> dict[str, str]:
+    """Names the root package exports → the module defining each (``Embedder`` → ``pplx_embed.embedder``)."""
+    return {name: getattr(pplx_embed, name).__module__ for name in pplx_embed.__all__
+            if hasattr(getattr(pplx_embed, name), "__module__")}
+
+
 def _runtime_imports(tree: ast.AST) -> list[str]:
     names: list[str] = []
+    exports = _root_exports()
 
     def visit(node: ast.AST) -> None:
         if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
@@ -43,6 +52,11 @@ def _runtime_imports(tree: ast.AST) -> list[str]:
             names.extend(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names.extend([node.module] + [f"{node.module}.{alias.name}" for alias in node.names])
+            if node.module == "pplx_embed":
+                names.extend(exports[alias.name] for alias in node.names if alias.name in exports)
+        elif (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "pplx_embed"
+              and node.attr in exports):
+            names.append(exports[node.attr])
         for child in ast.iter_child_nodes(node):
             visit(child)
 

@@ -140,7 +140,7 @@ def test_tei_embed(server, tiny_pplx, minilm):
     assert raw.shape == (1, tiny_pplx.dimension)
     assert np.allclose(raw[0], tiny_pplx.encode(TEXTS[0]), atol=1e-6)
     long = "word " * 400  # MiniLM holds 256 tokens
-    assert_error(post(server, "/embed", {"inputs": long}), 413, "too_many_tokens", "256")
+    assert_error(post(server, "/embed", {"inputs": long}), 413, "too_many_tokens", "limit of 254")
     r = post(server, "/embed", {"inputs": [long], "truncate": True})
     assert r.status_code == 200 and r.headers["x-total-tokens"] == "256"
     assert np.allclose(r.json()[0], minilm.encode([long], truncation="right")[0], atol=1e-5)
@@ -171,14 +171,14 @@ def test_request_errors(server):
     assert_error(post(server, "/v1/embeddings", {"model": "tiny"}), 422, "invalid_schema", "input")
     assert_error(post(server, "/v1/embeddings", {"input": "a", "encoding_format": "int4"}), 422, "invalid_schema")
     assert_error(post(server, "/v1/embeddings", {"input": "a", "dimensions": "big"}), 422, "invalid_schema")
-    assert_error(post(server, "/v1/embeddings", {"input": ["ok", ""]}), 400, "empty_input", "input[1]")
+    assert_error(post(server, "/v1/embeddings", {"input": ["ok", ""]}), 400, "empty_input", "text 1")
     assert_error(post(server, "/v1/embeddings", {"input": "   "}), 400, "empty_input")
     assert_error(post(server, "/v1/embeddings", {"input": []}), 400, "empty_input")
     assert_error(post(server, "/v1/embeddings", {"input": "a", "dimensions": 100}), 400, "invalid_value", "128")
     assert_error(post(server, "/v1/embeddings", {"input": "a", "dimensions": 999}), 400, "invalid_value")
     assert_error(post(server, "/v1/embeddings", {"input": "a", "model": "gpt-9"}), 404, "model_not_found", "minilm")
     assert_error(post(server, "/v1/embeddings", {"input": ["x"] * 513}), 413, "too_many_inputs", "512")
-    assert_error(post(server, "/v1/embeddings", {"input": ["word " * 300]}), 413, "too_many_tokens", "256")
+    assert_error(post(server, "/v1/embeddings", {"input": ["word " * 300]}), 413, "too_many_tokens", "limit of 254")
     many = ["token " * 240] * 512  # 512 texts x 242 tokens > 120,000
     assert_error(post(server, "/v1/embeddings", {"input": many}), 413, "too_many_tokens", "120000")
     assert_error(post(server, "/v1/embeddings", {"input": "a", "dimensions": 10**30}), 400, "invalid_value")
@@ -196,13 +196,13 @@ def test_contextual_errors(server):
     path = "/v1/contextualizedembeddings"
     assert_error(post(server, path, {"input": ["not", "nested"]}), 422, "invalid_schema")
     assert_error(post(server, path, {"input": []}), 400, "empty_input")
-    assert_error(post(server, path, {"input": [["a"], []]}), 400, "empty_input", "input[1]")
+    assert_error(post(server, path, {"input": [["a"], []]}), 400, "empty_input", "document 1")
     assert_error(post(server, path, {"input": [["a"]] * 513}), 413, "too_many_inputs", "512")
     assert_error(post(server, path, {"input": [["a"] * 8001, ["b"] * 8000]}), 413, "too_many_inputs", "16000")
     big_doc = ["token " * 250] * 140  # ~35,000 tokens in one document
     assert_error(post(server, path, {"input": [big_doc], "model": "tiny"}), 413, "too_many_tokens", "32768")
     too_long_chunk = post(server, path, {"input": [["word " * 300]], "model": "minilm"})
-    assert_error(too_long_chunk, 400, "invalid_value", "limit of 254")
+    assert_error(too_long_chunk, 413, "too_many_tokens", "limit of 254")
     assert_error(post(server, path, {"input": [["a"]], "dimensions": 7}), 400, "invalid_value")
 
 

@@ -34,18 +34,21 @@ def run(model: str | EmbedderOptions | None = None, out: Path = Path("out/demo")
         eval_data: Path | None = XQUAD_EN) -> None:
     """Embeddings, a searchable index, the server and an eval report, on the default (or given) model."""
     options = model if isinstance(model, EmbedderOptions) else EmbedderOptions.from_env(model=model)
-    embedder = options.build()
+    from pplx_embed.embedder import Embedder
+
+    embedder = Embedder(options=options)
     out.mkdir(parents=True, exist_ok=True)
     print("== 1. embeddings ==")
-    engine = embedder.engine_info()
+    engine = embedder.engine_info.to_dict()
     chosen = " (chosen by auto: fastest within the accuracy guard)" if engine["requested"] == "auto" else ""
     print(f"model: {embedder.name}  dim={embedder.dimension}  context={embedder.max_length} tokens  "
           f"device={embedder.device}  engine={engine['backend']}:{engine['dtype']}{chosen}")
     print(f"\nquery: {QUERY!r}")
     print(f"{'precision':<10}{'bytes/vector':>14}  ranking of the documents (best first)")
-    for precision in ("float", "int8", "binary"):
-        docs = embedder.encode(DOCUMENTS, quantization=precision)
-        query = embedder.encode([QUERY], quantization=precision)
+    precisions = ("float", "int8", "binary")
+    docs_all, query_all = embedder.encode_all(DOCUMENTS, precisions), embedder.encode_all([QUERY], precisions)
+    for precision in precisions:
+        docs, query = docs_all[precision], query_all[precision]
         scores = embedder.similarity(query, docs)[0]
         order = np.argsort(-scores)
         print(f"{precision:<10}{docs[0].nbytes:>14}  " + " > ".join(f"#{i}({scores[i]:.2f})" for i in order))

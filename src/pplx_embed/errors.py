@@ -9,4 +9,12 @@ from __future__ import annotations
 
 
 class InputError(ValueError):
-    """Bad input from a user: the message says what was wrong and how to fix it."""
+    """Bad input from a user: the message says what was wrong and how to fix it.
+
+    ``code`` names the rule that failed (``invalid_value``, ``empty_input``, ``too_many_tokens`` …): the
+    server answers it as the error's ``code`` (and ``too_many_*`` as 413), the CLI and Python API show the message.
+    """
+
+    def __init__(self, message: str, code: str = "invalid_value"):
+        super().__init__(message)
+        self.code = code

@@ -11,19 +11,16 @@ import dataclasses
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from pplx_embed.checks.texts import TRUNCATIONS, check_truncation
 from pplx_embed.errors import InputError
-
-if TYPE_CHECKING:
-    from pplx_embed.embedder import Embedder
 
 ENV_PREFIX = "PPLX_EMBED_"
 DEFAULT_MAX_BATCH_TOKENS = 16384
 DEFAULT_MAX_BATCH_SIZE = 256
 BACKENDS = ("auto", "torch", "openvino", "onnx", "openvino-int8", "onnx-int8")  # -int8: int8 compute, lossy
 DTYPES = ("float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
-TRUNCATIONS = ("right", "left")
 
 
 def _positive_int(text: str) -> int:
@@ -60,8 +57,7 @@ class EmbedderOptions:
             raise InputError(f"unknown backend {self.backend!r}; choose one of {', '.join(BACKENDS)}")
         if self.dtype is not None and self.dtype not in DTYPES:
             raise InputError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
-        if self.truncation is not None and self.truncation not in TRUNCATIONS:
-            raise InputError(f"truncation must be right, left or unset, got {self.truncation!r}")
+        check_truncation(self.truncation)
         for name in ("max_batch_tokens", "max_batch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -83,6 +79,9 @@ class EmbedderOptions:
                 values[f.name] = int(raw)
             else:
                 values[f.name] = raw.strip()
+        unknown = sorted(set(overrides) - {f.name for f in fields(cls)})
+        if unknown:
+            raise InputError(f"unknown option {unknown[0]!r}; options are {', '.join(f.name for f in fields(cls))}")
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
@@ -119,16 +118,6 @@ class EmbedderOptions:
 
     def replace(self, **changes: Any) -> EmbedderOptions:
         return dataclasses.replace(self, **changes)
-
-    def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    # ---- use ---------------------------------------------------------------------------------
-    def build(self) -> Embedder:
-        """Load the model into a ready :class:`~pplx_embed.Embedder` (through the package's lazy export)."""
-        import pplx_embed
-
-        return pplx_embed.Embedder(options=self)
 
 
 def cache_dir(name: str, environ: dict[str, str] | None = None) -> Path:

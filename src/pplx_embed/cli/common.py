@@ -19,7 +19,9 @@ def add_model_args(parser: argparse.ArgumentParser, model: bool = True) -> None:
 
 def load_embedder(args: argparse.Namespace):
     """An :class:`~pplx_embed.Embedder` from the ``add_model_args`` options (environment filling gaps)."""
-    return EmbedderOptions.from_args(args).build()
+    from pplx_embed.embedder import Embedder
+
+    return Embedder(options=EmbedderOptions.from_args(args))
 
 
 def existing_path(path: str | Path, what: str = "file") -> Path:

@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 from pplx_embed.atomic import atomic_path, write_text
+from pplx_embed.checks.precision import QUANTIZATIONS
 from pplx_embed.cli.common import add_model_args, load_embedder, read_texts
 from pplx_embed.errors import InputError
-from pplx_embed.model.quantization import QUANTIZATIONS
 from pplx_embed.options import EmbedderOptions
 
 FORMATS = (".jsonl", ".json", ".npy", ".parquet")
@@ -53,7 +53,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     embedder = load_embedder(args)
     vectors = embedder.encode(texts, quantization=args.quantization, dimensions=args.dimensions,
                               show_progress_bar=not args.quiet, truncation=args.truncation)
-    engine = embedder.engine_info()
+    engine = embedder.engine_info.to_dict()
     _write_embeddings(args.output, texts, vectors, embedder.name, args.quantization,
                       f"{engine['backend']}:{engine['dtype']}")
     print(f"wrote {len(texts)} embeddings {tuple(vectors.shape)} {vectors.dtype} from {embedder.name} "

@@ -50,8 +50,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
                               cache=EmbeddingCache(None if args.no_cache else args.cache or cache_dir("eval")),
                               show_progress_bar=not args.quiet)
     options = EmbedderOptions.from_args(args)
-    embedder = options.build()
-    query_embedder = options.replace(model=args.query_model).build() if args.query_model else None
+    from pplx_embed.embedder import Embedder
+
+    embedder = Embedder(options=options)
+    query_embedder = Embedder(options=options.replace(model=args.query_model)) if args.query_model else None
     records = run(embedder, args.data, settings, query_embedder=query_embedder, split=args.split,
                   contextual=args.contextual, cross_lingual=args.cross_lingual, sets=args.sets, pivot=args.pivot,
                   sample_corpus=args.sample_corpus, query_filter=query_filter)

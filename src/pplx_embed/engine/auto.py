@@ -26,8 +26,11 @@ import torch
 from pplx_embed.atomic import write_text
 from pplx_embed.engine.backends import SMALL_MODEL, create_backend, native_bf16
 from pplx_embed.engine.cache import cache_root, checkpoint_files, digest, entry_name, versions
-from pplx_embed.engine.engine import Backend
+from pplx_embed.engine.engine import Backend, Engine
 from pplx_embed.engine.threads import NOTABLE_FLAGS, cpu_flags, cpu_model, physical_cores
+from pplx_embed.model.checkpoint import Checkpoint
+from pplx_embed.model.encoder import load_transformer
+from pplx_embed.model.pooling import Sequence
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +42,8 @@ DECISION_FORMAT = 2  # bump when candidates, probe or timing change
 PROBE_FILE = Path(__file__).with_name("probe_texts.json")
 PROBE_TOKENS = {"small": 2048, "large": 768}
 #: Memory a candidate needs on top of the loaded float32 model, in bytes per parameter: torch bf16 loads a bf16
-#: copy; OpenVINO converts (traced graph and IR in memory: the 0.6B shape peaked 3.9 GB over its 2.4 GB model on
-#: first conversion, ~6.5 B per parameter) and compiles its own copy (fp32 4 B, bf16 2 B). Rounded up.
+#: copy; OpenVINO converts (traced graph and IR in memory) and compiles its own copy (fp32 4 B, bf16 2 B); rounded
+#: up from measurements (docs/engine.md, "Measurements behind the code").
 EXTRA_BYTES_PER_PARAMETER = {("torch", "bfloat16"): 2, ("openvino", "float32"): 12, ("openvino", "bfloat16"): 10}
 
 
@@ -134,8 +137,8 @@ def measure(builders: dict[Candidate, Callable[[], Backend]], run: Callable[[Bac
     By default candidates are timed one after another (best of ``rounds``) and released, so memory
     holds one extra copy at a time. With ``interleave`` (small models) all are held, the rounds
     alternate between them and the median round counts, so that a machine whose speed drifts
-    (shared hosts: bf16 matmul throughput here swings 3x over seconds) slows every candidate
-    alike. A candidate that fails to build (e.g. a conversion error) is recorded and skipped.
+    (shared hosts, docs/engine.md "Benchmarks") slows every candidate alike. A candidate that fails
+    to build (e.g. a conversion error) is recorded and skipped.
     """
     rows, reference, held = [], None, {}
     for key, build in builders.items():
@@ -183,32 +186,36 @@ def _timed(run: Callable[[Backend], np.ndarray], runner: Backend) -> float:
     return time.perf_counter() - start
 
 
-def choose(model: torch.nn.Module, checkpoint_path: Path, name: str, pooling: str, probe: list[list[int]],
-           run: Callable[[Backend, list[list[int]]], np.ndarray], load: Callable[[torch.dtype], torch.nn.Module],
+def choose(checkpoint: Checkpoint, model: torch.nn.Module, probe: list[list[int]], pad_id: int,
            guard: dict[str, float] | None = None, flags: frozenset[str] | None = None) -> dict:
-    """The cached decision for this model on this machine, or a fresh one (written atomically).
+    """The cached decision for this checkpoint on this machine, or a fresh one (written atomically).
 
-    ``model`` is the loaded float32 torch encoder (CPU); ``probe`` the tokenized probe texts;
-    ``run(backend, ids)`` embeds token ids with a backend → pooled float32 vectors; ``load(dtype)``
-    loads another copy of the encoder. A candidate that needs more memory than is available
+    ``model`` is the loaded float32 torch encoder (CPU), ``probe`` the tokenized probe texts. Each candidate is
+    built here (torch bf16 loads its own copy of the checkpoint) and embeds the probe through an
+    :class:`~pplx_embed.engine.engine.Engine`. A candidate that needs more memory than is available
     (``EXTRA_BYTES_PER_PARAMETER``) is not built; its row says why.
     """
     guard = guard or GUARD
-    path = decision_file(name, checkpoint_path, guard)
+    path = decision_file(checkpoint.name, checkpoint.path, guard)
     try:
         return {**json.loads(path.read_text()), "cached": True, "cache_file": str(path)}
     except (OSError, ValueError):
         pass  # absent or unreadable: decide (again)
     parameters = sum(p.numel() for p in model.parameters())
     ids = probe_prefix(probe, parameters)
+    sequences = [Sequence(x) for x in ids]
+
+    def run(backend: Backend) -> np.ndarray:
+        return np.concatenate(Engine(backend, checkpoint.dimension, pad_id, checkpoint.pooling).run(sequences))
 
     def builder(backend: str, dtype: str, throughput: bool) -> Callable[[], Backend]:
         def build() -> Backend:
             if backend == "torch" and dtype == "bfloat16":
-                return create_backend("torch", torch.bfloat16, load(torch.bfloat16), "cpu", checkpoint_path, pooling,
-                                      name)
-            return create_backend(backend, getattr(torch, dtype), model, "cpu", checkpoint_path, pooling, name,
-                                  throughput=throughput)
+                copy = load_transformer(checkpoint.path, checkpoint.config, torch.bfloat16, "cpu")
+                return create_backend("torch", torch.bfloat16, copy, "cpu", checkpoint.path, checkpoint.pooling,
+                                      checkpoint.name)
+            return create_backend(backend, getattr(torch, dtype), model, "cpu", checkpoint.path, checkpoint.pooling,
+                                  checkpoint.name, throughput=throughput)
         return build
 
     start = time.perf_counter()
@@ -221,13 +228,13 @@ def choose(model: torch.nn.Module, checkpoint_path: Path, name: str, pooling: st
                             "skipped": f"needs about {need / 2**30:.1f} GiB more memory, {room / 2**30:.1f} GiB free"})
         else:
             builders[c] = builder(*c)
-    decision = measure(builders, lambda backend: run(backend, ids), sum(map(len, ids)), guard,
+    decision = measure(builders, run, sum(map(len, ids)), guard,
                        rounds=5 if small else 2, interleave=small)
     decision["candidates"] += skipped
     decision.update(probe={"texts": len(ids), "tokens": sum(map(len, ids))}, guard=guard,
                     probe_s=round(time.perf_counter() - start, 1), cpu=cpu_model(),
                     decided=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
     write_text(path, json.dumps(decision, indent=2))
-    log.info("auto: %s runs %s %s%s (probe %.1f s)", name, decision["backend"], decision["dtype"],
+    log.info("auto: %s runs %s %s%s (probe %.1f s)", checkpoint.name, decision["backend"], decision["dtype"],
              " (throughput)" * decision["throughput"], decision["probe_s"])
     return {**decision, "cached": False, "cache_file": str(path)}

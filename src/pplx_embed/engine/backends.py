@@ -1,4 +1,4 @@
-"""Choosing a backend: ``auto`` (the default), ``torch``, ``openvino``, ``onnx``, or an int8-compute variant.
+"""The backends by name: ``torch``, ``openvino``, ``onnx``, or an int8-compute variant (``engine.build`` picks one).
 
 ``auto`` measures, once per model and machine, which configuration is fastest while passing an
 accuracy guard against torch fp32 (see ``engine.auto``). The explicit names always win:
@@ -19,12 +19,10 @@ from pathlib import Path
 import torch
 
 from pplx_embed.engine.engine import Backend
-from pplx_embed.options import BACKENDS
 
 CPU_ONLY = ("openvino", "openvino-int8", "onnx", "onnx-int8")
 #: Under ``auto``, inputs longer than this run on torch even where OpenVINO won the (short-text) probe:
-#: torch's fused SDPA attention was faster on every long input measured (one 8,192-token input: 12 s vs
-#: 14 s; 16,384 tokens: 43 s vs 84 s and +31 MiB vs +700 MiB; docs/engine.md, "Long inputs").
+#: torch's fused SDPA attention was faster on every long input measured (docs/engine.md, "Long inputs").
 LONG_INPUT_TOKENS = 4096
 #: Parameters below which a model is "small": ``auto`` probes it on the whole probe set, and OpenVINO runs it in
 #: throughput streams by default (its small matrix multiplications gain least from several threads each).
@@ -37,29 +35,10 @@ def native_bf16(flags: frozenset[str]) -> bool:
     return any(f in flags for f in NATIVE_BF16_FLAGS)
 
 
-def resolve_backend(backend: str | None, device: str, dtype: torch.dtype) -> str:
-    """The concrete backend name for ``backend`` on ``device``, or a ValueError saying what fits.
-
-    ``auto`` resolves here only where nothing is probed: on GPU, or with an explicit dtype → ``torch``.
-    """
-    name = (backend or "auto").lower()
-    if name == "auto":
-        name = "torch"
-    if name not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    if name in CPU_ONLY and device != "cpu":
-        raise ValueError(f"backend {name!r} runs on CPU only; pass device='cpu' or backend='torch'")
-    if name.startswith("onnx") and dtype != torch.float32:
-        raise ValueError(f"backend {name!r} exports the float32 model; leave dtype unset or pass 'float32'")
-    if name.startswith("openvino") and dtype not in (torch.float32, torch.bfloat16):
-        raise ValueError(f"backend {name!r} computes in float32 or bfloat16; pass dtype='float32' or 'bfloat16'")
-    return name
-
-
 def create_backend(name: str, dtype: torch.dtype, model: torch.nn.Module, device: str, checkpoint_path: Path,
                    pooling: str, model_name: str | None = None,
                    calibration: list[list[int]] | None = None, throughput: bool | None = None) -> Backend:
-    """A ready backend of a concrete ``name`` (see :func:`resolve_backend`) for a loaded model.
+    """A ready backend of a concrete ``name`` (see ``engine.build.resolve_backend``) for a loaded model.
 
     ``torch`` runs ``model`` as loaded; the others export or convert it (``model`` must then be
     float32), cached on disk. ``calibration`` token ids calibrate ``openvino-int8``. ``throughput``

@@ -16,18 +16,16 @@ library versions; a cache entry appears atomically, so a crash mid-export leaves
 from __future__ import annotations
 
 import inspect
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from pplx_embed.engine.cache import cache_root, cached_directory, checkpoint_files, digest, entry_name
+from pplx_embed.engine.export import ExportKind, prepare_export
 from pplx_embed.engine.threads import physical_cores
 from pplx_embed.model.pooling import Span, pool_spans
 
-VARIANTS = ("onnx", "onnx-int8")
-EXPORT_FORMAT = 1  # bump when the exported graph changes
+KIND = ExportKind("onnx", "model.onnx", format=1, libraries=("torch", "onnxruntime"))
 LARGE_MODEL_BYTES = 1 << 30  # above this, weights go to an external data file (protobuf's 2 GB limit)
 OUTPUTS = ("last_hidden_state", "pooled", "int8", "binary")
 
@@ -55,15 +53,6 @@ class ExportedEncoder(torch.nn.Module):
         int8 = torch.clamp(torch.round(torch.tanh(pooled) * 127.0), -128, 127).to(torch.int8)
         binary = torch.where(pooled >= 0, 1, -1).to(torch.int8)
         return hidden, pooled, int8, binary
-
-
-def cache_key(checkpoint_path: Path, variant: str, pooling: str) -> str:
-    """Hash of what determines an export: checkpoint files (size, mtime), variant, versions."""
-    import onnxruntime
-
-    return digest({"path": str(Path(checkpoint_path).resolve()), "variant": variant, "pooling": pooling,
-                   "format": EXPORT_FORMAT, "files": checkpoint_files(checkpoint_path),
-                   "torch": torch.__version__, "onnxruntime": onnxruntime.__version__})
 
 
 def export_onnx(model: torch.nn.Module, target: Path, pooled_outputs: bool) -> Path:
@@ -104,25 +93,11 @@ def _external_bytes(model_file: Path) -> int:
 
 def prepare_onnx(model: torch.nn.Module, checkpoint_path: Path, variant: str = "onnx", pooling: str = "mean",
                  name: str | None = None) -> Path:
-    """The cached ONNX file for this checkpoint and variant, exporting (and quantizing) it first if needed.
-
-    ``onnx-int8`` is quantized from the cached fp32 export, so both variants cost one export.
-    """
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown ONNX variant {variant!r}; choose one of {', '.join(VARIANTS)}")
-    entry = cache_root("onnx") / entry_name(name or Path(checkpoint_path).name, variant,
-                                            cache_key(checkpoint_path, variant, pooling))
-
-    def build(work: Path) -> None:
-        if variant == "onnx-int8":
-            quantize_int8(prepare_onnx(model, checkpoint_path, "onnx", pooling, name), work / "model.onnx")
-        else:
-            export_onnx(model, work / "model.onnx", pooled_outputs=pooling == "mean")
-        outputs = OUTPUTS if pooling == "mean" else OUTPUTS[:1]
-        (work / "export.json").write_text(json.dumps({"checkpoint": str(checkpoint_path), "variant": variant,
-                                                      "outputs": outputs}, indent=2))
-
-    return cached_directory(entry, "model.onnx", build) / "model.onnx"
+    """The cached ONNX file for this checkpoint and variant (``onnx-int8``: quantized from the cached fp32 export)."""
+    pooled_outputs = pooling == "mean"
+    return prepare_export(KIND, checkpoint_path, variant, name,
+                          export=lambda target: export_onnx(model, target, pooled_outputs), quantize=quantize_int8,
+                          facts={"pooling": pooling, "outputs": list(OUTPUTS if pooled_outputs else OUTPUTS[:1])})
 
 
 class OnnxBackend:

@@ -16,7 +16,6 @@ cached under ``$PPLX_EMBED_CACHE/openvino`` keyed by checkpoint files, variant a
 from __future__ import annotations
 
 import inspect
-import json
 import threading
 import warnings
 from pathlib import Path
@@ -24,12 +23,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pplx_embed.engine.cache import cache_root, cached_directory, checkpoint_files, digest, entry_name, versions
+from pplx_embed.engine.export import ExportKind, prepare_export
 from pplx_embed.engine.threads import physical_cores
 from pplx_embed.model.pooling import Span, pool_spans
 
-VARIANTS = ("openvino", "openvino-int8")
-EXPORT_FORMAT = 2  # bump when the converted or quantized graph changes
+KIND = ExportKind("openvino", "model.xml", format=2, libraries=("torch", "transformers", "openvino"))
 PRECISIONS = {torch.float32: "f32", torch.bfloat16: "bf16"}
 
 
@@ -62,13 +60,6 @@ def feeds(names: list[str] | set[str], input_ids: np.ndarray, attention_mask: np
     return out
 
 
-def cache_key(checkpoint_path: Path, variant: str) -> str:
-    """Hash of what determines a converted IR: checkpoint files (size, mtime), variant, versions."""
-    libraries = versions("torch", "transformers", "openvino", *(("nncf",) if variant == "openvino-int8" else ()))
-    return digest({"path": str(Path(checkpoint_path).resolve()), "variant": variant, "format": EXPORT_FORMAT,
-                   "files": checkpoint_files(checkpoint_path), **libraries})
-
-
 def convert(model: torch.nn.Module, target: Path) -> Path:
     """Convert a float32 transformers encoder to IR (``target`` = ``model.xml``) with dynamic batch and length."""
     import openvino as ov
@@ -93,7 +84,7 @@ def convert(model: torch.nn.Module, target: Path) -> Path:
 
 
 # The FFN output projections (BERT ``layer.N.output.dense``, Qwen3 ``mlp.down_proj``) read GELU/SiLU outputs
-# with large outliers: quantizing their activations cost MiniLM 0.006 of mean cosine (0.992 → 0.998 kept in float).
+# with large outliers: they stay in float (docs/engine.md, "Measurements behind the code").
 FLOAT_MATMULS = (r".*layer\.\d+\.output\.dense/.*", r".*mlp\.down_proj/.*")
 
 
@@ -119,28 +110,21 @@ def prepare_openvino(model: torch.nn.Module, checkpoint_path: Path, variant: str
 
     ``openvino-int8`` quantizes the cached fp32 IR with ``calibration`` token ids (one text each).
     """
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown OpenVINO variant {variant!r}; choose one of {', '.join(VARIANTS)}")
-    entry = cache_root("openvino") / entry_name(name or Path(checkpoint_path).name, variant,
-                                                cache_key(checkpoint_path, variant))
+    names = input_names(model)
 
-    def build(work: Path) -> None:
-        if variant == "openvino-int8":
-            if not calibration:
-                raise ValueError("openvino-int8 needs calibration texts")
-            names = input_names(model)
-            inputs = [feeds(names, np.array([ids], np.int64), np.ones((1, len(ids)), np.int64)) for ids in calibration]
-            quantize_int8(prepare_openvino(model, checkpoint_path, "openvino", name), work / "model.xml", inputs)
-        else:
-            convert(model, work / "model.xml")
-        (work / "export.json").write_text(json.dumps({"checkpoint": str(checkpoint_path), "variant": variant,
-                                                      "inputs": input_names(model)}, indent=2))
+    def quantize(source: Path, target: Path) -> None:
+        if not calibration:
+            raise ValueError("openvino-int8 needs calibration texts")
+        quantize_int8(source, target, [feeds(names, np.array([ids], np.int64), np.ones((1, len(ids)), np.int64))
+                                       for ids in calibration])
 
-    return cached_directory(entry, "model.xml", build) / "model.xml"
+    return prepare_export(KIND, checkpoint_path, variant, name, export=lambda target: convert(model, target),
+                          quantize=quantize, facts={"inputs": names},
+                          libraries=("nncf",) if variant == "openvino-int8" else ())
 
 
 #: In throughput streams, a batch is split only when every stream gets at least this many rows: a slice of one or
-#: two rows on one thread is slower than the whole batch on every thread (MiniLM, 2-core Xeon).
+#: two rows on one thread is slower than the whole batch on every thread.
 SPLIT_ROWS = 4
 
 
@@ -165,8 +149,8 @@ class OpenVinoBackend:
     of at least ``SPLIT_ROWS`` rows per stream is split into row slices run at once, each cut to its
     own longest row; smaller batches run on a second, one-stream compilation (a second copy of the weights:
     ``auto`` offers this layout to small models only). On small models the streams avoid threads
-    synchronising inside every small matrix multiplication (MiniLM on a 2-core Xeon: 1.05-1.17x,
-    paired timings, docs/engine.md). OpenVINO 2026.4 dies (SIGFPE) compiling a gated MLP in bf16
+    synchronising inside every small matrix multiplication (docs/engine.md, "OpenVINO conversion").
+    OpenVINO 2026.4 dies (SIGFPE) compiling a gated MLP in bf16
     for several streams (it fuses the MLP into an AMX kernel), so that combination is refused
     (``throughput=True``) or falls back to one stream (``None``: streams where the runtime can and
     the CPU has several cores).

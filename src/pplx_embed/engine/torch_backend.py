@@ -8,37 +8,7 @@ import numpy as np
 import torch
 
 from pplx_embed.engine.threads import physical_cores
-from pplx_embed.errors import InputError
 from pplx_embed.model.pooling import Span, pool_spans
-
-
-def pick_device(device: str | None) -> str:
-    """``device`` if given and present on this machine, else CUDA when available, else CPU."""
-    if not device:
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        kind = torch.device(device)
-    except RuntimeError:
-        raise InputError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
-    if kind.type == "cuda" and (kind.index or 0) >= torch.cuda.device_count():
-        present = f"{torch.cuda.device_count()} CUDA device(s)" if torch.cuda.is_available() else "no CUDA"
-        raise InputError(f"device {device!r} is not available: this machine has {present}; pass --device cpu")
-    if kind.type not in ("cpu", "cuda"):
-        raise InputError(f"unsupported device {device!r}; use cpu, cuda or cuda:N")
-    return device
-
-
-def pick_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
-    """``dtype`` if given (name or torch dtype), else bf16 on GPU and fp32 on CPU."""
-    if dtype is None:
-        return torch.bfloat16 if device.startswith("cuda") else torch.float32
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
-    if dtype not in names:
-        raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(names)}")
-    return names[dtype]
 
 
 class TorchBackend:

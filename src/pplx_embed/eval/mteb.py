@@ -37,7 +37,7 @@ class MTEBEncoder(AbsEncoder):
         if quantization not in OUTPUTS:
             raise InputError(f"quantization for mteb must be one of {', '.join(OUTPUTS)}, got {quantization!r}")
         if embedder is None:
-            from pplx_embed import Embedder
+            from pplx_embed.embedder import Embedder
 
             embedder = Embedder(model_name, device=device)
         self.model = embedder

@@ -15,12 +15,13 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.stats import spearmanr
 
+from pplx_embed.checks.precision import check_dimensions
 from pplx_embed.errors import InputError
 from pplx_embed.eval.cache import EmbeddingCache
 from pplx_embed.eval.datasets import RetrievalSet, STSSet
 from pplx_embed.eval.metrics import evaluate
 from pplx_embed.eval.retrieval import DEFAULT_RESCORE, PRECISIONS, Embeddings, bytes_per_vector, search, to_run
-from pplx_embed.model.quantization import check_dimensions, quantize, similarity
+from pplx_embed.model.quantization import quantize, similarity
 
 
 @dataclass
@@ -46,7 +47,8 @@ class Settings:
 
     def dims(self, full: int) -> list[int]:
         """The requested dimensions for a model of ``full`` dimensions, validated, ascending."""
-        return sorted({check_dimensions(d, full) for d in self.dimensions})
+        packed = "binary" if any(p.startswith("binary") for p in self.precisions) else None
+        return sorted({check_dimensions(d, full, packed) for d in self.dimensions})
 
 
 def _check_pair(embedder, query_embedder) -> None:

@@ -68,7 +68,9 @@ class EmbedShards:
 
     def __init__(self, options: EmbedderOptions, output: str, field: str, quantizations: tuple[str, ...],
                  dimensions: int | None):
-        self.embedder = options.build()
+        from pplx_embed.embedder import Embedder
+
+        self.embedder = Embedder(options=options)
         self.truncation = options.truncation or "right"
         self.output, self.field, self.quantizations, self.dimensions = Path(output), field, quantizations, dimensions
 
@@ -76,22 +78,19 @@ class EmbedShards:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        from pplx_embed.model.quantization import quantize
-
         done = []
         for file, start, stop, part in zip(batch["file"], batch["start"], batch["stop"], batch["part"]):
             table = _read_table(Path(file), self.field).slice(int(start), int(stop) - int(start))
             texts = table.column(self.field).to_pylist()
-            floats = self.embedder.encode(texts, dimensions=self.dimensions, truncation=self.truncation)
+            outputs = self.embedder.encode_all(texts, self.quantizations, self.dimensions, truncation=self.truncation)
             columns = {name: table.column(name) for name in table.column_names}
-            for q in self.quantizations:
-                codes = quantize(floats, q)
+            for q, codes in outputs.items():
                 if q == "binary":
                     columns[q] = pa.array([row.tobytes() for row in codes], type=pa.binary(codes.shape[1]))
                 else:
                     columns[q] = pa.FixedSizeListArray.from_arrays(pa.array(codes.ravel()), codes.shape[1])
             out = pa.table(columns).replace_schema_metadata({
-                "model": self.embedder.name, "dimensions": str(floats.shape[1]),
+                "model": self.embedder.name, "dimensions": str(self.dimensions or self.embedder.dimension),
                 "quantizations": ",".join(self.quantizations), "source": str(file), "start": str(start)})
             with atomic_path(self.output / part) as tmp:  # a part exists only once it is complete
                 pq.write_table(out, tmp)

@@ -77,7 +77,6 @@ IVF_MIN_ROWS = 10_000
 IVF_FILE = "ivf.npz"
 _SQL_VARS = 900  # stay below SQLite's bound-parameter limit
 _PARALLEL_QUERIES = 16  # from this many queries on, faiss searches with its thread pool
-_RESCORE_VALUES = 1 << 20  # candidate vector values gathered per batched product (4 MB as float32)
 
 ITEMS = ("CREATE TABLE {name} (row INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, text TEXT, "
          "metadata TEXT NOT NULL DEFAULT '{{}}', doc_id TEXT, position INTEGER, crc INTEGER NOT NULL)")
@@ -646,67 +645,36 @@ class EmbeddedIndex(VectorStore):
             if value is None:
                 clauses.append("json_type(metadata, ?) = 'null'")
                 params.append(path)
-            else:
+            elif isinstance(value, (str, bool)):
                 clauses.append("json_type(metadata, ?) = ? AND json_extract(metadata, ?) = ?")
-                kind = "text" if isinstance(value, str) else ("true" if value is True else "false") \
-                    if isinstance(value, bool) else ("integer" if isinstance(value, int) else "real")
-                params += [path, kind, path, value]
+                params += [path, "text" if isinstance(value, str) else str(value).lower(), path, value]
+            else:  # numbers compare as numbers: 3 matches a stored 3 or 3.0
+                clauses.append("json_type(metadata, ?) IN ('integer', 'real') AND json_extract(metadata, ?) = ?")
+                params += [path, path, value]
         mask = np.zeros(self._count, dtype=bool)
         rows = [r for (r,) in self._conn.execute(f"SELECT row FROM items WHERE {' AND '.join(clauses)}", params)]
         mask[rows] = True
         return mask
 
-    def _search_prepared(self, dense, floats, binary, k, where, rescore, n):
-        if rescore == "none" or self._count == 0:
-            return super()._search_prepared(dense, floats, binary, k, where, rescore, n)
-        with _faiss_threads(len(binary)):
-            first = self._first_stage(binary, dense, n, where)
-        if isinstance(first, list):  # ragged (IVF with a filter): pad with -1
-            width = max((len(c) for c in first), default=0)
-            padded = np.full((len(first), max(width, 1)), -1, dtype=np.int64)
-            for i, c in enumerate(first):
-                padded[i, : len(c)] = c
-            first = padded
-        return self._rescore_rows(first, floats if rescore == "float" else dense, k, rescore)
+    def _gather(self, rows: np.ndarray, precision: str) -> np.ndarray:
+        """Stored vectors of row numbers: one gather from the memory map, blocks verified on first touch."""
+        self._verify_rows(rows, precision)
+        return np.take(self._maps[precision], rows, axis=0)
 
-    def _rescore_rows(self, candidates: np.ndarray, queries: np.ndarray, k: int,
-                      precision: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        """Cosine of each query with its candidates ([queries, n] rows, -1 = none) → top ``k`` rows and scores.
-
-        One gather and one batched float32 product per ~1M values (several queries' candidates at once), in
-        this thread: no second thread pool to contend with faiss's. int8 rows' norms were kept when their
-        blocks were verified. (torch's int8 ``_int_mm`` was 3x faster on an idle machine but up to 30x slower
-        than this next to faiss's OpenMP threads on busy cores.)
-        """
-        valid = candidates >= 0
-        rows = np.where(valid, candidates, 0)
-        self._verify_rows(rows[valid], precision)
-        nq, n = rows.shape
-        scores = np.empty((nq, n), dtype=np.float32)
-        q = np.asarray(queries, dtype=np.float32)
-        data = self._maps[precision]
-        step = max(1, _RESCORE_VALUES // (n * self.dimensions))
-        for start in range(0, nq, step):
-            part = rows[start : start + step]
-            codes = np.asarray(np.take(data, part.ravel(), axis=0)).astype(np.float32).reshape(len(part), n, -1)
-            scores[start : start + step] = np.matmul(codes, q[start : start + step, :, None])[:, :, 0]
-            if precision == "float":
-                scores[start : start + step] /= np.maximum(np.linalg.norm(codes, axis=2), 1e-12)
-        if precision == "int8":
-            scores *= self._inv_norm[rows]
-        scores /= np.maximum(np.linalg.norm(q, axis=1), 1e-12)[:, None]
-        scores[~valid] = -np.inf
-        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-        top, top_scores = np.take_along_axis(candidates, order, 1), np.take_along_axis(scores, order, 1)
-        keep = top >= 0
-        return [r[m] for r, m in zip(top, keep)], [s[m] for s, m in zip(top_scores, keep)]
+    def _inv_norms(self):
+        return lambda rows: self._inv_norm[rows]  # kept when int8 blocks were verified
 
     def _first_stage(self, binary: np.ndarray, dense: np.ndarray, n: int,
                      where: dict[str, Any]) -> np.ndarray | list[np.ndarray]:
-        import faiss
-
         if self._count == 0:
             return [np.zeros(0, np.int64) for _ in binary]
+        with _faiss_threads(len(binary)):
+            return self._nearest(binary, dense, n, where)
+
+    def _nearest(self, binary: np.ndarray, dense: np.ndarray, n: int,
+                 where: dict[str, Any]) -> np.ndarray | list[np.ndarray]:
+        import faiss
+
         allowed = self._allowed(where)
         n = min(n, self._count)
         binary = np.ascontiguousarray(binary)

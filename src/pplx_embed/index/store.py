@@ -14,7 +14,6 @@ then embedded with it. The backends live in their own modules and
 
 from __future__ import annotations
 
-import re
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
@@ -24,17 +23,14 @@ from typing import Any
 
 import numpy as np
 
+from pplx_embed.checks.filters import check_filter
+from pplx_embed.checks.items import check_ids, check_metadata
+from pplx_embed.checks.precision import check_dimensions
+from pplx_embed.checks.texts import check_documents, check_texts, check_unicode
 from pplx_embed.errors import InputError
-from pplx_embed.model.quantization import check_dimensions, hamming_distance, to_binary, to_int8, truncate
-
-RESCORE_MODES = ("int8", "float", "none")
-MAX_FILTER_KEYS = 32
-MAX_ID_LENGTH = 1024
-MAX_CANDIDATES = 16_384
-MAX_METADATA_DEPTH = 32
-MAX_METADATA_VALUES = 10_000
-INT64 = (-(2**63), 2**63 - 1)
-_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
+from pplx_embed.index.query import SearchQuery, check_count, check_rescore, first_stage_size
+from pplx_embed.index.rescore import positions, rescore
+from pplx_embed.model.quantization import to_binary, to_int8, truncate
 
 
 class IndexNotFoundError(FileNotFoundError):
@@ -79,94 +75,18 @@ def new_store_shape(model: str, dimensions: int | None, full_dimension: int | No
     """Validated ``(dimensions, full_dimension)`` of a new store: a named model, an MRL size, whole bytes of bits."""
     if not isinstance(model, str) or not model:
         raise InputError("model must be a non-empty name")
-    dimensions = dimensions or full_dimension
-    if isinstance(dimensions, bool) or not isinstance(dimensions, int) or dimensions < 8:
-        raise InputError(f"dimensions must be a positive multiple of 8, got {dimensions!r}")
-    full_dimension = full_dimension or dimensions
-    check_dimensions(dimensions, full_dimension)
-    if dimensions % 8:
-        raise InputError(f"dimensions must be a multiple of 8 for binary codes, got {dimensions}")
-    return dimensions, full_dimension
-
-
-def _scalar_ok(value: Any) -> bool:
-    """A JSON scalar SQLite can compare exactly: strings, booleans, int64 integers, finite floats, null."""
-    if isinstance(value, bool) or value is None or isinstance(value, str):
-        return True
-    if isinstance(value, int):
-        return INT64[0] <= value <= INT64[1]
-    return isinstance(value, float) and bool(np.isfinite(value))
-
-
-def check_filter(where: dict[str, Any] | None) -> dict[str, Any]:
-    """Validate an equality filter on metadata: ``{"key": value}`` with scalar JSON values, at most 32 keys."""
-    if where is None:
-        return {}
-    if not isinstance(where, dict):
-        raise InputError(f"filter must be a dict of metadata key -> value, got {type(where).__name__}")
-    if len(where) > MAX_FILTER_KEYS:
-        raise InputError(f"filter has {len(where)} keys; at most {MAX_FILTER_KEYS} are allowed")
-    for key, value in where.items():
-        if not isinstance(key, str) or not _KEY.match(key):
-            raise InputError(f"filter key {str(key)[:80]!r} is not a valid metadata key (letters, digits, _ . -)")
-        if not _scalar_ok(value):
-            raise InputError(f"filter value for {key!r} must be a string, a 64-bit integer, a finite number, "
-                             "a boolean or null")
-    return where
-
-
-def check_metadata(metadata: Any) -> dict[str, Any]:
-    """Validate one item's metadata: a JSON object with valid top-level keys, at most 32 levels deep and
-    10,000 values, integers within 64 bits and finite numbers (what SQLite's JSON functions can hold)."""
-    if metadata is None:
-        return {}
-    if not isinstance(metadata, dict):
-        raise InputError(f"metadata must be an object (dict), got {type(metadata).__name__}")
-    for key in metadata:
-        if not isinstance(key, str) or not _KEY.match(key):
-            raise InputError(f"metadata key {str(key)[:80]!r} is not valid (letters, digits, _ . -)")
-    stack, seen = [(metadata, 1)], 0
-    while stack:  # iterative: a deeply nested value cannot exhaust the interpreter's stack
-        value, depth = stack.pop()
-        seen += 1
-        if depth > MAX_METADATA_DEPTH or seen > MAX_METADATA_VALUES:
-            raise InputError(f"metadata is nested deeper than {MAX_METADATA_DEPTH} levels or holds more than "
-                             f"{MAX_METADATA_VALUES} values")
-        if isinstance(value, dict):
-            if not all(isinstance(key, str) for key in value):
-                raise InputError("metadata object keys must be strings")
-            stack += [(v, depth + 1) for v in value.values()]
-        elif isinstance(value, (list, tuple)):
-            stack += [(v, depth + 1) for v in value]
-        elif not _scalar_ok(value):
-            raise InputError(f"metadata holds {str(value)[:40]!r}: values must be JSON (strings, 64-bit integers, "
-                             "finite numbers, booleans, null, lists, objects)")
-    return dict(metadata)
+    if dimensions is None and full_dimension is None:
+        raise InputError("give the index's dimensions (or the model's full dimension)")
+    full = full_dimension if full_dimension is not None else dimensions
+    if isinstance(full, bool) or not isinstance(full, int) or full < 8:
+        raise InputError(f"the model's dimension must be an integer of at least 8, got {full!r}")
+    return check_dimensions(dimensions, full, "binary"), full
 
 
 def unit_rows(rows: np.ndarray) -> np.ndarray:
     """Rows as contiguous float32 unit vectors (zero rows stay zero): cosine becomes an inner product."""
     rows = np.asarray(rows, dtype=np.float32)
     return np.ascontiguousarray(rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12))
-
-
-def rescore_top(queries: np.ndarray, candidates: list[np.ndarray], codes: np.ndarray,
-                k: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Per query, its ``candidates`` reordered by cosine to it, top ``k`` → (rows, scores).
-
-    ``codes`` holds the candidates' vectors one query after another (one gather for all queries).
-    """
-    codes, queries = unit_rows(codes), unit_rows(queries)
-    owner = np.repeat(np.arange(len(candidates)), [len(c) for c in candidates])
-    scores = np.einsum("ij,ij->i", codes, queries[owner])
-    rows, out, start = [], [], 0
-    for cand in candidates:
-        mine = scores[start : start + len(cand)]
-        start += len(cand)
-        top = np.argsort(-mine, kind="stable")[:k]
-        rows.append(cand[top])
-        out.append(mine[top])
-    return rows, out
 
 
 class VectorStore(ABC):
@@ -219,7 +139,7 @@ class VectorStore(ABC):
     def embedder(self):
         """The index's model (loaded on first use when none was given)."""
         if self._embedder is None:
-            from pplx_embed import Embedder
+            from pplx_embed.embedder import Embedder
 
             self._embedder = Embedder(self.model)
         return self._embedder
@@ -230,7 +150,7 @@ class VectorStore(ABC):
         if self.query_model is None:
             return self.embedder
         if self._query_embedder is None:
-            from pplx_embed import Embedder
+            from pplx_embed.embedder import Embedder
 
             self.use(Embedder(self.query_model))
         return self._query_embedder
@@ -280,35 +200,38 @@ class VectorStore(ABC):
             raise InputError(f"{what} contain NaN or infinite values")
         return to_int8(x), x
 
-    def _batch(self, ids: Sequence[str], vectors: Any, texts: Sequence[str | None] | None,
-               metadata: Sequence[dict | None] | None, doc_ids=None, positions=None,
-               binary: np.ndarray | None = None) -> Batch:
-        if isinstance(ids, str):
-            raise InputError("ids must be a list of strings, not one string")
-        ids = list(ids)
+    def _items(self, ids: Any, texts: Any, metadata: Any) -> tuple[list[str], list[str | None], list[dict]]:
+        """A batch's ids, texts (strings or None) and metadata, checked before anything is embedded."""
+        ids = check_ids(ids)
         n = len(ids)
         if n == 0:
             raise InputError("nothing to add: ids is empty")
-        for i in ids:
-            if not isinstance(i, str) or not i or len(i) > MAX_ID_LENGTH:
-                raise InputError(f"ids must be non-empty strings of at most {MAX_ID_LENGTH} characters, "
-                                 f"got {str(i)[:80]!r}")
-        if len(set(ids)) != n:
-            raise InputError("ids repeat within the batch; each id may appear once")
-        int8, floats = self._vectors(vectors)
-        if int8.shape[0] != n:
-            raise InputError(f"{n} ids but {int8.shape[0]} vectors")
-        texts = list(texts) if texts is not None else [None] * n
-        if not all(t is None or isinstance(t, str) for t in texts):
-            raise InputError("texts must be strings (or None)")
+        if texts is None:
+            texts = [None] * n
+        elif isinstance(texts, str) or not isinstance(texts, (list, tuple)):
+            raise InputError("texts must be a list of strings")
+        for i, text in enumerate(texts):
+            if text is not None and not isinstance(text, str):
+                raise InputError(f"text {i} must be a string (or None), got {type(text).__name__}")
+            if text is not None:
+                check_unicode(text, f"text {i}")
+        if metadata is not None and (isinstance(metadata, dict) or not isinstance(metadata, (list, tuple))):
+            raise InputError("metadata must be a list with one object (or null) per item")
         metadata = [check_metadata(m) for m in metadata] if metadata is not None else [{}] * n
         for name, values in (("texts", texts), ("metadata", metadata)):
             if len(values) != n:
                 raise InputError(f"{n} ids but {len(values)} {name}")
-        if binary is None:
-            binary = to_binary(floats if floats is not None else int8.astype(np.float32))
-        else:
-            binary = self._binary_codes(binary, n)
+        return ids, list(texts), metadata
+
+    def _stored(self) -> tuple[str, ...]:
+        """The precisions each item keeps (what :meth:`Embedder.encode_all` computes for it)."""
+        return ("int8", "binary", "float") if self.store_float else ("int8", "binary")
+
+    def _batch(self, ids: list[str], texts: list, metadata: list[dict], int8: np.ndarray, binary: np.ndarray,
+               floats: np.ndarray | None, doc_ids=None, positions=None) -> Batch:
+        n = len(ids)
+        if int8.shape[0] != n:
+            raise InputError(f"{n} ids but {int8.shape[0]} vectors")
         return Batch(ids, int8, binary, floats if self.store_float else None, texts, metadata,
                      list(doc_ids) if doc_ids is not None else [None] * n,
                      list(positions) if positions is not None else [None] * n)
@@ -333,10 +256,12 @@ class VectorStore(ABC):
         self._check_model(model)
         if self.store_float:
             raise InputError("this index keeps float vectors for rescoring; add float vectors with upsert(vectors=...)")
+        ids, texts, metadata = self._items(ids, texts, metadata)
         int8 = np.asarray(int8)
         if int8.dtype != np.int8:
             raise InputError(f"int8 codes must be an int8 array, got {int8.dtype}")
-        batch = self._batch(ids, int8, texts, metadata, binary=binary)
+        int8, _ = self._vectors(int8)
+        batch = self._batch(ids, texts, metadata, int8, self._binary_codes(binary, len(ids)), None)
         self._write(batch, replace=True)
         return len(batch.ids)
 
@@ -345,8 +270,10 @@ class VectorStore(ABC):
             show_progress_bar: bool = False, truncation: str | None = None) -> int:
         """Add new items (texts are embedded with the index's model unless ``vectors`` are given).
 
-        Atomic: the whole batch is stored, or nothing (an id already present is an error).
-        ``truncation`` (``right``/``left``) shortens over-long texts instead of refusing them.
+        ``vectors`` are float vectors of this model (``Embedder.pooled``, or ``encode``'s float output: the
+        int8 codes are derived from them) or its int8 codes. Atomic: the whole batch is stored, or nothing
+        (an id already present is an error). ``truncation`` (``right``/``left``) shortens over-long texts
+        instead of refusing them.
         """
         return self._add(texts, ids, vectors, metadata, model, show_progress_bar, truncation, replace=False)
 
@@ -358,42 +285,53 @@ class VectorStore(ABC):
 
     def _add(self, texts, ids, vectors, metadata, model, show_progress_bar, truncation, replace: bool) -> int:
         self._check_model(model)
-        if texts is not None and (isinstance(texts, str) or not all(isinstance(t, str) for t in texts)):
-            raise InputError("texts must be a list of strings")
         if vectors is None:
             if texts is None:
                 raise InputError("give texts to embed, or vectors")
-            vectors = self.embedder.encode(list(texts), dimensions=self.dimensions,
+            texts = check_texts(texts)
+        ids, texts, metadata = self._items(ids, texts, metadata)
+        if vectors is None:
+            out = self.embedder.encode_all(texts, self._stored(), self.dimensions,
                                            show_progress_bar=show_progress_bar, truncation=truncation)
-        batch = self._batch(ids, vectors, texts, metadata)
-        self._write(batch, replace)
-        return len(batch.ids)
+            int8, binary, floats = out["int8"], out["binary"], out.get("float")
+        else:
+            int8, floats = self._vectors(vectors)
+            binary = to_binary(floats if floats is not None else int8.astype(np.float32))
+        self._write(self._batch(ids, texts, metadata, int8, binary, floats), replace)
+        return len(ids)
 
     def add_documents(self, documents: Sequence[Sequence[str]], doc_ids: Sequence[str], *,
                       metadata: Sequence[dict | None] | None = None, replace: bool = True,
                       show_progress_bar: bool = False, truncation: str | None = None) -> int:
-        """Index each document's chunks with late chunking (``encode_contextual``).
+        """Index each document's chunks with late chunking (``encode_contextual``); a contextual index only.
 
         Chunk ids are ``"{doc_id}#{position}"``; search hits carry ``doc_id`` and ``position``.
         Document metadata is copied to each of its chunks. Re-adding a document replaces its chunks.
         """
-        doc_ids = list(doc_ids)
+        if not self.contextual:
+            raise InputError(f"this index holds independent texts of {self.model!r}, not late-chunked documents; "
+                             "add texts with ids, or create a contextual index (--contextual)")
+        documents = check_documents(documents, required=True)
+        doc_ids = check_ids(doc_ids, "doc_ids")
         if len(doc_ids) != len(documents):
             raise InputError(f"{len(documents)} documents but {len(doc_ids)} doc_ids")
-        if len(set(doc_ids)) != len(doc_ids):
-            raise InputError("doc_ids repeat; each document may appear once per call")
-        metadata = list(metadata) if metadata is not None else [None] * len(doc_ids)
-        vectors = self.embedder.encode_contextual([list(d) for d in documents], dimensions=self.dimensions,
-                                                  show_progress_bar=show_progress_bar, truncation=truncation)
-        ids, texts, metas, docs, positions = [], [], [], [], []
+        if metadata is None:
+            metadata = [None] * len(doc_ids)
+        if isinstance(metadata, dict) or not isinstance(metadata, (list, tuple)) or len(metadata) != len(doc_ids):
+            raise InputError(f"metadata must be a list with one object (or null) per document ({len(doc_ids)})")
+        ids, texts, metas, docs, places = [], [], [], [], []
         for doc_id, chunks, meta in zip(doc_ids, documents, metadata):
             for position, chunk in enumerate(chunks):
                 ids.append(f"{doc_id}#{position}")
                 texts.append(chunk)
                 metas.append(meta)
                 docs.append(doc_id)
-                positions.append(position)
-        batch = self._batch(ids, np.concatenate(vectors), texts, metas, docs, positions)
+                places.append(position)
+        ids, texts, metas = self._items(ids, texts, metas)
+        out = self.embedder.encode_contextual_all(documents, self._stored(), self.dimensions,
+                                                  show_progress_bar=show_progress_bar, truncation=truncation)
+        batch = self._batch(ids, texts, metas, *(np.concatenate(out[p]) for p in ("int8", "binary")),
+                            np.concatenate(out["float"]) if "float" in out else None, docs, places)
         if replace:
             self._delete_documents(doc_ids)
         self._write(batch, replace)
@@ -401,36 +339,31 @@ class VectorStore(ABC):
 
     def delete(self, ids: Sequence[str]) -> int:
         """Remove items by id; returns how many existed."""
-        if isinstance(ids, str):
-            ids = [ids]
-        return self._delete(list(ids))
+        return self._delete(check_ids([ids] if isinstance(ids, str) else ids))
 
     # ---- searching ----------------------------------------------------------------------------
-    def embed_queries(self, queries: Sequence[str]) -> np.ndarray:
-        """Query texts → float vectors at the index dimensions: by the query model when one is recorded,
+    def embed_queries(self, queries: Any) -> np.ndarray:
+        """Query texts → raw pooled vectors at the index dimensions: by the query model when one is recorded,
         else by the index's model (as ``[[query]]``, a one-chunk document, for a contextual index)."""
-        for i, q in enumerate(queries):
-            if not isinstance(q, str):
-                raise InputError(f"queries[{i}] must be a string, got {type(q).__name__}")
-            if not q.strip():
-                raise InputError(f"queries[{i}] is empty; a query needs some text")
+        queries = check_texts(queries, what="query", required=True)
         if self.query_model is not None:
-            return self.query_embedder.encode(list(queries), dimensions=self.dimensions)
+            return self.query_embedder.encode_all(queries, ("pooled",), self.dimensions)["pooled"]
         if self.contextual:
-            return np.concatenate(self.embedder.encode_contextual([[q] for q in queries],
-                                                                  dimensions=self.dimensions))
-        return self.embedder.encode(list(queries), dimensions=self.dimensions)
+            return np.concatenate(self.embedder.encode_contextual_all([[q] for q in queries], ("pooled",),
+                                                                      self.dimensions)["pooled"])
+        return self.embedder.encode_all(queries, ("pooled",), self.dimensions)["pooled"]
 
     def search(self, query: str | np.ndarray, k: int = 10, *, filter: dict[str, Any] | None = None,
                candidates: int | None = None, rescore: str = "int8", model: str | None = None) -> list[Hit]:
         """The ``k`` best items for one query (text, or a float / int8 vector of this model)."""
-        if isinstance(query, str):
-            return self.search_many([query], k, filter=filter, candidates=candidates, rescore=rescore)[0]
-        q = np.asarray(query)
-        if q.ndim != 1:
-            raise InputError(f"a query vector must be 1-D, got shape {q.shape}; use search_many for several")
-        return self.search_many(q[None, :], k, filter=filter, candidates=candidates, rescore=rescore,
-                                model=model)[0]
+        if not isinstance(query, str):
+            query = np.asarray(query)
+            if query.ndim != 1:
+                raise InputError(f"a query vector must be 1-D, got shape {query.shape}; use search_many for several")
+            query = query[None, :]
+        else:
+            query = [query]
+        return self.search_many(query, k, filter=filter, candidates=candidates, rescore=rescore, model=model)[0]
 
     def search_many(self, queries: Sequence[str] | np.ndarray, k: int = 10, *, filter: dict[str, Any] | None = None,
                     candidates: int | None = None, rescore: str = "int8", model: str | None = None) -> list[list[Hit]]:
@@ -440,30 +373,22 @@ class VectorStore(ABC):
         ``none`` (Hamming order, score = 1 - 2·hamming/dims). ``filter`` keeps items whose metadata
         equals every given key/value.
         """
-        prepared = self._prepare(queries, k, filter, rescore, model, candidates)
-        with self._reading():
-            rows, scores = self._search_prepared(*prepared)
-            return self._fetch_many(rows, scores)
+        return self.run(self.query(queries, k, filter=filter, candidates=candidates, rescore=rescore, model=model))
 
     def search_rows(self, queries: Sequence[str] | np.ndarray, k: int = 10, *, filter: dict[str, Any] | None = None,
                     candidates: int | None = None, rescore: str = "int8",
                     model: str | None = None) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Like :meth:`search_many` but returns backend row keys and scores (no item lookup)."""
-        prepared = self._prepare(queries, k, filter, rescore, model, candidates)
+        query = self.query(queries, k, filter=filter, candidates=candidates, rescore=rescore, model=model)
         with self._reading():
-            return self._search_prepared(*prepared)
+            return self._search(query)
 
-    def _prepare(self, queries, k, filter, rescore, model, candidates) -> tuple:
-        """Validate the arguments → (rescoring vectors, float or None, binary codes, k, filter, rescore,
-        first-stage candidates per query)."""
-        for name, value in (("k", k), ("candidates", candidates)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer))
-                                      or not 1 <= value <= MAX_CANDIDATES):
-                raise InputError(f"{name} must be an integer from 1 to {MAX_CANDIDATES}, got {value!r}")
-        if rescore not in RESCORE_MODES:
-            raise InputError(f"rescore must be one of {', '.join(RESCORE_MODES)}, got {rescore!r}")
-        if rescore == "float" and not self.store_float:
-            raise InputError("float rescoring needs an index created with store_float=True")
+    def query(self, queries: Sequence[str] | np.ndarray, k: int = 10, *, filter: dict[str, Any] | None = None,
+              candidates: int | None = None, rescore: str = "int8", model: str | None = None) -> SearchQuery:
+        """Check a search's arguments and embed its text queries → the :class:`SearchQuery` :meth:`run` takes."""
+        k = check_count("k", k)
+        candidates = check_count("candidates", candidates)
+        rescore = check_rescore(rescore, self.store_float)
         where = check_filter(filter)
         if isinstance(queries, str):
             raise InputError("search_many takes a list of queries; use search for one")
@@ -473,41 +398,34 @@ class VectorStore(ABC):
             if rescore == "float" and floats is None:
                 raise InputError("float rescoring needs float query vectors")
         else:
-            queries = list(queries)
-            if not queries:
-                raise InputError("no queries given")
             int8, floats = self._vectors(self.embed_queries(queries), "query vectors")
         binary = to_binary(floats if floats is not None else int8.astype(np.float32))
         # int8 rescoring compares the stored int8 codes with the query's code before rounding
         # (tanh(x)·127 up to scale) when the query is float: same transform, no query rounding error
-        rescoring = np.tanh(floats) if floats is not None else int8
-        n_candidates = min(MAX_CANDIDATES, max(k, candidates if candidates is not None else max(100, 10 * k)))
-        return rescoring, floats, binary, int(k), where, rescore, int(n_candidates)
+        dense = np.tanh(floats) if floats is not None else int8
+        return SearchQuery(binary, dense, floats, k, first_stage_size(k, candidates), where, rescore)
 
-    def _search_prepared(self, int8, floats, binary, k, where, rescore, n_candidates):
-        return self._rescore(self._first_stage(binary, int8, n_candidates, where), binary, int8, floats, k, rescore)
+    def run(self, query: SearchQuery) -> list[list[Hit]]:
+        """The hits of a :class:`SearchQuery`, all stages on one consistent view of the store."""
+        with self._reading():
+            return self._fetch_many(*self._search(query))
 
-    def _rescore(self, first: list[np.ndarray], binary: np.ndarray, int8: np.ndarray, floats: np.ndarray | None,
-                 k: int, rescore: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        first = [cand[cand >= 0] if cand.dtype.kind == "i" else cand for cand in first]
-        if rescore == "none":
-            out_rows, out_scores = [], []
-            for i, cand in enumerate(first):
-                dist = hamming_distance(binary[i], self._codes(cand, "binary"))[0] if len(cand) else np.zeros(0)
-                order = np.argsort(dist, kind="stable")[:k]
-                out_rows.append(cand[order])
-                out_scores.append((1.0 - 2.0 * dist[order] / self.dimensions).astype(np.float32))
-            return out_rows, out_scores
-        queries = floats if rescore == "float" else int8
-        out_rows, out_scores = [], []
-        for start in range(0, len(first), 64):  # bounded memory: 64 queries' candidates at a time
-            part = first[start : start + 64]
-            wanted = np.concatenate(part) if any(len(c) for c in part) else np.zeros(0, np.int64)
-            codes = self._codes(wanted, rescore) if len(wanted) else np.zeros((0, self.dimensions))
-            rows, scores = rescore_top(queries[start : start + 64], part, codes, k)
-            out_rows += rows
-            out_scores += scores
-        return out_rows, out_scores
+    def _search(self, query: SearchQuery) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """First stage, then :func:`~pplx_embed.index.rescore.rescore` → each query's row keys and scores."""
+        first = self._first_stage(query.binary, query.dense, query.candidates, query.where)
+        rows, keys = positions(first)
+        if keys is None:
+            return rescore(query, rows, self._gather, self.dimensions, self._inv_norms())
+        top, scores = rescore(query, rows, lambda at, precision: self._codes(keys[at], precision), self.dimensions)
+        return [keys[t] for t in top], scores
+
+    def _gather(self, rows: np.ndarray, precision: str) -> np.ndarray:
+        """The stored ``precision`` vectors of row numbers (stores that number rows override it)."""
+        return self._codes(rows, precision)
+
+    def _inv_norms(self):
+        """A function giving stored int8 rows' inverse norms where the store keeps them, else None."""
+        return None
 
     # ---- backend ------------------------------------------------------------------------------
     @contextmanager

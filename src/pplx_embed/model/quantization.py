@@ -11,34 +11,15 @@ Matryoshka truncation (``dimensions``) always happens *before* quantization.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Literal
 
 import numpy as np
 
+from pplx_embed.checks.precision import check_quantization
 from pplx_embed.errors import InputError
 
 Quantization = Literal["float", "int8", "binary", "ubinary", "pm1"]
-QUANTIZATIONS: tuple[str, ...] = ("float", "int8", "binary", "ubinary", "pm1")
-MIN_DIMENSIONS = 128
-
-
-def check_quantization(quantization: str) -> str:
-    """Return ``quantization`` if it is a known precision, else raise ``ValueError``."""
-    if quantization not in QUANTIZATIONS:
-        raise InputError(f"unknown quantization {quantization!r}; choose one of {', '.join(QUANTIZATIONS)}")
-    return quantization
-
-
-def check_dimensions(dimensions: int | None, full: int) -> int:
-    """Validate a Matryoshka dimension request against a model's full dimension."""
-    if dimensions is None:
-        return full
-    if isinstance(dimensions, bool) or not isinstance(dimensions, (int, np.integer)):
-        raise InputError(f"dimensions must be an integer, got {dimensions!r}")
-    low = min(MIN_DIMENSIONS, full)
-    if not low <= dimensions <= full:
-        raise InputError(f"dimensions must be between {low} and {full} for this model, got {dimensions}")
-    return int(dimensions)
 
 
 def truncate(x: np.ndarray, dimensions: int | None) -> np.ndarray:
@@ -78,6 +59,28 @@ def quantize(x: np.ndarray, quantization: str = "float", dimensions: int | None 
     if q in ("binary", "ubinary"):
         return to_binary(x)
     return to_pm1(x)
+
+
+def outputs(pooled: np.ndarray, precisions: Iterable[str], dimensions: int | None = None,
+            normalize: bool = False) -> dict[str, np.ndarray]:
+    """The one place outputs are derived: raw pooled vectors → each of ``precisions`` at ``dimensions``.
+
+    ``pooled`` is the raw vector cut to ``dimensions``; ``float`` is the same, L2-normalized first when the
+    model's pipeline normalizes (sentence-transformers ``Normalize``: the cut then follows, as there);
+    ``int8`` / ``binary`` / ``pm1`` are computed from the raw vector (normalizing would crush the int8
+    range; signs and cosines are unaffected).
+    """
+    pooled = np.asarray(pooled, dtype=np.float32)
+    out = {}
+    for precision in precisions:
+        if precision == "pooled":
+            out[precision] = quantize(pooled, "float", dimensions)
+        elif precision == "float" and normalize:
+            unit = pooled / np.maximum(np.linalg.norm(pooled, axis=-1, keepdims=True), 1e-12)
+            out[precision] = quantize(unit, "float", dimensions)
+        else:
+            out[precision] = quantize(pooled, precision, dimensions)
+    return out
 
 
 def unpack_binary(packed: np.ndarray, dimensions: int | None = None) -> np.ndarray:

@@ -23,14 +23,15 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from pplx_embed.checks.filters import check_filter
 from pplx_embed.errors import InputError
 from pplx_embed.options import EmbedderOptions
 from pplx_embed.serve.auth import KeyRing
 from pplx_embed.serve.errors import APIError, error_response, install_error_handlers, internal_error
-from pplx_embed.serve.indexes import ServedIndex, check_filter, close_indexes, open_indexes
+from pplx_embed.serve.indexes import ServedIndex, close_indexes, open_indexes
 from pplx_embed.serve.limits import ServeLimits
 from pplx_embed.serve.metrics import Metrics
-from pplx_embed.serve.pipeline import Pipeline, Result, check_documents, check_texts
+from pplx_embed.serve.pipeline import Pipeline, Result, check_documents_within, check_texts_within
 from pplx_embed.serve.registry import Registry, ServedModel, UnknownModel, as_float, model_names
 from pplx_embed.serve.scheduler import Overloaded, ShuttingDown
 from pplx_embed.serve.schemas import (
@@ -72,11 +73,11 @@ class ServeConfig:
 
 def load_models(config: ServeConfig) -> list[tuple[str, object, list[str]]]:
     """Load (or take) each model, warm it up with one forward pass: ``(served name, embedder, all its names)``."""
-    from pplx_embed import Embedder
+    from pplx_embed.embedder import Embedder
 
     models: list[tuple[str, object, list[str]]] = []
     for name, source in config.models:
-        embedder = source if isinstance(source, Embedder) else config.options.replace(model=source).build()
+        embedder = source if isinstance(source, Embedder) else Embedder(options=config.options.replace(model=source))
         name = name or (source if isinstance(source, str) else embedder.name)
         if name in [n for n, _, _ in models]:
             raise InputError(f"two models are served as {name!r}; name them with --model NAME=SOURCE")
@@ -89,8 +90,8 @@ def load_models(config: ServeConfig) -> list[tuple[str, object, list[str]]]:
 def _init_torch_threads() -> None:
     """Run one parallel torch op in this long-lived thread before models load in a short-lived one.
 
-    Measured on CPU: when a process's first parallel torch op runs in a thread that then exits,
-    every later forward pass from other threads is ~10x slower on a busy machine (thread-pool setup).
+    When a process's first parallel torch op runs in a thread that then exits, every later forward pass
+    from other threads is much slower on a busy machine (thread-pool setup; docs/server.md, "Threads").
     """
     import torch
 
@@ -293,7 +294,7 @@ class Service:
         async def job():
             try:
                 with candidate.pipeline.scheduler.slot():
-                    vectors = (await embed(candidate.pipeline, dims)).vectors
+                    vectors = (await embed(candidate.pipeline, dims)).vectors[quantization]
                 if isinstance(vectors, list):  # contextual: one array per document
                     vectors = np.concatenate(vectors)
             except (Overloaded, ShuttingDown):
@@ -345,10 +346,10 @@ def create_app(config: ServeConfig) -> FastAPI:
         quantization = QUANTIZATION_OF[body.encoding_format]
 
         async def work() -> Response:
-            result = await served.pipeline.embed(texts, quantization, body.dimensions, finish=lambda v, tokens: (
-                JSONResponse(embeddings_response(v, body.encoding_format, served.name, tokens))))
-            service.shadow(served, lambda p, d: p.embed(texts, quantization, d), result.vectors, quantization,
-                           body.dimensions)
+            result = await served.pipeline.embed(texts, (quantization,), body.dimensions, finish=lambda v, tokens: (
+                JSONResponse(embeddings_response(v[quantization], body.encoding_format, served.name, tokens))))
+            service.shadow(served, lambda p, d: p.embed(texts, (quantization,), d), result.vectors[quantization],
+                           quantization, body.dimensions)
             result.body.headers.update(result.headers())
             return result.body
 
@@ -362,11 +363,11 @@ def create_app(config: ServeConfig) -> FastAPI:
         quantization = QUANTIZATION_OF[body.encoding_format]
 
         async def work() -> Response:
-            result = await served.pipeline.embed_contextual(documents, quantization, body.dimensions, finish=(
-                lambda arrays, tokens: JSONResponse(contextual_response(arrays, body.encoding_format, served.name,
-                                                                        tokens))))
-            service.shadow(served, lambda p, d: p.embed_contextual(documents, quantization, d),
-                           np.concatenate(result.vectors), quantization, body.dimensions)
+            result = await served.pipeline.embed_contextual(documents, (quantization,), body.dimensions, finish=(
+                lambda arrays, tokens: JSONResponse(contextual_response(arrays[quantization], body.encoding_format,
+                                                                        served.name, tokens))))
+            service.shadow(served, lambda p, d: p.embed_contextual(documents, (quantization,), d),
+                           np.concatenate(result.vectors[quantization]), quantization, body.dimensions)
             result.body.headers.update(result.headers())
             return result.body
 
@@ -379,13 +380,14 @@ def create_app(config: ServeConfig) -> FastAPI:
         texts = [body.inputs] if isinstance(body.inputs, str) else body.inputs
         truncation = body.truncation_direction.lower() if body.truncate else None
 
-        def finish(vectors: np.ndarray, tokens: int) -> Response:
+        def finish(outputs: dict[str, np.ndarray], tokens: int) -> Response:
+            vectors = outputs["pooled"]
             if body.normalize:
                 vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=-1, keepdims=True), 1e-12)
             return JSONResponse(vectors.tolist(), headers={"x-total-tokens": str(tokens)})
 
         async def work() -> Response:
-            result = await served.pipeline.embed(texts, "float", body.dimensions, truncation, finish=finish)
+            result = await served.pipeline.embed(texts, ("pooled",), body.dimensions, truncation, finish=finish)
             result.body.headers.update(result.headers())
             return result.body
 
@@ -404,12 +406,11 @@ def create_app(config: ServeConfig) -> FastAPI:
     async def index_search(name: str, body: IndexSearchRequest, request: Request):
         """The ``k`` best items of index ``name`` for each query (binary first stage, int8 rescoring)."""
         ix, served = service.route_index(request, name)
-        queries = [body.query] if isinstance(body.query, str) else body.query
-        check_texts(queries, served.embedder, config.limits)
-        check_filter(body.filter)
+        queries = check_texts_within(body.query, served.embedder, config.limits)
+        where = check_filter(body.filter)
 
         def search() -> Response:
-            results = ix.index.search_many(queries, body.k, filter=body.filter, candidates=body.candidates)
+            results = ix.index.search_many(queries, body.k, filter=where, candidates=body.candidates)
             data = [{"index": i, "hits": [hit.to_dict() for hit in hits]} for i, hits in enumerate(results)]
             return JSONResponse({"object": "list", "data": data, "model": ix.index.model})
 
@@ -419,18 +420,17 @@ def create_app(config: ServeConfig) -> FastAPI:
     async def index_documents(name: str, body: IndexDocumentsRequest, request: Request):
         """Embed and store texts (``ids``) or contextual documents (``doc_ids``); atomic per request."""
         ix, served = service.route_index(request, name)
-        if body.documents is not None:
-            check_documents(body.documents, served.embedder, config.limits)
+        if body.documents is not None:  # the server's limits; the index checks ids and metadata before embedding
+            documents = check_documents_within(body.documents, served.embedder, config.limits)
         else:
-            check_texts(body.texts, served.embedder, config.limits)
+            texts = check_texts_within(body.texts, served.embedder, config.limits)
 
         def store() -> Response:
             if body.documents is not None:
-                added = ix.index.add_documents(body.documents, body.doc_ids, metadata=body.metadata,
-                                               replace=body.upsert)
+                added = ix.index.add_documents(documents, body.doc_ids, metadata=body.metadata, replace=body.upsert)
             else:
                 write = ix.index.upsert if body.upsert else ix.index.add
-                added = write(body.texts, ids=body.ids, metadata=body.metadata)
+                added = write(texts, ids=body.ids, metadata=body.metadata)
             return JSONResponse({"added": added})
 
         return await service.answer(request, served, lambda: service.in_thread(store))

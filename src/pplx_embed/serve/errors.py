@@ -69,7 +69,8 @@ def install_error_handlers(app: FastAPI) -> None:
         if isinstance(exc, IndexDamagedError):  # the operator's problem, not the client's: never answered from
             log.error("served index is damaged on %s %s: %s", request.method, request.url.path, exc, exc_info=exc)
             return error_response(500, str(exc), "server_error", "index_damaged")
-        return error_response(400, str(exc), "invalid_request_error", "invalid_value")
+        status = 413 if exc.code.startswith("too_many") else 400  # a rule of capacity, or of form
+        return error_response(status, str(exc), "invalid_request_error", exc.code)
 
     @app.exception_handler(Overloaded)
     async def _overloaded(request: Request, exc: Overloaded) -> JSONResponse:

@@ -9,15 +9,9 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Any
 
 from pplx_embed.errors import InputError
-from pplx_embed.serve.errors import APIError
 from pplx_embed.serve.pipeline import LoopEmbedder
-
-MAX_FILTER_KEYS = 32
-MAX_FILTER_STRING = 1024
-INT64 = 2**63
 
 
 def parse_index_spec(spec: str) -> tuple[str, str]:
@@ -26,24 +20,6 @@ def parse_index_spec(spec: str) -> tuple[str, str]:
     if not sep or not name or not path:
         raise InputError(f"--index {spec!r}: expected NAME=PATH")
     return name, path
-
-
-def check_filter(where: dict[str, Any] | None) -> None:
-    """A search filter the store can run: few keys, flat scalar values, 64-bit integers (else 400)."""
-    if not where:
-        return
-    if len(where) > MAX_FILTER_KEYS:
-        raise APIError(400, f"filter has {len(where)} keys, more than the limit of {MAX_FILTER_KEYS}",
-                       code="invalid_value")
-    for key, value in where.items():
-        if isinstance(value, (dict, list)):
-            raise APIError(400, f"filter value for {key!r} must be a string, number, boolean or null, not nested",
-                           code="invalid_value")
-        if isinstance(value, int) and not isinstance(value, bool) and not -INT64 <= value < INT64:
-            raise APIError(400, f"filter value for {key!r} is outside the 64-bit integer range", code="invalid_value")
-        if isinstance(value, str) and len(value) > MAX_FILTER_STRING:
-            raise APIError(400, f"filter value for {key!r} is longer than {MAX_FILTER_STRING} characters",
-                           code="invalid_value")
 
 
 @dataclass

@@ -1,24 +1,27 @@
-"""One served model's request path: check → tokenize once (off the loop) → fair scheduler → finish (off the loop).
+"""One served model's request path: check → tokenize once (off the loop) → fair scheduler → outputs (off the loop).
 
-The Python API's own pieces do the work, so the server answers byte for byte what ``Embedder.encode``
-/ ``encode_contextual`` return: ``Embedder.prepare`` / ``prepare_contextual`` make the sequences,
+The Python API's own pieces do the work, so the server answers byte for byte what ``Embedder.encode_all``
+/ ``encode_contextual_all`` return: ``Embedder.prepare`` / ``prepare_contextual`` make the sequences,
 the :class:`~pplx_embed.serve.scheduler.Scheduler` pools them on the model's worker thread between
-other requests' sequences, and ``Embedder.finish`` / ``finish_contextual`` give the output precision.
+other requests' sequences, and ``Embedder.outputs`` / ``contextual_outputs`` give the output precisions.
+
+The input rules are the package's own (``pplx_embed.checks``, one message everywhere); what this module adds
+are the server's capacity limits (inputs, characters and tokens per request: 413).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from pplx_embed.errors import InputError
-from pplx_embed.model.quantization import check_dimensions, check_quantization
+from pplx_embed.checks.texts import Documents, Texts, check_documents, check_texts
+from pplx_embed.embedder import check_outputs
 from pplx_embed.serve.errors import APIError
 from pplx_embed.serve.limits import CPU_STEP_SECONDS, ServeLimits
 from pplx_embed.serve.scheduler import Scheduler, StepObserver, Timing
@@ -28,28 +31,25 @@ def _too_large(message: str, code: str) -> APIError:
     return APIError(413, message, "invalid_request_error", code)
 
 
-def check_texts(texts: list[str], embedder, limits: ServeLimits, truncate: bool = False) -> None:
-    """Count, emptiness and characters of a request's texts (400 / 413), before any tokenizing."""
-    if not texts:
-        raise APIError(400, "input must contain at least one text", code="empty_input")
+def check_texts_within(texts: Any, embedder, limits: ServeLimits, truncate: bool = False) -> Texts:
+    """A request's texts, checked (``pplx_embed.checks``) and within the count and character limits (413)."""
+    texts = check_texts(texts, required=True)
     if len(texts) > limits.max_client_batch_size:
         raise _too_large(f"input has {len(texts)} texts, more than the limit of {limits.max_client_batch_size} "
                          "per request", "too_many_inputs")
-    for i, text in enumerate(texts):
-        if not text.strip():
-            raise APIError(400, f"input[{i}] is empty; every text needs some content", code="empty_input")
-        _check_unicode(text, f"input[{i}]")
-        if not truncate and len(text) > embedder.max_chars:
-            raise _too_large(f"input[{i}] has {len(text)} characters, more than model {embedder.name!r} reads "
-                             f"({embedder.max_chars} for its {embedder.max_length} tokens); shorten it or truncate",
-                             "too_many_tokens")
+    if not truncate:
+        for i, text in enumerate(texts):
+            if len(text) > embedder.max_chars:
+                raise _too_large(f"text {i} has {len(text)} characters, more than model {embedder.name!r} reads "
+                                 f"({embedder.max_chars} for its {embedder.max_length} tokens); shorten it or "
+                                 "truncate", "too_many_tokens")
     _check_characters(sum(min(len(t), embedder.max_chars) for t in texts), limits, embedder)
+    return texts
 
 
-def check_documents(documents: list[list[str]], embedder, limits: ServeLimits) -> None:
-    """Counts and characters of a contextual request (400 / 413), before any tokenizing."""
-    if not documents:
-        raise APIError(400, "input must contain at least one document", code="empty_input")
+def check_documents_within(documents: Any, embedder, limits: ServeLimits) -> Documents:
+    """A contextual request's documents, checked and within the document, chunk and character limits (413)."""
+    documents = check_documents(documents, required=True)
     if len(documents) > limits.max_client_batch_size:
         raise _too_large(f"input has {len(documents)} documents, more than the limit of "
                          f"{limits.max_client_batch_size}", "too_many_inputs")
@@ -59,23 +59,11 @@ def check_documents(documents: list[list[str]], embedder, limits: ServeLimits) -
                          "too_many_inputs")
     chars_per_token = embedder.max_chars // embedder.max_length
     for d, doc in enumerate(documents):
-        if not doc:
-            raise APIError(400, f"input[{d}] has no chunks; each document is a non-empty list of chunks",
-                           code="empty_input")
-        for k, chunk in enumerate(doc):
-            _check_unicode(chunk, f"input[{d}][{k}]")
         if sum(len(chunk) for chunk in doc) > limits.max_tokens_per_document * chars_per_token:
-            raise _too_large(f"input[{d}] has more characters than {limits.max_tokens_per_document} tokens can hold",
-                             "too_many_tokens")
+            raise _too_large(f"document {d} has more characters than {limits.max_tokens_per_document} tokens can "
+                             "hold", "too_many_tokens")
     _check_characters(sum(len(chunk) for doc in documents for chunk in doc), limits, embedder)
-
-
-def _check_unicode(text: str, where: str) -> None:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise APIError(400, f"{where} is not valid Unicode ({exc.reason} at character {exc.start})",
-                       code="invalid_value") from None
+    return documents
 
 
 def _check_characters(total: int, limits: ServeLimits, embedder) -> None:
@@ -90,7 +78,7 @@ def check_tokens(counts: list[int], limits: ServeLimits, per_input: int | None =
     if per_input is not None:
         for i, n in enumerate(counts):
             if n > per_input:
-                raise _too_large(f"input[{i}] has {n} tokens, more than the limit of {per_input} {what}",
+                raise _too_large(f"document {i} has {n} tokens, more than the limit of {per_input} {what}",
                                  "too_many_tokens")
     if sum(counts) > limits.max_tokens_per_request:
         raise _too_large(f"input has {sum(counts)} tokens in total, more than the limit of "
@@ -128,40 +116,32 @@ class Pipeline:
     async def _off_loop(self, fn: Callable, *args):
         return await asyncio.get_running_loop().run_in_executor(self.prep, fn, *args)
 
-    def _tokenize(self, texts: list[str], truncation: str | None) -> list:
-        try:
-            return self.embedder.prepare(texts, truncation)
-        except InputError as exc:  # the texts are checked: what is left is a text beyond the model's context
-            raise APIError(413, f"input too long for model {self.embedder.name!r} ({self.embedder.max_length} tokens): "
-                           f"{exc}", code="too_many_tokens") from None
-
-    async def embed(self, texts: list[str], quantization: str, dimensions: int | None,
-                    truncation: str | None = None, finish: Callable[[np.ndarray, int], Any] | None = None) -> Result:
-        """Vectors of ``texts`` as ``Embedder.encode`` returns them; ``finish(vectors, tokens)`` makes the
-        answer's body off the loop."""
-        check_quantization(quantization)
-        dimensions = check_dimensions(dimensions, self.embedder.dimension)
-        check_texts(texts, self.embedder, self.limits, truncate=truncation is not None)
+    async def embed(self, texts: Any, precisions: Iterable[str], dimensions: int | None,
+                    truncation: str | None = None, finish: Callable[[dict, int], Any] | None = None) -> Result:
+        """``{precision: vectors}`` of ``texts`` as ``Embedder.encode_all`` returns them; ``finish(vectors, tokens)``
+        makes the answer's body off the loop."""
+        precisions, dimensions = check_outputs(precisions, dimensions, self.embedder.dimension)
+        texts = check_texts_within(texts, self.embedder, self.limits, truncate=truncation is not None)
         start = time.perf_counter()
-        sequences = await self._off_loop(self._tokenize, texts, truncation)
+        sequences = await self._off_loop(self.embedder.prepare, texts, truncation)
         tokenization = time.perf_counter() - start
         check_tokens([len(s.ids) for s in sequences], self.limits)
         pooled, timing = await self.scheduler.run(sequences)
 
         def done() -> Result:
-            vectors = self.embedder.finish(np.concatenate(pooled), quantization, dimensions)
+            vectors = self.embedder.outputs(np.concatenate(pooled), precisions, dimensions)
             return Result(vectors, finish(vectors, timing.tokens) if finish else None, timing, tokenization)
 
         return await self._off_loop(done)
 
-    async def embed_contextual(self, documents: list[list[str]], quantization: str, dimensions: int | None,
-                               finish: Callable[[list[np.ndarray], int], Any] | None = None) -> Result:
-        """One array per document as ``Embedder.encode_contextual`` returns it; ``finish`` as in :meth:`embed`."""
-        check_quantization(quantization)
-        dimensions = check_dimensions(dimensions, self.embedder.dimension)
-        check_documents(documents, self.embedder, self.limits)
+    async def embed_contextual(self, documents: Any, precisions: Iterable[str], dimensions: int | None,
+                               truncation: str | None = None,
+                               finish: Callable[[dict, int], Any] | None = None) -> Result:
+        """``{precision: one array per document}`` as ``Embedder.encode_contextual_all`` returns it."""
+        precisions, dimensions = check_outputs(precisions, dimensions, self.embedder.dimension)
+        documents = check_documents_within(documents, self.embedder, self.limits)
         start = time.perf_counter()
-        sequences, owners = await self._off_loop(self.embedder.prepare_contextual, documents)
+        sequences, owners = await self._off_loop(self.embedder.prepare_contextual, documents, truncation)
         tokenization = time.perf_counter() - start
         per_document = [0] * len(documents)
         for seq, d in zip(sequences, owners):
@@ -170,24 +150,23 @@ class Pipeline:
         pooled, timing = await self.scheduler.run(sequences)
 
         def done() -> Result:
-            arrays = self.embedder.finish_contextual(pooled, owners, len(documents), quantization, dimensions)
+            arrays = self.embedder.contextual_outputs(pooled, owners, len(documents), precisions, dimensions)
             return Result(arrays, finish(arrays, timing.tokens) if finish else None, timing, tokenization)
 
         return await self._off_loop(done)
 
 
 class LoopEmbedder:
-    """The model as an ``Embedder`` for blocking callers (an :class:`~pplx_embed.index.Index` in a thread):
-    ``encode`` / ``encode_contextual`` go through the pipeline on the server's event loop.
+    """The model as an :class:`~pplx_embed.embedder.EmbedderLike` for blocking callers (an
+    :class:`~pplx_embed.index.Index` in a thread): calls go through the pipeline on the server's event loop.
 
     Each call waits at most ``timeout`` seconds; the caller's thread never runs the model itself.
     """
 
     def __init__(self, pipeline: Pipeline, loop: asyncio.AbstractEventLoop, timeout: float):
         self._pipeline, self._loop, self._timeout = pipeline, loop, timeout
-
-    def __getattr__(self, attr: str):  # name, dimension, max_length ... of the model
-        return getattr(self._pipeline.embedder, attr)
+        embedder = pipeline.embedder
+        self.name, self.dimension, self.max_length = embedder.name, embedder.dimension, embedder.max_length
 
     def _wait(self, coroutine) -> Result:
         future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
@@ -198,11 +177,10 @@ class LoopEmbedder:
             raise
         return result
 
-    def encode(self, texts: list[str], quantization: str = "float", dimensions: int | None = None,
-               truncation: str | None = None, **_: Any) -> np.ndarray:
-        return self._wait(self._pipeline.embed(list(texts), quantization, dimensions, truncation)).vectors
+    def encode_all(self, texts: Any, precisions: Iterable[str], dimensions: int | None = None, *,
+                   truncation: str | None = None, **_: Any) -> dict[str, np.ndarray]:
+        return self._wait(self._pipeline.embed(texts, precisions, dimensions, truncation)).vectors
 
-    def encode_contextual(self, documents: list[list[str]], quantization: str = "float",
-                          dimensions: int | None = None, **_: Any) -> list[np.ndarray]:
-        return self._wait(self._pipeline.embed_contextual([list(d) for d in documents], quantization,
-                                                          dimensions)).vectors
+    def encode_contextual_all(self, documents: Any, precisions: Iterable[str], dimensions: int | None = None, *,
+                              truncation: str | None = None, **_: Any) -> dict[str, list[np.ndarray]]:
+        return self._wait(self._pipeline.embed_contextual(documents, precisions, dimensions, truncation)).vectors

@@ -110,7 +110,7 @@ class ServedModel:
         return {"id": self.name, "object": "model", "owned_by": "pplx-embed", "model": self.embedder.name,
                 "aliases": [n for n in self.names if n != self.name], "dimension": self.embedder.dimension,
                 "max_length": self.embedder.max_length, "pooling": self.embedder.checkpoint.pooling,
-                "engine": {k: v for k, v in self.embedder.engine_info().items() if k != "auto"}}
+                "engine": self.embedder.engine_info.to_dict(measurements=False)}
 
 
 class Registry:

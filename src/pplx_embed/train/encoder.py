@@ -58,7 +58,7 @@ class TrainableEncoder:
 
         Chunks are truncated evenly so the whole document fits ``max_length`` tokens.
         """
-        prefix, suffix = self.embedder.special_tokens
+        prefix, suffix = self.embedder.tokens.prefix, self.embedder.tokens.suffix
         out = []
         for doc in documents:
             if not doc:
@@ -68,7 +68,7 @@ class TrainableEncoder:
             if per_chunk < 1:
                 raise InputError(f"a document of {len(doc)} chunks does not fit {self.max_length} tokens")
             bodies = self.tokenizer(list(doc), add_special_tokens=False)["input_ids"]
-            out.append(join_chunks([ids[:per_chunk] for ids in bodies], self.embedder.sep_token_id, prefix, suffix))
+            out.append(join_chunks([ids[:per_chunk] for ids in bodies], self.embedder.tokens.sep_id, prefix, suffix))
         return out
 
     # ---- forward -----------------------------------------------------------------------------
