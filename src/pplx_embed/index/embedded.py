@@ -61,6 +61,7 @@ from pplx_embed.index.store import (
     IndexNotFoundError,
     VectorStore,
     new_store_shape,
+    stage,
     unit_rows,
 )
 
@@ -659,7 +660,7 @@ class EmbeddedIndex(VectorStore):
     def _search_prepared(self, dense, floats, binary, k, where, rescore, n):
         if rescore == "none" or self._count == 0:
             return super()._search_prepared(dense, floats, binary, k, where, rescore, n)
-        with _faiss_threads(len(binary)):
+        with _faiss_threads(len(binary)), stage("first_stage"):
             first = self._first_stage(binary, dense, n, where)
         if isinstance(first, list):  # ragged (IVF with a filter): pad with -1
             width = max((len(c) for c in first), default=0)
@@ -667,7 +668,44 @@ class EmbeddedIndex(VectorStore):
             for i, c in enumerate(first):
                 padded[i, : len(c)] = c
             first = padded
-        return self._rescore_rows(first, floats if rescore == "float" else dense, k, rescore)
+        with stage("rescore"):
+            return self._rescore_rows(first, floats if rescore == "float" else dense, k, rescore)
+
+    def _scan(self, queries: np.ndarray, precision: str, n: int,
+              where: dict[str, Any]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Every live row passing ``where``, block by block (each verified before it is scored), at ``precision``
+        on the queries' width: Hamming by faiss for ``binary``, cosine for ``int8`` / ``float``; the best ``n``
+        of each query kept as the blocks go, best first."""
+        import faiss
+
+        nq, width = queries.shape
+        allowed = self._allowed(where) if self._count else np.zeros(0, dtype=bool)
+        rows = np.arange(self._count) if allowed is None else np.flatnonzero(allowed)
+        n = min(n, len(rows))
+        best_rows, best = np.zeros((nq, 0), np.int64), np.zeros((nq, 0), np.float32)
+        if n == 0:
+            return list(best_rows), list(best)
+        unit = unit_rows(queries) if precision != "binary" else np.ascontiguousarray(queries)
+        step = max(BLOCK, _RESCORE_VALUES // width)
+        for start in range(0, len(rows), step):
+            part = rows[start : start + step]
+            self._verify_rows(part, precision)
+            codes = np.ascontiguousarray(np.take(self._maps[precision], part, axis=0)[:, :width])
+            if precision == "binary":
+                distances, found = faiss.knn_hamming(unit, codes, min(n, len(part)))
+                scores, found = 1.0 - 2.0 * distances.astype(np.float32) / (8 * width), part[found]
+            else:
+                scores = unit @ unit_rows(codes).T
+                found = np.broadcast_to(part, scores.shape)
+            best_rows, best = np.hstack([best_rows, found]), np.hstack([best, scores.astype(np.float32)])
+            if best.shape[1] > n:
+                keep = np.argpartition(-best, n - 1, axis=1)[:, :n]
+                best_rows, best = np.take_along_axis(best_rows, keep, 1), np.take_along_axis(best, keep, 1)
+        order = [np.lexsort((r, -s)) for r, s in zip(best_rows, best)]
+        return [r[o] for r, o in zip(best_rows, order)], [s[o] for s, o in zip(best, order)]
+
+    def _rows_of_ids(self, ids: list[str]) -> np.ndarray:
+        return np.array(self._rows_of("id", ids), dtype=np.int64)
 
     def _rescore_rows(self, candidates: np.ndarray, queries: np.ndarray, k: int,
                       precision: str) -> tuple[list[np.ndarray], list[np.ndarray]]:

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +30,7 @@ from pplx_embed.errors import InputError
 from pplx_embed.model.quantization import check_dimensions, hamming_distance, to_binary, to_int8, truncate
 
 RESCORE_MODES = ("int8", "float", "none")
+STAGES = ("embed", "first_stage", "rescore", "fetch")  # what a search's ``timings`` report, in seconds
 MAX_FILTER_KEYS = 32
 MAX_ID_LENGTH = 1024
 MAX_CANDIDATES = 16_384
@@ -35,6 +38,18 @@ MAX_METADATA_DEPTH = 32
 MAX_METADATA_VALUES = 10_000
 INT64 = (-(2**63), 2**63 - 1)
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
+_TIMINGS: ContextVar[dict[str, float] | None] = ContextVar("pplx_index_timings", default=None)
+
+
+@contextmanager
+def stage(name: str) -> Iterator[None]:
+    """Add the block's seconds to stage ``name`` of the search running in this thread, if it asked for timings."""
+    record, start = _TIMINGS.get(), time.perf_counter()
+    try:
+        yield
+    finally:
+        if record is not None:
+            record[name] += time.perf_counter() - start
 
 
 class IndexNotFoundError(FileNotFoundError):
@@ -422,36 +437,81 @@ class VectorStore(ABC):
         return self.embedder.encode(list(queries), dimensions=self.dimensions)
 
     def search(self, query: str | np.ndarray, k: int = 10, *, filter: dict[str, Any] | None = None,
-               candidates: int | None = None, rescore: str = "int8", model: str | None = None) -> list[Hit]:
+               candidates: int | None = None, rescore: str = "int8", model: str | None = None,
+               dimensions: int | None = None, exact: bool = False,
+               timings: dict[str, float] | None = None) -> list[Hit]:
         """The ``k`` best items for one query (text, or a float / int8 vector of this model)."""
+        options = {"filter": filter, "candidates": candidates, "rescore": rescore, "dimensions": dimensions,
+                   "exact": exact, "timings": timings}
         if isinstance(query, str):
-            return self.search_many([query], k, filter=filter, candidates=candidates, rescore=rescore)[0]
+            return self.search_many([query], k, **options)[0]
         q = np.asarray(query)
         if q.ndim != 1:
             raise InputError(f"a query vector must be 1-D, got shape {q.shape}; use search_many for several")
-        return self.search_many(q[None, :], k, filter=filter, candidates=candidates, rescore=rescore,
-                                model=model)[0]
+        return self.search_many(q[None, :], k, model=model, **options)[0]
 
     def search_many(self, queries: Sequence[str] | np.ndarray, k: int = 10, *, filter: dict[str, Any] | None = None,
-                    candidates: int | None = None, rescore: str = "int8", model: str | None = None) -> list[list[Hit]]:
+                    candidates: int | None = None, rescore: str = "int8", model: str | None = None,
+                    dimensions: int | None = None, exact: bool = False,
+                    timings: dict[str, float] | None = None) -> list[list[Hit]]:
         """Search several queries: binary first stage for ``candidates`` per query, then rescoring.
 
         ``rescore`` is ``int8`` (cosine on int8, default), ``float`` (needs ``store_float``) or
         ``none`` (Hamming order, score = 1 - 2·hamming/dims). ``filter`` keeps items whose metadata
-        equals every given key/value.
+        equals every given key/value. ``dimensions`` searches the first ``dimensions`` of the stored
+        vectors (Matryoshka: a multiple of 8 the model allows, at most the index's). ``exact`` skips the
+        first stage and scores every item that passes the filter at the ``rescore`` precision: the
+        reference a search's recall is measured against. ``timings``, a dict, receives the seconds of
+        each of :data:`STAGES` (an exact scan counts as the first stage).
         """
-        prepared = self._prepare(queries, k, filter, rescore, model, candidates)
-        with self._reading():
-            rows, scores = self._search_prepared(*prepared)
-            return self._fetch_many(rows, scores)
+        if timings is not None:
+            timings.update(dict.fromkeys(STAGES, 0.0))
+        token = _TIMINGS.set(timings)
+        try:
+            dims = self._search_dimensions(dimensions, exact)
+            prepared = self._prepare(queries, k, filter, rescore, model, candidates)
+            with self._reading():
+                rows, scores = self._search_at(prepared, dims, exact)
+                with stage("fetch"):
+                    return self._fetch_many(rows, scores)
+        finally:
+            _TIMINGS.reset(token)
 
     def search_rows(self, queries: Sequence[str] | np.ndarray, k: int = 10, *, filter: dict[str, Any] | None = None,
-                    candidates: int | None = None, rescore: str = "int8",
-                    model: str | None = None) -> tuple[list[np.ndarray], list[np.ndarray]]:
+                    candidates: int | None = None, rescore: str = "int8", model: str | None = None,
+                    dimensions: int | None = None,
+                    exact: bool = False) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Like :meth:`search_many` but returns backend row keys and scores (no item lookup)."""
+        dims = self._search_dimensions(dimensions, exact)
         prepared = self._prepare(queries, k, filter, rescore, model, candidates)
         with self._reading():
-            return self._search_prepared(*prepared)
+            return self._search_at(prepared, dims, exact)
+
+    def items(self, ids: Sequence[str]) -> list[Hit]:
+        """The stored items of ``ids`` that exist, in the order asked (``score`` is 0.0: no query)."""
+        if isinstance(ids, str) or not all(isinstance(i, str) for i in ids):
+            raise InputError("ids must be a list of strings")
+        ids = list(dict.fromkeys(ids))
+        if len(ids) > MAX_CANDIDATES:
+            raise InputError(f"at most {MAX_CANDIDATES} ids at once, got {len(ids)}")
+        if not ids:
+            return []
+        with self._reading():
+            rows = self._rows_of_ids(ids)
+            found = {hit.id: hit for hit in self._fetch(rows, np.zeros(len(rows), np.float32))}
+        return [found[i] for i in ids if i in found]
+
+    def _search_dimensions(self, dimensions: int | None, exact: bool) -> int:
+        """Validated search width: the index's dimensions, or fewer (Matryoshka) in whole bytes of bits."""
+        if not isinstance(exact, bool):
+            raise InputError(f"exact must be true or false, got {exact!r}")
+        if dimensions is None:
+            return self.dimensions
+        dims = check_dimensions(dimensions, self.full_dimension)
+        if dims > self.dimensions or dims % 8:
+            raise InputError(f"dimensions must be a multiple of 8 of at most this index's {self.dimensions}, "
+                             f"got {dims}")
+        return dims
 
     def _prepare(self, queries, k, filter, rescore, model, candidates) -> tuple:
         """Validate the arguments → (rescoring vectors, float or None, binary codes, k, filter, rescore,
@@ -476,7 +536,9 @@ class VectorStore(ABC):
             queries = list(queries)
             if not queries:
                 raise InputError("no queries given")
-            int8, floats = self._vectors(self.embed_queries(queries), "query vectors")
+            with stage("embed"):
+                embedded = self.embed_queries(queries)
+            int8, floats = self._vectors(embedded, "query vectors")
         binary = to_binary(floats if floats is not None else int8.astype(np.float32))
         # int8 rescoring compares the stored int8 codes with the query's code before rounding
         # (tanh(x)·127 up to scale) when the query is float: same transform, no query rounding error
@@ -484,26 +546,55 @@ class VectorStore(ABC):
         n_candidates = min(MAX_CANDIDATES, max(k, candidates if candidates is not None else max(100, 10 * k)))
         return rescoring, floats, binary, int(k), where, rescore, int(n_candidates)
 
+    def _search_at(self, prepared: tuple, dims: int, exact: bool) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """The prepared search at the index's width (first stage and rescoring), or by scanning."""
+        if not exact and dims == self.dimensions:
+            return self._search_prepared(*prepared)
+        return self._search_scan(*prepared, dims, exact)
+
     def _search_prepared(self, int8, floats, binary, k, where, rescore, n_candidates):
-        return self._rescore(self._first_stage(binary, int8, n_candidates, where), binary, int8, floats, k, rescore)
+        with stage("first_stage"):
+            first = self._first_stage(binary, int8, n_candidates, where)
+        with stage("rescore"):
+            return self._rescore(first, binary, int8, floats, k, rescore)
+
+    def _search_scan(self, dense, floats, binary, k, where, rescore, n_candidates, dims: int, exact: bool):
+        """Search the first ``dims`` of the stored vectors with the backend's scan: every item at the
+        ``rescore`` precision (``exact``), or Hamming candidates rescored."""
+        dense, binary = dense[:, :dims], np.ascontiguousarray(binary[:, : dims // 8])
+        floats = None if floats is None else floats[:, :dims]
+        if exact:
+            precision, queries = {"none": ("binary", binary), "int8": ("int8", dense),
+                                  "float": ("float", floats)}[rescore]
+            with stage("first_stage"):
+                return self._scan(queries, precision, k, where)
+        with stage("first_stage"):
+            first = self._scan(binary, "binary", n_candidates, where)[0]
+        with stage("rescore"):
+            return self._rescore(first, binary, dense, floats, k, rescore)
 
     def _rescore(self, first: list[np.ndarray], binary: np.ndarray, int8: np.ndarray, floats: np.ndarray | None,
                  k: int, rescore: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Each query's candidates reordered at the ``rescore`` precision, on the queries' width (the first
+        dimensions of the stored vectors)."""
         first = [cand[cand >= 0] if cand.dtype.kind == "i" else cand for cand in first]
         if rescore == "none":
+            dims = 8 * binary.shape[1]
             out_rows, out_scores = [], []
             for i, cand in enumerate(first):
-                dist = hamming_distance(binary[i], self._codes(cand, "binary"))[0] if len(cand) else np.zeros(0)
+                codes = self._codes(cand, "binary")[:, : binary.shape[1]] if len(cand) else None
+                dist = hamming_distance(binary[i], codes)[0] if len(cand) else np.zeros(0)
                 order = np.argsort(dist, kind="stable")[:k]
                 out_rows.append(cand[order])
-                out_scores.append((1.0 - 2.0 * dist[order] / self.dimensions).astype(np.float32))
+                out_scores.append((1.0 - 2.0 * dist[order] / dims).astype(np.float32))
             return out_rows, out_scores
         queries = floats if rescore == "float" else int8
+        width = queries.shape[1]
         out_rows, out_scores = [], []
         for start in range(0, len(first), 64):  # bounded memory: 64 queries' candidates at a time
             part = first[start : start + 64]
             wanted = np.concatenate(part) if any(len(c) for c in part) else np.zeros(0, np.int64)
-            codes = self._codes(wanted, rescore) if len(wanted) else np.zeros((0, self.dimensions))
+            codes = self._codes(wanted, rescore)[:, :width] if len(wanted) else np.zeros((0, width))
             rows, scores = rescore_top(queries[start : start + 64], part, codes, k)
             out_rows += rows
             out_scores += scores
@@ -532,6 +623,17 @@ class VectorStore(ABC):
         ``dense`` holds the queries' rescoring vectors (``tanh`` of float, or int8), for backends that
         partition by cosine.
         """
+
+    def _scan(self, queries: np.ndarray, precision: str, n: int,
+              where: dict[str, Any]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Per query, the ``n`` best live items passing ``where`` of all, scored at ``precision`` on the first
+        ``queries.shape[1]`` dimensions (bytes for ``binary``) → (row keys, scores), best first."""
+        raise InputError(f"exact search and search below the stored dimensions need the embedded index; "
+                         f"this index is kept in {type(self).__name__}")
+
+    def _rows_of_ids(self, ids: list[str]) -> np.ndarray:
+        """Row keys of the items ``ids`` (a backend keyed by id uses the ids; absent ones are skipped later)."""
+        return np.array(ids, dtype=object)
 
     @abstractmethod
     def _codes(self, rows: np.ndarray, precision: str) -> np.ndarray:
