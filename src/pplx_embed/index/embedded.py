@@ -143,6 +143,8 @@ def _facts_checksum(manifest: dict[str, str]) -> str:
 class EmbeddedIndex(VectorStore):
     """A persistent index in a directory: crash-safe, snapshot reads, verified; one writer at a time."""
 
+    scans = True
+
     def __init__(self, path: Path, conn: sqlite3.Connection, manifest: dict[str, str], embedder=None):
         super().__init__(embedder)
         self.path = path

@@ -197,6 +197,7 @@ class VectorStore(ABC):
     contextual: bool
     store_float: bool
     query_model: str | None = None  # embeds text queries when set (else ``model``)
+    scans = False  # implements _scan: exact search, and search below the stored dimensions
 
     def __init__(self, embedder=None):
         self._embedder = self._query_embedder = None
