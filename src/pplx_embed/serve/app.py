@@ -34,8 +34,6 @@ from pplx_embed.serve.metrics import Metrics
 from pplx_embed.serve.pipeline import Pipeline, Result, check_documents, check_texts
 from pplx_embed.serve.registry import Registry, ServedModel, UnknownModel, as_float, model_names
 from pplx_embed.serve.scheduler import Overloaded, ShuttingDown
-from pplx_embed.serve.ui import check_reports, is_open
-from pplx_embed.serve.ui import router as ui_router
 from pplx_embed.serve.schemas import (
     ContextualRequest,
     ContextualResponse,
@@ -47,6 +45,8 @@ from pplx_embed.serve.schemas import (
     IndexSearchResponse,
     TEIEmbedRequest,
 )
+from pplx_embed.serve.ui import check_reports, is_open
+from pplx_embed.serve.ui import router as ui_router
 from pplx_embed.wire import QUANTIZATION_OF, contextual_response, embeddings_response
 
 log = logging.getLogger("pplx_embed.serve")
