@@ -305,6 +305,7 @@ def test_reports_tab_shows_the_eval_tables_and_plots(served, page, shots):
     assert "Evaluation of" in report.locator("h1").first.inner_text()
     assert grid.locator("th").all_inner_texts()[:3] == ["precision", "dims", "bytes/vector"]
     assert grid.locator("tbody tr").count() == 8  # 4 precisions x 2 dimensions
+    report.locator("img").first.scroll_into_view_if_needed()
     shot(page, shots, "reports")
     assert httpx.get(url + "/ui/reports/files/tiny/quality_vs_bytes.png").status_code == 401
     got = httpx.get(url + "/ui/reports/files/tiny/quality_vs_bytes.png", headers={"Authorization": f"Bearer {KEY}"})

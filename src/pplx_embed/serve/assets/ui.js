@@ -10,6 +10,7 @@ const PRECISION_LABEL = {
   float: "float (exact)",
 };
 const KEY_STORE = "pplx-embed-api-key";
+const PREVIEW = 300; // characters of a long hit text shown until "Show all" (less text to lay out per search)
 const NEIGHBOURS = 2; // chunks shown either side of a contextual hit (one more is asked for, to know if there are more)
 const state = { key: sessionStorage.getItem(KEY_STORE) || "", indexes: [], models: [], retry: null, timer: null };
 
@@ -294,10 +295,24 @@ function hitItem(hit, rank, marks) {
   if (hit.doc_id !== null && hit.doc_id !== undefined && hit.position !== null) {
     item.append(documentView(hit));
   } else {
-    item.append(el("p", { class: "text", text: hit.text ?? "" }));
+    item.append(textView(hit.text ?? ""));
   }
   if (metaList) item.append(metaList);
   return item;
+}
+
+function textView(text) {
+  if (text.length <= PREVIEW + 60) return el("p", { class: "text", text });
+  const short = `${text.slice(0, PREVIEW)}…`;
+  const shown = el("span", { text: short });
+  const toggle = el("button", { type: "button", class: "more-text", "aria-expanded": "false", text: "Show all" });
+  toggle.addEventListener("click", () => {
+    const open = toggle.getAttribute("aria-expanded") !== "true";
+    shown.textContent = open ? text : short;
+    toggle.setAttribute("aria-expanded", String(open));
+    toggle.textContent = open ? "Show less" : "Show all";
+  });
+  return el("p", { class: "text" }, shown, " ", toggle);
 }
 
 // A contextual hit inside its document: the chunk highlighted between its neighbours.
