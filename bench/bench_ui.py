@@ -33,23 +33,13 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from common import read_texts  # bench/ is on sys.path when a bench runs as a script
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "medquad" / "dev"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 TARGET_MS = 10.0
-
-
-def read_texts(name: str, count: int) -> list[str]:
-    texts = []
-    with (DATA / name).open(encoding="utf-8") as f:
-        for line in f:
-            text = json.loads(line)["text"].strip()
-            if text:
-                texts.append(text)
-            if len(texts) >= count:
-                break
-    return texts
 
 
 def stats(values: list[float]) -> dict[str, float]:
@@ -58,14 +48,14 @@ def stats(values: list[float]) -> dict[str, float]:
 
 
 def environment(browser_version: str) -> dict:
-    import playwright
+    from importlib.metadata import version
 
     from pplx_embed.engine.threads import cpu_description
 
     return {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "cpu": cpu_description(), "logical_cpus": os.cpu_count(), "load_average_at_start": list(os.getloadavg()),
             "python": platform.python_version(), "chromium": browser_version,
-            "playwright": getattr(playwright, "__version__", "?")}
+            "playwright": version("playwright")}
 
 
 def main() -> int:
@@ -89,7 +79,8 @@ def main() -> int:
     from pplx_embed.serve.background import serve_in_thread
 
     model = Embedder("minilm")
-    passages, questions = read_texts("corpus.jsonl", args.n), read_texts("queries.jsonl", args.searches + 10)
+    passages = read_texts(DATA / "corpus.jsonl", args.n)
+    questions = read_texts(DATA / "queries.jsonl", args.searches + 10)
     work = Path(tempfile.mkdtemp(prefix="bench-ui-"))
     print(f"indexing {len(passages)} passages with {model.name} ...", flush=True)
     with Index.create(work / "docs", model.name, embedder=model) as ix:
