@@ -44,15 +44,26 @@ DOCUMENT = ["Paris is the capital of France.", "It has about two million people.
             "Its museums are famous.", "The metro has sixteen lines.", "Winters are mild."]
 
 
-@pytest.fixture(scope="session")
-def browser_type_launch_args(browser_type_launch_args):
-    return {**browser_type_launch_args, "executable_path": CHROMIUM, "args": CHROMIUM_ARGS, "headless": True}
+# pytest-playwright's fixtures, with Playwright and the browser kept to this module: sync Playwright holds an
+# event loop in the main thread while it runs, which would break asyncio.run in test modules after this one
+@pytest.fixture(scope="module")
+def playwright():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        yield pw
 
 
-@pytest.fixture(scope="session")
-def browser_context_args(browser_context_args):
-    return {**browser_context_args, "viewport": {"width": 1100, "height": 760},
-            "permissions": ["clipboard-read", "clipboard-write"]}
+@pytest.fixture(scope="module")
+def browser(playwright):
+    browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+    yield browser
+    browser.close()
+
+
+@pytest.fixture(scope="module")
+def browser_context_args():
+    return {"viewport": {"width": 1100, "height": 760}, "permissions": ["clipboard-read", "clipboard-write"]}
 
 
 @pytest.fixture(scope="module")
