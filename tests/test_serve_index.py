@@ -208,6 +208,14 @@ def test_search_options_match_the_python_api(served, minilm):
                  "between 128 and 384")
     assert_error(post(url, "/v1/indexes/docs/search", {"query": "x", "dimensions": 260}), 400, "invalid_value",
                  "multiple of 8")
+    many = ["a query"] * 33  # work bounds: scans of every item, and neighbour lookups, per request
+    assert_error(post(url, "/v1/indexes/docs/search", {"query": many, "precision": "int8"}), 400, "invalid_value",
+                 "at most 32 queries")
+    assert_error(post(url, "/v1/indexes/docs/search", {"query": many, "dimensions": 128}), 400, "invalid_value",
+                 "at most 32 queries")
+    assert post(url, "/v1/indexes/docs/search", {"query": many, "k": 1}).status_code == 200
+    assert_error(post(url, "/v1/indexes/ctx/search", {"query": many, "k": 1000, "neighbours": 1}), 400,
+                 "invalid_value", "neighbour chunks")
     for bad in ({"precision": "fp16"}, {"dimensions": "128"}, {"neighbours": 17}, {"neighbours": -1},
                 {"precision": None}):
         assert_error(post(url, "/v1/indexes/docs/search", {"query": "x", **bad}), 422, "invalid_schema")

@@ -19,6 +19,8 @@ from pplx_embed.serve.pipeline import LoopEmbedder
 
 MAX_FILTER_KEYS = 32
 MAX_FILTER_STRING = 1024
+MAX_SCAN_QUERIES = 32  # queries per request that scan every item (exact, or below the index's dimensions)
+MAX_NEIGHBOUR_CHUNKS = 16_384  # queries × k × 2·neighbours per request
 INT64 = 2**63
 # a search's precision → (rescore, exact) of Index.search_many
 PRECISIONS = {
@@ -92,6 +94,14 @@ class ServedIndex:
             raise APIError(400, f"precision {precision!r} is not available for index {self.name!r}; it holds "
                            f"{', '.join(self.precisions())}", code="invalid_value")
         rescore, exact = PRECISIONS[precision]
+        scans = exact or (dimensions is not None and dimensions < self.index.dimensions)
+        if scans and len(queries) > MAX_SCAN_QUERIES:
+            raise APIError(400, f"a search at precision {precision!r} or below the index's {self.index.dimensions} "
+                           f"dimensions scores every item: at most {MAX_SCAN_QUERIES} queries per request, "
+                           f"got {len(queries)}", code="invalid_value")
+        if neighbours and len(queries) * k * 2 * neighbours > MAX_NEIGHBOUR_CHUNKS:
+            raise APIError(400, f"{len(queries)} queries × k {k} × 2·neighbours {neighbours} is more than "
+                           f"{MAX_NEIGHBOUR_CHUNKS} neighbour chunks per request; ask for fewer", code="invalid_value")
         timings: dict[str, float] = {}
         start = time.perf_counter()
         results = self.index.search_many(queries, k, filter=filter, candidates=candidates, rescore=rescore,

@@ -120,6 +120,11 @@ function report(error, retry) {
   }
 }
 
+// What a screen reader announces after each answer (the results themselves are not read out on every update).
+function announce(text) {
+  $("#status").textContent = text;
+}
+
 // ---- tabs (WAI-ARIA tabs: arrow keys, Home, End) ------------------------------------------------
 function selectTab(tab, focus = false) {
   for (const other of $$('[role="tab"]')) {
@@ -365,6 +370,7 @@ async function runSearch(event) {
     clearMessage();
     renderResults(pane, result, path, body);
     void pane.offsetHeight; // layout included in the page's own time
+    announce(`${result.data.data[0].hits.length} hits for ${body.query}`);
     pane.dataset.roundTripMs = result.roundTrip.toFixed(3);
     pane.dataset.pageMs = (performance.now() - start - result.roundTrip).toFixed(3);
   } catch (error) {
@@ -425,6 +431,7 @@ const share = (ids, reference) => (reference.length ? ids.filter((id) => referen
 async function runCompare(event) {
   if (event) event.preventDefault();
   const query = $("#c-query").value, k = Number($("#c-k").value), filter = readFilter($("#c-filters"));
+  if (!indexNamed($("#c-a-index").value) || !indexNamed($("#c-b-index").value)) return;
   const sides = ["a", "b"].map((side) => {
     const ix = indexNamed($(`#c-${side}-index`).value);
     const body = searchBody(query, k, $(`#c-${side}-precision`).value, Number($(`#c-${side}-dimensions`).value), filter, ix);
@@ -459,6 +466,7 @@ async function runCompare(event) {
     summary.push(el("div", { id: `c-recall-${side}` }, `${side.toUpperCase()} recall@${k}: `, el("strong", { text }), ` vs ${against}`));
   });
   $("#c-summary").replaceChildren(...summary);
+  announce($("#c-summary").textContent);
   sides.forEach(({ side, ix, body, path }, i) => {
     const title = `${side.toUpperCase()}: ${ix.name} · ${PRECISION_LABEL[body.precision]} · ${body.dimensions} dims`;
     const other = i ? idsA : idsB, otherName = i ? "A" : "B";
@@ -523,6 +531,7 @@ async function runEmbed(event) {
   const draw = () => heat.replaceChildren(heatMap(vectors[select.value], select.value, dimensions));
   select.addEventListener("change", draw);
   draw();
+  announce(`${texts.length} vectors at ${dimensions} dimensions`);
   $("#e-out").replaceChildren(el("div", { class: "table-wrap" }, table),
     el("div", { class: "field heat-select" }, el("label", { for: "e-heat-precision", text: "Similarity at" }), select), heat);
 }
