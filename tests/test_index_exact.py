@@ -64,6 +64,12 @@ def test_exact_binary_scores_are_hamming_over_every_item(data):
         assert all(expected[i][int(h.id[1:])] == pytest.approx(h.score) for h in per_query)
 
 
+def test_many_queries_are_scanned_in_groups_with_the_same_answers(data):
+    ix, x, _ = data
+    q = x[:1100] + 0.5 * np.random.default_rng(3).standard_normal((1100, DIM)).astype(np.float32)
+    assert ids(ix.search_many(q, 3, exact=True, rescore="float")) == top(unit(q) @ unit(x).T, 3)
+
+
 def test_filtered_exact_search_scans_only_matching_items(data):
     ix, x, q = data
     rows = np.arange(N)[np.arange(N) % 4 == 1]

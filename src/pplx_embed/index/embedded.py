@@ -677,18 +677,28 @@ class EmbeddedIndex(VectorStore):
               where: dict[str, Any]) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Every live row passing ``where``, block by block (each verified before it is scored), at ``precision``
         on the queries' width: Hamming by faiss for ``binary``, cosine for ``int8`` / ``float``; the best ``n``
-        of each query kept as the blocks go, best first."""
-        import faiss
-
-        nq, width = queries.shape
+        of each query kept as the blocks go, best first. Memory: ~1M values of codes and of scores at a time."""
         allowed = self._allowed(where) if self._count else np.zeros(0, dtype=bool)
         rows = np.arange(self._count) if allowed is None else np.flatnonzero(allowed)
         n = min(n, len(rows))
-        best_rows, best = np.zeros((nq, 0), np.int64), np.zeros((nq, 0), np.float32)
         if n == 0:
-            return list(best_rows), list(best)
+            return [np.zeros(0, np.int64)] * len(queries), [np.zeros(0, np.float32)] * len(queries)
+        per = max(1, _RESCORE_VALUES // max(8 * BLOCK, 2 * n))  # queries scored together (their best n kept)
+        out_rows, out_scores = [], []
+        for start in range(0, len(queries), per):
+            found = self._scan_queries(queries[start : start + per], precision, n, rows)
+            out_rows += found[0]
+            out_scores += found[1]
+        return out_rows, out_scores
+
+    def _scan_queries(self, queries: np.ndarray, precision: str, n: int,
+                      rows: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        import faiss
+
+        nq, width = queries.shape
+        best_rows, best = np.zeros((nq, 0), np.int64), np.zeros((nq, 0), np.float32)
         unit = unit_rows(queries) if precision != "binary" else np.ascontiguousarray(queries)
-        step = max(BLOCK, _RESCORE_VALUES // width)
+        step = max(BLOCK, _RESCORE_VALUES // max(width, nq))
         for start in range(0, len(rows), step):
             part = rows[start : start + step]
             self._verify_rows(part, precision)
