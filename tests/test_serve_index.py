@@ -250,3 +250,14 @@ def test_ui_page_is_open_and_everything_else_needs_the_key(served):
     assert_error(httpx.get(url + "/ui/reports"), 401, "missing_api_key")
     assert_error(httpx.get(url + "/ui/reports/files/report.md"), 401, "missing_api_key")
     assert_error(httpx.get(url + "/ui/reports", headers=ALL), 404, "not_found", "--reports")
+
+
+def test_cli_reports_option_and_its_env(monkeypatch, tmp_path):
+    from pplx_embed.cli import build_parser
+    from pplx_embed.cli.serve import build_config
+    from pplx_embed.errors import InputError
+
+    assert build_config(build_parser().parse_args(["serve", "--reports", str(tmp_path)])).reports == tmp_path.resolve()
+    monkeypatch.setenv("PPLX_EMBED_SERVE_REPORTS", str(tmp_path / "nope"))
+    with pytest.raises(InputError, match="--reports .*nope: not a directory"):
+        build_config(build_parser().parse_args(["serve"]))
