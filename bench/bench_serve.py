@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import platform
 import socket
@@ -41,6 +40,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from common import read_texts  # bench/ is on sys.path when a bench runs as a script
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "medquad" / "dev"
 # Infinity's server, then its torch engine's libraries at versions it accepts; torch 2.13.0 is ours (CPU wheel here)
@@ -50,15 +51,7 @@ INFINITY = (["infinity-emb[server]==0.0.78"],
 
 def load_texts(kind: str, count: int, emb) -> list[str]:
     """``count`` MedQuAD dev queries or answers (answers cut to what the model holds)."""
-    name = "queries.jsonl" if kind == "queries" else "corpus.jsonl"
-    texts = []
-    with (DATA / name).open(encoding="utf-8") as f:
-        for line in f:
-            text = json.loads(line)["text"].strip()
-            if text:
-                texts.append(text)
-            if len(texts) >= count:
-                break
+    texts = read_texts(DATA / ("queries.jsonl" if kind == "queries" else "corpus.jsonl"), count)
     if kind != "queries":  # whole passages, cut to the model's window so every server accepts them
         ids = emb.tokenize(texts, truncation="right")
         texts = [emb.tokenizer.decode(i, skip_special_tokens=True) for i in ids]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import shutil
 from pathlib import Path
@@ -37,3 +38,16 @@ def eval_engine() -> dict:
     from pplx_embed.engine.threads import cpu_flags
 
     return {"backend": "torch", "dtype": "bfloat16" if native_bf16(cpu_flags()) else "float32"}
+
+
+def read_texts(path: Path, count: int) -> list[str]:
+    """The first ``count`` non-blank ``text`` fields of a JSON-lines file (BEIR corpus or queries)."""
+    texts = []
+    with path.open(encoding="utf-8") as f:
+        for line in f:
+            text = json.loads(line)["text"].strip()
+            if text:
+                texts.append(text)
+            if len(texts) >= count:
+                break
+    return texts

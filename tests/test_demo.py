@@ -28,3 +28,8 @@ def test_demo_runs_every_stage(tmp_path, shared_data, capsys):
     assert {r["model"] for r in results["results"]} == {"sentence-transformers/all-MiniLM-L6-v2"}
     assert set(ndcg) == {"float", "int8", "binary", "binary+rescore"} and ndcg["float"] > 0.8
     assert (tmp_path / "out" / "eval" / "report.md").is_file()
+    assert "/v1/indexes/demo/search: doc1" in out and "/ui: 200" in out
+    playground = out.split("== 5. search playground ==")[1]
+    assert f"pplx-embed serve --model minilm --index demo={tmp_path / 'out' / 'index'} " \
+           f"--reports {tmp_path / 'out' / 'eval'} --port 8000" in playground
+    assert "http://127.0.0.1:8000/ui?index=demo" in playground

@@ -179,3 +179,85 @@ def test_cli_fails_with_one_line_naming_the_model(tiny_pplx_dir, tmp_path):
     assert run.returncode == 2
     last = run.stderr.strip().splitlines()[-1]
     assert "needs model 'some-other-model'" in last and "Traceback" not in run.stderr
+
+
+def test_search_options_match_the_python_api(served, minilm):
+    """precision, dimensions and timings of a search, each equal to the Index API's own answer."""
+    url, path, _ = served
+    query = "Which city is the capital of France?"
+    described = next(d for d in httpx.get(url + "/v1/indexes", headers=ALL).json()["data"] if d["name"] == "docs")
+    assert described["search"] == {"precisions": ["binary+rescore", "binary", "int8"], "dimensions": [128, 256, 384],
+                                   "exact": "int8"}
+    with Index.open(path, embedder=minilm) as ix:
+        for precision, options in (("binary+rescore", {}), ("binary", {"rescore": "none"}), ("int8", {"exact": True})):
+            for dims in (None, 128):
+                body = {"query": query, "k": 4, "precision": precision, **({"dimensions": dims} if dims else {})}
+                r = post(url, "/v1/indexes/docs/search", body)
+                assert r.status_code == 200, r.text
+                answer = r.json()
+                expected = ix.search(query, 4, dimensions=dims, **options)
+                assert answer["data"][0]["hits"] == [h.to_dict() for h in expected], (precision, dims)
+                assert (answer["precision"], answer["dimensions"]) == (precision, dims or 384)
+                timings = answer["timings"]
+                assert set(timings) == {"embed_ms", "first_stage_ms", "rescore_ms", "fetch_ms", "total_ms"}
+                assert timings["embed_ms"] > 0 and timings["first_stage_ms"] > 0
+                assert timings["total_ms"] >= timings["embed_ms"] + timings["first_stage_ms"] + timings["fetch_ms"]
+    assert_error(post(url, "/v1/indexes/docs/search", {"query": "x", "precision": "float"}), 400, "invalid_value",
+                 "holds binary+rescore, binary, int8")
+    assert_error(post(url, "/v1/indexes/docs/search", {"query": "x", "dimensions": 100}), 400, "invalid_value",
+                 "between 128 and 384")
+    assert_error(post(url, "/v1/indexes/docs/search", {"query": "x", "dimensions": 260}), 400, "invalid_value",
+                 "multiple of 8")
+    many = ["a query"] * 33  # work bounds: scans of every item, and neighbour lookups, per request
+    assert_error(post(url, "/v1/indexes/docs/search", {"query": many, "precision": "int8"}), 400, "invalid_value",
+                 "at most 32 queries")
+    assert_error(post(url, "/v1/indexes/docs/search", {"query": many, "dimensions": 128}), 400, "invalid_value",
+                 "at most 32 queries")
+    assert post(url, "/v1/indexes/docs/search", {"query": many, "k": 1}).status_code == 200
+    assert_error(post(url, "/v1/indexes/ctx/search", {"query": many, "k": 1000, "neighbours": 1}), 400,
+                 "invalid_value", "neighbour chunks")
+    for bad in ({"precision": "fp16"}, {"dimensions": "128"}, {"neighbours": 17}, {"neighbours": -1},
+                {"precision": None}):
+        assert_error(post(url, "/v1/indexes/docs/search", {"query": "x", **bad}), 422, "invalid_schema")
+
+
+def test_contextual_hits_come_with_their_neighbours(served):
+    url, _, _ = served
+    chunks = ["Chapter one opens in Lisbon.", "The harbour smells of salt.", "Trams climb the seven hills.",
+              "Fado plays in Alfama at night.", "The book ends at sea."]
+    assert post(url, "/v1/indexes/ctx/documents", {"documents": [chunks], "doc_ids": ["lisbon"]}).status_code == 200
+    r = post(url, "/v1/indexes/ctx/search", {"query": "trams on hills", "k": 10, "neighbours": 1})
+    hits = {h["id"]: h for h in r.json()["data"][0]["hits"]}
+    for position in range(5):
+        hit = hits[f"lisbon#{position}"]
+        near = [p for p in (position - 1, position + 1) if 0 <= p < 5]
+        assert hit["neighbours"] == [{"id": f"lisbon#{p}", "position": p, "text": chunks[p]} for p in near]
+    assert "neighbours" not in post(url, "/v1/indexes/ctx/search", {"query": "trams"}).json()["data"][0]["hits"][0]
+    plain = post(url, "/v1/indexes/docs/search", {"query": "x", "neighbours": 2}).json()["data"][0]["hits"]
+    assert plain and all("neighbours" not in h for h in plain)  # items without a document have none
+
+
+def test_ui_page_is_open_and_everything_else_needs_the_key(served):
+    url, _, _ = served
+    page = httpx.get(url + "/ui")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "script-src 'self'" in page.headers["content-security-policy"]
+    assert 'data-auth="required"' in page.text and "<label for=\"s-query\">Query</label>" in page.text
+    script = httpx.get(url + "/ui/static/ui.js")
+    assert script.status_code == 200 and script.headers["content-type"].startswith("text/javascript")
+    assert_error(httpx.get(url + "/ui/static/..%2Fui.py"), 404)
+    assert_error(httpx.get(url + "/ui/static/nope.js"), 404, "not_found")
+    assert_error(httpx.get(url + "/ui/reports"), 401, "missing_api_key")
+    assert_error(httpx.get(url + "/ui/reports/files/report.md"), 401, "missing_api_key")
+    assert_error(httpx.get(url + "/ui/reports", headers=ALL), 404, "not_found", "--reports")
+
+
+def test_cli_reports_option_and_its_env(monkeypatch, tmp_path):
+    from pplx_embed.cli import build_parser
+    from pplx_embed.cli.serve import build_config
+    from pplx_embed.errors import InputError
+
+    assert build_config(build_parser().parse_args(["serve", "--reports", str(tmp_path)])).reports == tmp_path.resolve()
+    monkeypatch.setenv("PPLX_EMBED_SERVE_REPORTS", str(tmp_path / "nope"))
+    with pytest.raises(InputError, match="--reports .*nope: not a directory"):
+        build_config(build_parser().parse_args(["serve"]))

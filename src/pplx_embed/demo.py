@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import shutil
 import time
 from pathlib import Path
@@ -59,11 +60,13 @@ def run(model: str | EmbedderOptions | None = None, out: Path = Path("out/demo")
     chunks = embedder.encode_contextual(CONTEXT_DOCS, quantization="int8")
     print(f"\nlate chunking: {len(CONTEXT_DOCS)} documents -> {[c.shape for c in chunks]} int8 chunk embeddings")
     search_index(embedder, out / "index")
-    serve_once(embedder)
+    serve_once(embedder, out / "index")
+    reports = None
     if eval_data is not None and eval_data.is_dir():
-        evaluate(embedder, eval_data, out / "eval")
+        reports = evaluate(embedder, eval_data, out / "eval")
     else:
         print(f"\n== 4. eval report == skipped: no data set at {eval_data} (see docs/eval.md)")
+    playground(options.model or embedder.name, out / "index", reports)
 
 
 def search_index(embedder, path: Path) -> None:
@@ -81,21 +84,38 @@ def search_index(embedder, path: Path) -> None:
     index.close()
 
 
-def serve_once(embedder) -> None:
-    """Start the Perplexity-compatible server on loopback, embed through it, stop it."""
+def serve_once(embedder, index: Path) -> None:
+    """Start the Perplexity-compatible server on loopback with the demo index, embed and search through it, stop it."""
+    import httpx
+
     from pplx_embed.client import Client
     from pplx_embed.serve.app import ServeConfig
     from pplx_embed.serve.background import serve_in_thread
 
     print("\n== 3. Perplexity-compatible server ==")
-    with serve_in_thread(ServeConfig(models=[(None, embedder)])) as (url, _), Client(url) as client:
+    config = ServeConfig(models=[(None, embedder)], indexes=[("demo", str(index))])
+    with serve_in_thread(config) as (url, _), Client(url) as client:
         wire = client.embed(DOCUMENTS, quantization="int8")
         same = np.array_equal(wire, embedder.encode(DOCUMENTS, quantization="int8"))
         print(f"  POST {url}/v1/embeddings (base64_int8): {wire.shape} int8, identical to the Python API: {same}")
-    print("  keep one running with: pplx-embed serve --model minilm --port 8000   (docs/server.md)")
+        found = httpx.post(f"{url}/v1/indexes/demo/search", json={"query": QUERY, "k": 1}, timeout=60).json()
+        hit, timings = found["data"][0]["hits"][0], found["timings"]
+        print(f"  POST {url}/v1/indexes/demo/search: {hit['id']} ({hit['score']:.3f}) in {timings['total_ms']:.1f} ms")
+        page = httpx.get(f"{url}/ui", timeout=60)
+        print(f"  GET {url}/ui: {page.status_code} (the search playground, docs/ui.md)")
 
 
-def evaluate(embedder, data: Path, out: Path) -> None:
+def playground(model: str, index: Path, reports: Path | None) -> None:
+    """The command that keeps a server with the demo index running, and the page to open."""
+    command = f"pplx-embed serve --model {shlex.quote(str(model))} --index demo={shlex.quote(str(index))}"
+    if reports is not None:
+        command += f" --reports {shlex.quote(str(reports))}"
+    print("\n== 5. search playground ==")
+    print(f"  keep a server running:  {command} --port 8000")
+    print("  then open:              http://127.0.0.1:8000/ui?index=demo   (docs/ui.md)")
+
+
+def evaluate(embedder, data: Path, out: Path) -> Path:
     """Retrieval quality at every precision on a BEIR set, written as JSON + Markdown + plots."""
     from pplx_embed.eval.cache import EmbeddingCache
     from pplx_embed.eval.runner import run as run_eval
@@ -110,3 +130,4 @@ def evaluate(embedder, data: Path, out: Path) -> None:
     for r in records:
         print(f"  {r['precision']:<15} {r['dimensions']:>5}d  nDCG@10 {100 * r['metrics']['ndcg@10']:6.2f}")
     print(f"  report: {out / 'report.md'}")
+    return out

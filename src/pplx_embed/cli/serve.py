@@ -54,6 +54,8 @@ def register(subparsers) -> None:
     p.add_argument("--index", action="append", default=None, metavar="NAME=PATH",
                    help="retrieval index to serve at /v1/indexes/NAME (repeatable; env "
                         f"{ENV}INDEX, comma-separated); its model must be one of the --model ones")
+    p.add_argument("--reports", default=_env("REPORTS"), metavar="DIR",
+                   help="show the reports of `pplx-embed eval --output DIR` on the /ui page")
     p.add_argument("--host", default=_env("HOST", "127.0.0.1"), help="bind address (default 127.0.0.1)")
     p.add_argument("--port", default=_env("PORT", "8000"), help="port 0..65535 (default 8000; 0: any free port)")
     p.add_argument("--api-key", action="append", default=None,
@@ -96,6 +98,7 @@ def build_config(args: argparse.Namespace):
     from pplx_embed.serve.auth import KeyRing
     from pplx_embed.serve.indexes import parse_index_spec
     from pplx_embed.serve.registry import parse_model_spec, parse_shadow, parse_split
+    from pplx_embed.serve.ui import check_reports
 
     models = args.model or _env_list("MODEL") or [None]
     specs = [parse_model_spec(m) if m else (None, None) for m in models]
@@ -109,7 +112,8 @@ def build_config(args: argparse.Namespace):
                              f"serve it as --model {target}=SOURCE")
     keys = KeyRing.from_options(args.api_key or _env_list("API_KEY"), args.api_keys_file)
     return ServeConfig(models=specs, splits=splits, shadows=shadows, indexes=indexes, keys=keys,
-                       limits=ServeLimits(**limits), options=EmbedderOptions.from_args(args))
+                       reports=check_reports(args.reports), limits=ServeLimits(**limits),
+                       options=EmbedderOptions.from_args(args))
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

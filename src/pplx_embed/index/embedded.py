@@ -54,6 +54,7 @@ import numpy as np
 
 from pplx_embed.atomic import atomic_path
 from pplx_embed.errors import InputError
+from pplx_embed.index.rescore import BLOCK_VALUES
 from pplx_embed.index.store import (
     Batch,
     Hit,
@@ -140,6 +141,8 @@ def _facts_checksum(manifest: dict[str, str]) -> str:
 
 class EmbeddedIndex(VectorStore):
     """A persistent index in a directory: crash-safe, snapshot reads, verified; one writer at a time."""
+
+    scans = True
 
     def __init__(self, path: Path, conn: sqlite3.Connection, manifest: dict[str, str], embedder=None):
         super().__init__(embedder)
@@ -655,6 +658,52 @@ class EmbeddedIndex(VectorStore):
         rows = [r for (r,) in self._conn.execute(f"SELECT row FROM items WHERE {' AND '.join(clauses)}", params)]
         mask[rows] = True
         return mask
+
+    def _scan(self, queries: np.ndarray, precision: str, n: int,
+              where: dict[str, Any]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Every live row passing ``where``, block by block (each verified before it is scored), at ``precision``
+        on the queries' width: Hamming by faiss for ``binary``, cosine for ``int8`` / ``float``; the best ``n``
+        of each query kept as the blocks go, best first. Memory: ~1M values of codes and of scores at a time."""
+        allowed = self._allowed(where) if self._count else np.zeros(0, dtype=bool)
+        rows = np.arange(self._count) if allowed is None else np.flatnonzero(allowed)
+        n = min(n, len(rows))
+        if n == 0:
+            return [np.zeros(0, np.int64)] * len(queries), [np.zeros(0, np.float32)] * len(queries)
+        per = max(1, BLOCK_VALUES // max(8 * BLOCK, 2 * n))  # queries scored together (their best n kept)
+        out_rows, out_scores = [], []
+        for start in range(0, len(queries), per):
+            found = self._scan_queries(queries[start : start + per], precision, n, rows)
+            out_rows += found[0]
+            out_scores += found[1]
+        return out_rows, out_scores
+
+    def _scan_queries(self, queries: np.ndarray, precision: str, n: int,
+                      rows: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        import faiss
+
+        nq, width = queries.shape
+        best_rows, best = np.zeros((nq, 0), np.int64), np.zeros((nq, 0), np.float32)
+        unit = unit_rows(queries) if precision != "binary" else np.ascontiguousarray(queries)
+        step = max(BLOCK, BLOCK_VALUES // max(width, nq))
+        for start in range(0, len(rows), step):
+            part = rows[start : start + step]
+            self._verify_rows(part, precision)
+            codes = np.ascontiguousarray(np.take(self._maps[precision], part, axis=0)[:, :width])
+            if precision == "binary":
+                distances, found = faiss.knn_hamming(unit, codes, min(n, len(part)))
+                scores, found = 1.0 - 2.0 * distances.astype(np.float32) / (8 * width), part[found]
+            else:
+                scores = unit @ unit_rows(codes).T
+                found = np.broadcast_to(part, scores.shape)
+            best_rows, best = np.hstack([best_rows, found]), np.hstack([best, scores.astype(np.float32)])
+            if best.shape[1] > n:
+                keep = np.argpartition(-best, n - 1, axis=1)[:, :n]
+                best_rows, best = np.take_along_axis(best_rows, keep, 1), np.take_along_axis(best, keep, 1)
+        order = [np.lexsort((r, -s)) for r, s in zip(best_rows, best)]
+        return [r[o] for r, o in zip(best_rows, order)], [s[o] for s, o in zip(best, order)]
+
+    def _rows_of_ids(self, ids: list[str]) -> np.ndarray:
+        return np.array(self._rows_of("id", ids), dtype=np.int64)
 
     def _gather(self, rows: np.ndarray, precision: str) -> np.ndarray:
         """Stored vectors of row numbers: one gather from the memory map, blocks verified on first touch."""

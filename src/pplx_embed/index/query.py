@@ -6,6 +6,10 @@ texts or vectors; the stores' first stage and :mod:`pplx_embed.index.rescore` ta
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,17 +19,21 @@ from pplx_embed.errors import InputError
 
 RESCORE_MODES = ("int8", "float", "none")
 MAX_CANDIDATES = 16_384
+STAGES = ("embed", "first_stage", "rescore", "fetch")  # what a search's ``timings`` report, in seconds
+_TIMINGS: ContextVar[dict[str, float] | None] = ContextVar("pplx_index_timings", default=None)
 
 
 @dataclass(frozen=True)
 class SearchQuery:
     """One or several queries, ready for the stages of a search.
 
-    ``binary``: packed sign bits ``[queries, dims/8]`` for the Hamming first stage; ``dense``: the rescoring
-    vectors ``[queries, dims]`` (``tanh`` of the float query, in the same transform as the stored int8 codes
+    ``binary``: packed sign bits ``[queries, width/8]`` for the Hamming first stage; ``dense``: the rescoring
+    vectors ``[queries, width]`` (``tanh`` of the float query, in the same transform as the stored int8 codes
     before rounding, or the given int8 codes), which also place a query among an IVF's cosine partitions;
     ``floats``: the float queries where known (float rescoring); ``candidates``: first-stage candidates per
-    query; ``where``: the metadata filter; ``rescore``: ``int8``, ``float`` or ``none`` (Hamming order).
+    query; ``where``: the metadata filter; ``rescore``: ``int8``, ``float`` or ``none`` (Hamming order);
+    ``exact``: score every item instead of the first stage's candidates. The vectors are cut to the search's
+    width: the index's dimensions, or fewer (Matryoshka) where the store scans.
     """
 
     binary: np.ndarray
@@ -35,9 +43,38 @@ class SearchQuery:
     candidates: int
     where: Filter
     rescore: str
+    exact: bool = False
 
     def __len__(self) -> int:
         return len(self.binary)
+
+    @property
+    def width(self) -> int:
+        """Dimensions searched."""
+        return self.dense.shape[1]
+
+
+@contextmanager
+def timed(timings: dict[str, float] | None) -> Iterator[None]:
+    """Collect the seconds of each of :data:`STAGES` of the search run in this block into ``timings`` (if a dict)."""
+    if timings is not None:
+        timings.update(dict.fromkeys(STAGES, 0.0))
+    token = _TIMINGS.set(timings)
+    try:
+        yield
+    finally:
+        _TIMINGS.reset(token)
+
+
+@contextmanager
+def stage(name: str) -> Iterator[None]:
+    """Add the block's seconds to stage ``name`` of the search being timed in this thread, if any."""
+    record, start = _TIMINGS.get(), time.perf_counter()
+    try:
+        yield
+    finally:
+        if record is not None:
+            record[name] += time.perf_counter() - start
 
 
 def check_count(name: str, value: object) -> int | None:

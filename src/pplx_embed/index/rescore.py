@@ -43,22 +43,23 @@ def positions(candidates: np.ndarray | list[np.ndarray]) -> tuple[np.ndarray, np
     return out, None if numeric else np.array(list(keys), dtype=object)
 
 
-def rescore(query: SearchQuery, rows: np.ndarray, gather: Gather, dimensions: int,
+def rescore(query: SearchQuery, rows: np.ndarray, gather: Gather,
             inv_norms: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Each query's best ``query.k`` of its candidate ``rows`` (``[queries, n]``, -1 = none) → (rows, scores).
+    """Each query's best ``query.k`` of its candidate ``rows`` (``[queries, n]``, -1 = none) → (rows, scores),
+    scored on the query's width (the first dimensions of the stored vectors).
 
-    ``inv_norms(rows)`` gives the stored int8 rows' inverse norms where the store keeps them (else they are
-    computed from the gathered codes).
+    ``inv_norms(rows)`` gives the stored int8 rows' inverse norms where the store keeps them (used when the
+    query is as wide as the stored rows; else norms are computed from the gathered codes).
     """
     valid = rows >= 0
     nq, n = rows.shape
     scores = np.full((nq, n), -np.inf, dtype=np.float32)
     if valid.any():
         safe = np.where(valid, rows, rows[valid][0])  # empty slots read a candidate's row: only candidates are read
-        step = max(1, BLOCK_VALUES // (n * dimensions))
+        step = max(1, BLOCK_VALUES // (n * query.width))
         for start in range(0, nq, step):
             part = slice(start, start + step)
-            scores[part] = _scores(query, part, safe[part], gather, dimensions, inv_norms)
+            scores[part] = _scores(query, part, safe[part], gather, inv_norms)
         scores[~valid] = -np.inf
     order = np.argsort(-scores, axis=1, kind="stable")[:, : query.k]
     top, top_scores = np.take_along_axis(rows, order, 1), np.take_along_axis(scores, order, 1)
@@ -66,19 +67,22 @@ def rescore(query: SearchQuery, rows: np.ndarray, gather: Gather, dimensions: in
     return [r[m] for r, m in zip(top, keep)], [s[m] for s, m in zip(top_scores, keep)]
 
 
-def _scores(query: SearchQuery, part: slice, rows: np.ndarray, gather: Gather, dimensions: int,
+def _scores(query: SearchQuery, part: slice, rows: np.ndarray, gather: Gather,
             inv_norms: Callable[[np.ndarray], np.ndarray] | None) -> np.ndarray:
     """Scores ``[queries of part, n]`` of one block of queries' candidates."""
     b, n = rows.shape
     if query.rescore == "none":
-        codes = np.asarray(gather(rows.ravel(), "binary")).reshape(b, n, -1)
+        width = query.binary.shape[1]
+        codes = np.asarray(gather(rows.ravel(), "binary")).reshape(b, n, -1)[:, :, :width]
         distance = np.stack([hamming_distance(query.binary[part][i], codes[i])[0] for i in range(b)])
-        return (1.0 - 2.0 * distance / dimensions).astype(np.float32)
+        return (1.0 - 2.0 * distance / (8 * width)).astype(np.float32)
     precision = "float" if query.rescore == "float" else "int8"
     q = np.asarray(query.floats if precision == "float" else query.dense, dtype=np.float32)[part]
-    codes = np.asarray(gather(rows.ravel(), precision)).astype(np.float32).reshape(b, n, -1)
+    codes = np.asarray(gather(rows.ravel(), precision)).reshape(b, n, -1)
+    whole = codes.shape[2] == query.width
+    codes = codes[:, :, : query.width].astype(np.float32)
     scores = np.matmul(codes, q[:, :, None])[:, :, 0]
-    if inv_norms is not None and precision == "int8":
+    if inv_norms is not None and precision == "int8" and whole:
         scores *= inv_norms(rows)
     else:
         scores /= np.maximum(np.linalg.norm(codes, axis=2), 1e-12)

@@ -28,7 +28,15 @@ from pplx_embed.checks.items import check_ids, check_metadata
 from pplx_embed.checks.precision import check_dimensions
 from pplx_embed.checks.texts import check_documents, check_texts, check_unicode
 from pplx_embed.errors import InputError
-from pplx_embed.index.query import SearchQuery, check_count, check_rescore, first_stage_size
+from pplx_embed.index.query import (
+    MAX_CANDIDATES,
+    SearchQuery,
+    check_count,
+    check_rescore,
+    first_stage_size,
+    stage,
+    timed,
+)
 from pplx_embed.index.rescore import positions, rescore
 from pplx_embed.model.quantization import to_binary, to_int8, truncate
 
@@ -102,6 +110,7 @@ class VectorStore(ABC):
     contextual: bool
     store_float: bool
     query_model: str | None = None  # embeds text queries when set (else ``model``)
+    scans = False  # implements _scan: exact search, and search below the stored dimensions
 
     def __init__(self, embedder=None):
         self._embedder = self._query_embedder = None
@@ -354,7 +363,9 @@ class VectorStore(ABC):
         return self.embedder.encode_all(queries, ("pooled",), self.dimensions)["pooled"]
 
     def search(self, query: str | np.ndarray, k: int = 10, *, filter: dict[str, Any] | None = None,
-               candidates: int | None = None, rescore: str = "int8", model: str | None = None) -> list[Hit]:
+               candidates: int | None = None, rescore: str = "int8", model: str | None = None,
+               dimensions: int | None = None, exact: bool = False,
+               timings: dict[str, float] | None = None) -> list[Hit]:
         """The ``k`` best items for one query (text, or a float / int8 vector of this model)."""
         if not isinstance(query, str):
             query = np.asarray(query)
@@ -363,33 +374,48 @@ class VectorStore(ABC):
             query = query[None, :]
         else:
             query = [query]
-        return self.search_many(query, k, filter=filter, candidates=candidates, rescore=rescore, model=model)[0]
+        return self.search_many(query, k, filter=filter, candidates=candidates, rescore=rescore, model=model,
+                                dimensions=dimensions, exact=exact, timings=timings)[0]
 
     def search_many(self, queries: Sequence[str] | np.ndarray, k: int = 10, *, filter: dict[str, Any] | None = None,
-                    candidates: int | None = None, rescore: str = "int8", model: str | None = None) -> list[list[Hit]]:
+                    candidates: int | None = None, rescore: str = "int8", model: str | None = None,
+                    dimensions: int | None = None, exact: bool = False,
+                    timings: dict[str, float] | None = None) -> list[list[Hit]]:
         """Search several queries: binary first stage for ``candidates`` per query, then rescoring.
 
         ``rescore`` is ``int8`` (cosine on int8, default), ``float`` (needs ``store_float``) or
         ``none`` (Hamming order, score = 1 - 2·hamming/dims). ``filter`` keeps items whose metadata
-        equals every given key/value.
+        equals every given key/value. ``dimensions`` searches the first ``dimensions`` of the stored
+        vectors (Matryoshka: a multiple of 8 the model allows, at most the index's). ``exact`` skips the
+        first stage and scores every item that passes the filter at the ``rescore`` precision: the
+        reference a search's recall is measured against. ``timings``, a dict, receives the seconds of
+        each of :data:`~pplx_embed.index.query.STAGES` (an exact scan counts as the first stage).
         """
-        return self.run(self.query(queries, k, filter=filter, candidates=candidates, rescore=rescore, model=model))
+        with timed(timings):
+            return self.run(self.query(queries, k, filter=filter, candidates=candidates, rescore=rescore,
+                                       model=model, dimensions=dimensions, exact=exact))
 
     def search_rows(self, queries: Sequence[str] | np.ndarray, k: int = 10, *, filter: dict[str, Any] | None = None,
-                    candidates: int | None = None, rescore: str = "int8",
-                    model: str | None = None) -> tuple[list[np.ndarray], list[np.ndarray]]:
+                    candidates: int | None = None, rescore: str = "int8", model: str | None = None,
+                    dimensions: int | None = None,
+                    exact: bool = False) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Like :meth:`search_many` but returns backend row keys and scores (no item lookup)."""
-        query = self.query(queries, k, filter=filter, candidates=candidates, rescore=rescore, model=model)
+        query = self.query(queries, k, filter=filter, candidates=candidates, rescore=rescore, model=model,
+                           dimensions=dimensions, exact=exact)
         with self._reading():
             return self._search(query)
 
     def query(self, queries: Sequence[str] | np.ndarray, k: int = 10, *, filter: dict[str, Any] | None = None,
-              candidates: int | None = None, rescore: str = "int8", model: str | None = None) -> SearchQuery:
+              candidates: int | None = None, rescore: str = "int8", model: str | None = None,
+              dimensions: int | None = None, exact: bool = False) -> SearchQuery:
         """Check a search's arguments and embed its text queries → the :class:`SearchQuery` :meth:`run` takes."""
         k = check_count("k", k)
         candidates = check_count("candidates", candidates)
         rescore = check_rescore(rescore, self.store_float)
         where = check_filter(filter)
+        if not isinstance(exact, bool):
+            raise InputError(f"exact must be true or false, got {str(exact)[:40]!r}")
+        width = self._search_width(dimensions)
         if isinstance(queries, str):
             raise InputError("search_many takes a list of queries; use search for one")
         if isinstance(queries, np.ndarray):
@@ -398,25 +424,61 @@ class VectorStore(ABC):
             if rescore == "float" and floats is None:
                 raise InputError("float rescoring needs float query vectors")
         else:
-            int8, floats = self._vectors(self.embed_queries(queries), "query vectors")
+            with stage("embed"):
+                embedded = self.embed_queries(queries)
+            int8, floats = self._vectors(embedded, "query vectors")
+        int8, floats = int8[:, :width], None if floats is None else floats[:, :width]
         binary = to_binary(floats if floats is not None else int8.astype(np.float32))
         # int8 rescoring compares the stored int8 codes with the query's code before rounding
         # (tanh(x)·127 up to scale) when the query is float: same transform, no query rounding error
         dense = np.tanh(floats) if floats is not None else int8
-        return SearchQuery(binary, dense, floats, k, first_stage_size(k, candidates), where, rescore)
+        return SearchQuery(binary, dense, floats, k, first_stage_size(k, candidates), where, rescore, exact)
+
+    def _search_width(self, dimensions: Any) -> int:
+        """The searched width: the index's dimensions, or fewer (Matryoshka) where the store scans."""
+        if dimensions is None:
+            return self.dimensions
+        width = check_dimensions(dimensions, self.full_dimension, "binary")
+        if width > self.dimensions:
+            raise InputError(f"dimensions must be at most this index's {self.dimensions}, got {width}")
+        return width
 
     def run(self, query: SearchQuery) -> list[list[Hit]]:
         """The hits of a :class:`SearchQuery`, all stages on one consistent view of the store."""
         with self._reading():
-            return self._fetch_many(*self._search(query))
+            rows, scores = self._search(query)
+            with stage("fetch"):
+                return self._fetch_many(rows, scores)
 
     def _search(self, query: SearchQuery) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        """First stage, then :func:`~pplx_embed.index.rescore.rescore` → each query's row keys and scores."""
-        first = self._first_stage(query.binary, query.dense, query.candidates, query.where)
+        """First stage then :meth:`_rescore` → each query's row keys and scores; a scan where the first stage
+        cannot answer (exact, or below the index's width)."""
+        if query.exact or query.width < self.dimensions:
+            return self._search_scan(query)
+        with stage("first_stage"):
+            first = self._first_stage(query.binary, query.dense, query.candidates, query.where)
+        with stage("rescore"):
+            return self._rescore(query, first)
+
+    def _search_scan(self, query: SearchQuery) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Every item at the ``rescore`` precision (``exact``), or Hamming candidates of the truncated bits
+        rescored, by the backend's scan."""
+        if query.exact:
+            precision, vectors = {"none": ("binary", query.binary), "int8": ("int8", query.dense),
+                                  "float": ("float", query.floats)}[query.rescore]
+            with stage("first_stage"):
+                return self._scan(vectors, precision, query.k, query.where)
+        with stage("first_stage"):
+            first = self._scan(query.binary, "binary", query.candidates, query.where)[0]
+        with stage("rescore"):
+            return self._rescore(query, first)
+
+    def _rescore(self, query: SearchQuery, first) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """The first stage's candidates → :func:`~pplx_embed.index.rescore.rescore` → row keys and scores."""
         rows, keys = positions(first)
         if keys is None:
-            return rescore(query, rows, self._gather, self.dimensions, self._inv_norms())
-        top, scores = rescore(query, rows, lambda at, precision: self._codes(keys[at], precision), self.dimensions)
+            return rescore(query, rows, self._gather, self._inv_norms())
+        top, scores = rescore(query, rows, lambda at, precision: self._codes(keys[at], precision))
         return [keys[t] for t in top], scores
 
     def _gather(self, rows: np.ndarray, precision: str) -> np.ndarray:
@@ -426,6 +488,20 @@ class VectorStore(ABC):
     def _inv_norms(self):
         """A function giving stored int8 rows' inverse norms where the store keeps them, else None."""
         return None
+
+    def items(self, ids: Sequence[str]) -> list[Hit]:
+        """The stored items of ``ids`` that exist, in the order asked (``score`` is 0.0: no query)."""
+        if isinstance(ids, (list, tuple)) and all(isinstance(i, str) for i in ids):
+            ids = list(dict.fromkeys(ids))  # asked twice, answered once
+        ids = check_ids(ids)
+        if len(ids) > MAX_CANDIDATES:
+            raise InputError(f"at most {MAX_CANDIDATES} ids at once, got {len(ids)}")
+        if not ids:
+            return []
+        with self._reading():
+            rows = self._rows_of_ids(ids)
+            found = {hit.id: hit for hit in self._fetch(rows, np.zeros(len(rows), np.float32))}
+        return [found[i] for i in ids if i in found]
 
     # ---- backend ------------------------------------------------------------------------------
     @contextmanager
@@ -450,6 +526,17 @@ class VectorStore(ABC):
         ``dense`` holds the queries' rescoring vectors (``tanh`` of float, or int8), for backends that
         partition by cosine.
         """
+
+    def _scan(self, queries: np.ndarray, precision: str, n: int,
+              where: dict[str, Any]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Per query, the ``n`` best live items passing ``where`` of all, scored at ``precision`` on the first
+        ``queries.shape[1]`` dimensions (bytes for ``binary``) → (row keys, scores), best first."""
+        raise InputError(f"exact search and search below the stored dimensions need the embedded index; "
+                         f"this index is kept in {type(self).__name__}")
+
+    def _rows_of_ids(self, ids: list[str]) -> np.ndarray:
+        """Row keys of the items ``ids`` (a backend keyed by id uses the ids; absent ones are skipped later)."""
+        return np.array(ids, dtype=object)
 
     @abstractmethod
     def _codes(self, rows: np.ndarray, precision: str) -> np.ndarray:

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -45,6 +46,8 @@ from pplx_embed.serve.schemas import (
     IndexSearchResponse,
     TEIEmbedRequest,
 )
+from pplx_embed.serve.ui import check_reports, is_open
+from pplx_embed.serve.ui import router as ui_router
 from pplx_embed.wire import QUANTIZATION_OF, contextual_response, embeddings_response
 
 log = logging.getLogger("pplx_embed.serve")
@@ -64,6 +67,7 @@ class ServeConfig:
     splits: dict[str, list[tuple[str, float]]] = field(default_factory=dict)
     shadows: dict[str, str] = field(default_factory=dict)
     indexes: list[tuple[str, str]] = field(default_factory=list)
+    reports: str | Path | None = None  # `pplx-embed eval --output` directory shown by the /ui page
     keys: KeyRing = field(default_factory=KeyRing)
     limits: ServeLimits = field(default_factory=ServeLimits)
     options: EmbedderOptions = field(default_factory=EmbedderOptions.from_env)
@@ -116,7 +120,7 @@ class _Gate:
             await send(message)
 
         try:
-            if scope["path"] not in OPEN_PATHS:
+            if scope["path"] not in OPEN_PATHS and not is_open(scope["path"]):
                 authorization = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1") or None
                 self.service.config.keys.check(authorization)
             if scope["method"] in ("POST", "PUT", "PATCH"):
@@ -337,6 +341,7 @@ def create_app(config: ServeConfig) -> FastAPI:
     app.state.service = service
     install_error_handlers(app)
     app.add_middleware(_Gate, service=service)
+    app.include_router(ui_router(config.keys.enabled, check_reports(config.reports)))
 
     @app.post("/v1/embeddings", response_model=EmbeddingsResponse, responses=ERRORS)
     async def embeddings(body: EmbeddingsRequest, request: Request):
@@ -410,9 +415,9 @@ def create_app(config: ServeConfig) -> FastAPI:
         where = check_filter(body.filter)
 
         def search() -> Response:
-            results = ix.index.search_many(queries, body.k, filter=where, candidates=body.candidates)
-            data = [{"index": i, "hits": [hit.to_dict() for hit in hits]} for i, hits in enumerate(results)]
-            return JSONResponse({"object": "list", "data": data, "model": ix.index.model})
+            return JSONResponse(ix.search(queries, body.k, filter=where, candidates=body.candidates,
+                                          precision=body.precision, dimensions=body.dimensions,
+                                          neighbours=body.neighbours))
 
         return await service.answer(request, served, lambda: service.in_thread(search))
 

@@ -51,6 +51,13 @@ class IndexSearchRequest(BaseModel):
     k: StrictInt = Field(10, ge=1, le=1000)
     filter: dict[str, Any] | None = Field(None, description="metadata equality filter {key: value}")
     candidates: StrictInt | None = Field(None, ge=1, le=100_000, description="first-stage candidates per query")
+    precision: Literal["binary+rescore", "binary", "int8", "float"] = Field(
+        "binary+rescore", description="binary+rescore: binary first stage, int8 rescoring; binary: first stage "
+        "only; int8 / float: exact, every item scored (the index's search.precisions list what it holds)")
+    dimensions: StrictInt | None = Field(None, description="Matryoshka: search the first N dimensions (a multiple "
+                                         "of 8 up to the index's; search.dimensions lists the usual ones)")
+    neighbours: StrictInt = Field(0, ge=0, le=16, description="contextual hits: add the chunks up to this many "
+                                  "positions before and after, from the same document")
 
 
 class IndexDocumentsRequest(BaseModel):
@@ -81,10 +88,23 @@ class IndexHits(BaseModel):
     hits: list[dict[str, Any]]
 
 
+class IndexTimings(BaseModel):
+    """Milliseconds of each stage of a search in the server (an exact scan counts as the first stage)."""
+
+    embed_ms: float
+    first_stage_ms: float
+    rescore_ms: float
+    fetch_ms: float
+    total_ms: float
+
+
 class IndexSearchResponse(BaseModel):
     object: Literal["list"] = "list"
     data: list[IndexHits]
     model: str
+    precision: str
+    dimensions: int
+    timings: IndexTimings
 
 
 class Usage(BaseModel):
