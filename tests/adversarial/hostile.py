@@ -404,6 +404,10 @@ KINDS: dict[str, Callable[[random.Random, int], Case]] = {
 }
 
 
+# Kinds whose rules are not in yet (issue 22: the lead's validation modules); the suite expects them to fail
+PENDING_KINDS = ("invalid_unicode_index",)
+
+
 def cases(seed: int, count: int, kinds: tuple[str, ...] | None = None) -> list[Case]:
     """``count`` hostile requests, the same for the same seed."""
     rng = random.Random(seed)
