@@ -42,7 +42,7 @@ SERVE_FLAGS = ["--api-key", KEY, "--idle-timeout", str(IDLE_TIMEOUT), "--header-
 POSTS: dict[str, dict] = {
     "/v1/embeddings": {"input": ["a hostile world", "second text"], "model": "minilm"},
     "/v1/contextualizedembeddings": {"input": [["chunk one", "chunk two"], ["solo"]], "model": "minilm"},
-    "/embed": {"inputs": ["a hostile world"], "truncate": True},
+    "/embed": {"inputs": ["a hostile world"], "truncate": True, "model": "minilm"},
     "/v1/indexes/kb/search": {"query": ["hostile", "world"], "k": 3, "filter": {"lang": "en"}},
     "/v1/indexes/kb/documents": {"texts": ["stored text"], "ids": ["fuzz-0"], "metadata": [{"lang": "en"}],
                                  "upsert": True},
@@ -308,8 +308,8 @@ def bad_framing(rng: random.Random, i: int) -> Case:
         raw = request("POST", path, data).replace(b"\r\n", b"\r\nA line without colon\r\n", 1)
     elif how == "nul in header":
         raw = request("POST", path, data, headers=(("X-Evil", b"a\x00b"),))
-    elif how == "folded header":
-        raw = request("POST", path, data, headers=(("X-Folded", b"a\r\n  folded"),))
+    elif how == "folded header":  # obsolete line folding: h11 joins the lines (RFC 9112 5.2 allows either)
+        raw, expect = request("POST", path, data, headers=(("X-Folded", b"a\r\n  folded"),)), "any"
     elif how == "http/2.0":  # h11 reads it as HTTP/1.1 framing
         raw, expect = request("POST", path, data).replace(b"HTTP/1.1", b"HTTP/2.0", 1), "any"
     elif how == "garbage line":
