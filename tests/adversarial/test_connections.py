@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import socket
 import time
+from pathlib import Path
 
 from adversarial import hostile
 from adversarial.hostile import HEADER_TIMEOUT, IDLE_TIMEOUT, MAX_CONNECTIONS, READ_TIMEOUT, request, until_closed
@@ -96,6 +97,41 @@ def test_a_content_length_longer_than_the_body_is_408_and_shorter_is_a_client_er
         second = hostile.read_answer(sock)
     assert first.status == 400 and first.json()["error"]["code"] == "invalid_json", first
     assert second.status == 408 and second.json()["error"]["code"] == "read_timeout", second
+
+
+def held(served, socks: list[socket.socket]) -> int:
+    """How many of ``socks``' connections the server still holds open (its ESTABLISHED ends in /proc/net/tcp)."""
+    ports = {sock.getsockname()[1] for sock in socks}
+    count = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, remote, state = line.split()[1:4]
+        count += (int(local.rsplit(":", 1)[1], 16) == served.address[1] and state == "01"
+                  and int(remote.rsplit(":", 1)[1], 16) in ports)
+    return count
+
+
+def test_a_client_that_never_reads_its_answer_is_cut_off(served):
+    """Clients that asked for 4 MB answers and read none of them held their connections for good."""
+    body = json.dumps({"input": [f"text {i}" for i in range(512)], "encoding_format": "float"}).encode()
+    socks = []
+    try:
+        for _ in range(3):
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window: the answer waits server-side
+            sock.connect(served.address)
+            sock.sendall(request("POST", "/v1/embeddings", body))
+            socks.append(sock)
+        deadline = time.monotonic() + 30
+        while held(served, socks) < len(socks):  # accepted
+            assert time.monotonic() < deadline, held(served, socks)
+            time.sleep(0.05)
+        deadline = time.monotonic() + 90  # the answers are computed, then held unread, then cut off
+        while held(served, socks) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert held(served, socks) == 0, "the server still holds the non-reading clients' connections"
+    finally:
+        for sock in socks:
+            sock.close()
 
 
 def test_connections_beyond_the_limit_are_refused_with_json_503_and_the_server_recovers(served):

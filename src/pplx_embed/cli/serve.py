@@ -30,8 +30,8 @@ LIMIT_HELP = {  # ServeLimits' flags
     "read_timeout": "seconds to receive a whole request, headers and body, from its first byte, before 408 "
                     "(default 30)",
     "header_timeout": "seconds to receive a request's headers, from its first byte, before 408 (default 10)",
-    "idle_timeout": "seconds a connection may stay open without a request, before its first one or between "
-                    "keep-alive requests (default 5)",
+    "idle_timeout": "seconds a connection may stay open without a request (before its first one, between "
+                    "keep-alive requests) or without reading its answer (default 5)",
     "max_connections": "open connections at once; the next ones are answered 503 and closed (default 512)",
 }
 

@@ -10,6 +10,8 @@ uvicorn answers a request it cannot parse with plain text, keeps a connection th
   between keep-alive requests alike (uvicorn's keep-alive timer, armed at the start too);
 * a request has ``header_timeout`` seconds from its first byte for its headers and ``read_timeout``
   for all of it: then ``408 {"error": ...}`` (unless an answer was started) and the connection closes;
+* a client that reads nothing more of its answer for ``idle_timeout`` seconds is cut off (else the
+  unread answer and the connection would be held for good);
 * a connection beyond ``max_connections`` is answered ``503 {"error": ...}`` when it speaks (within a
   second) and closed.
 """
@@ -59,6 +61,7 @@ class Protocol(H11Protocol):
     def connection_made(self, transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._timer = None
+        self._lost = False
         self._first_byte: float | None = None  # when the request now arriving began
         self._refused = len(self.connections) > self.limits.max_connections
         wait = min(REFUSED_WAIT, self.timeout_keep_alive) if self._refused else self.timeout_keep_alive
@@ -86,8 +89,21 @@ class Protocol(H11Protocol):
     def on_response_complete(self) -> None:
         super().on_response_complete()
         self._watch()
+        if self.transport.get_write_buffer_size():  # the client has not taken all of the answer yet
+            self.loop.call_later(self.timeout_keep_alive, self._cut_if_stalled, self.transport.get_write_buffer_size())
+
+    def _cut_if_stalled(self, pending: int) -> None:
+        """Abort a connection whose client has read nothing more of its answer for an idle timeout (asyncio
+        would otherwise hold the unread answer, and the connection, for good)."""
+        if self._lost or not (left := self.transport.get_write_buffer_size()):
+            return
+        if left >= pending:
+            self.transport.abort()
+        else:
+            self.loop.call_later(self.timeout_keep_alive, self._cut_if_stalled, left)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
         self._disarm()
         super().connection_lost(exc)
 
