@@ -35,15 +35,15 @@ _SECRET = re.compile(r"(?i)([?&;][^=&;]*(?:key|token|secret|password|auth)[^=&;]
 LOGGED_CHARACTERS = 200  # of any one field of an access-log line
 
 
-def _error_bytes(status: int, message: str, code: str) -> bytes:
-    return json.dumps({"error": {"message": message, "type": "invalid_request_error", "code": code}}).encode()
+def _error_bytes(message: str, code: str, type: str = "invalid_request_error") -> bytes:
+    return json.dumps({"error": {"message": message, "type": type, "code": code}}).encode()
 
 
 class Protocol(H11Protocol):
     limits = ServeLimits()
 
     def _send_error(self, status: int, reason: bytes, message: str, code: str) -> None:
-        body = _error_bytes(status, message, code)
+        body = _error_bytes(message, code)
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                    (b"connection", b"close")]
         try:
@@ -68,9 +68,8 @@ class Protocol(H11Protocol):
         self.timeout_keep_alive_task = self.loop.call_later(wait, self.timeout_keep_alive_handler)
 
     def _refuse(self) -> None:
-        body = json.dumps({"error": {"message": f"the server holds its limit of {self.limits.max_connections} "
-                                                "connections; retry shortly", "type": "server_error",
-                                     "code": "too_many_connections"}}).encode()
+        body = _error_bytes(f"the server holds its limit of {self.limits.max_connections} connections; retry shortly",
+                            "too_many_connections", "server_error")
         self.transport.write(b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
                              b"content-length: %d\r\nretry-after: 1\r\nconnection: close\r\n\r\n%s" % (len(body), body))
         self.transport.close()
