@@ -117,17 +117,35 @@ def test_bad_input_gives_one_clear_line(args, message, texts_file, tmp_path):
     assert not (tmp_path / "x.npy").exists()
 
 
+STARVED = """
+import re, resource, sys
+from pathlib import Path
+import pplx_embed.cli, torch, transformers  # the libraries are in, the model is not
+size = int(re.search(r"VmSize:\\s+(\\d+) kB", Path("/proc/self/status").read_text()).group(1)) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (size + 32 * 2**20, resource.RLIM_INFINITY))
+sys.exit(pplx_embed.cli.main(sys.argv[1:]))
+"""
+
+
 def test_a_bug_is_exit_1_with_one_line_and_debug_prints_the_traceback(texts_file, tmp_path):
-    """Only InputError is the user's fault; anything else is ours: status 1, one line, --debug for more."""
-    blocker = tmp_path / "a-file"
-    blocker.write_text("not a directory")
-    args = ["embed", str(texts_file), "-o", str(blocker / "x.npy"), "-m", "minilm", "--quiet"]
-    result = cli(*args)
-    assert result.returncode == 1 and len(result.stderr.splitlines()) == 1
+    """User errors (InputError; an OS error on a path the user named) are status 2; anything else is ours:
+    status 1, one line, --debug for more. Here: a process left 32 MB of address space to load a model in."""
+    script = tmp_path / "starved.py"
+    script.write_text(STARVED)
+    args = ["embed", str(texts_file), "-o", str(tmp_path / "x.npy"), "-m", "minilm", "--quiet"]
+
+    def starved(*argv: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(script), *argv], capture_output=True, text=True, timeout=300)
+
+    result = starved(*args)
+    assert result.returncode == 1 and len(result.stderr.splitlines()) == 1, result.stderr
     assert result.stderr.startswith("pplx-embed: internal error: ") and "rerun with --debug" in result.stderr
-    debug = cli(*args, "--debug")  # accepted after the command as well as before it
+    debug = starved(*args, "--debug")  # accepted after the command as well as before it
     assert debug.returncode == 1 and "Traceback (most recent call last)" in debug.stderr
-    assert cli("--debug", *args).returncode == 1
+    blocker = tmp_path / "a-file"  # an output place that cannot be: the user's to fix
+    blocker.write_text("not a directory")
+    result = cli("embed", str(texts_file), "-o", str(blocker / "x.npy"), "-m", "minilm", "--quiet")
+    assert result.returncode == 2 and result.stderr == f"pplx-embed: error: File exists: {blocker}\n", result.stderr
 
 
 def test_usage_errors_are_status_2_and_bench_is_a_script_now():

@@ -1,9 +1,9 @@
 """pplx-embed: embed, serve, index, evaluate and train pplx-embed models from the command line.
 
 One module per command group (``embed``, ``serve``, ``index``, ``eval``, ``train``), shared helpers
-in ``common``. ``main`` turns a user error (:class:`~pplx_embed.errors.InputError`, a usage error) into one line on
-stderr and exit status 2; anything else is a bug: one line and exit status 1 (``--debug`` prints the
-traceback).
+in ``common``. ``main`` turns a user error (:class:`~pplx_embed.errors.InputError`, a usage error, an OS error on a
+file or folder: missing, not writable, not a folder ...) into one line on stderr and exit status 2;
+anything else is a bug: one line and exit status 1 (``--debug`` prints the traceback).
 """
 
 from __future__ import annotations
@@ -47,7 +47,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             traceback.print_exc()
         message = " ".join(str(exc).split())
-        if isinstance(exc, InputError):
+        if isinstance(exc, OSError) and exc.filename is not None:  # a place the user named cannot be used
+            message = f"{exc.strerror or type(exc).__name__}: {exc.filename}"
+        if isinstance(exc, InputError) or (isinstance(exc, OSError) and exc.filename is not None):
             print(f"pplx-embed: error: {message}", file=sys.stderr)
             return 2
         print(f"pplx-embed: internal error: {type(exc).__name__}: {message}; rerun with --debug for the traceback",

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 from pplx_embed.errors import InputError
+from pplx_embed.jsonl import iter_lines, parse_json_line
 from pplx_embed.options import EmbedderOptions
 
 
@@ -40,35 +40,26 @@ def field_values(pairs: list[str], flag: str) -> dict[str, Any]:
             raise InputError(f"{flag} takes key=value, got {pair!r}")
         try:
             where[key] = json.loads(value)
-        except (json.JSONDecodeError, RecursionError):
+        except (ValueError, RecursionError):  # not JSON (or too deep, or too many digits): the text itself
             where[key] = value
     return where
 
 
 def read_texts(path: str, field: str = "text") -> list[str]:
-    """Texts from a ``.jsonl`` file (``field`` of each object, or a bare string per line) or a text file
+    """Texts from a ``.jsonl`` file (``field`` of each object, or a bare string per line) or a UTF-8 text file
     (one per line); ``-`` reads stdin."""
-    if path == "-":
-        lines = sys.stdin.read().splitlines()
-        name = "stdin"
-    else:
-        p = Path(path)
-        if not p.is_file():
-            raise InputError(f"input file not found: {path}")
-        lines = p.read_text(encoding="utf-8").splitlines()
-        name = path
+    if path != "-" and not Path(path).is_file():
+        raise InputError(f"input file not found: {path}")
+    name = "stdin" if path == "-" else path
     is_jsonl = name.endswith((".jsonl", ".json"))
     texts = []
-    for number, line in enumerate(lines, 1):
+    for number, line in iter_lines(path):
         if not line.strip():
             continue
         if not is_jsonl:
             texts.append(line)
             continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{name}:{number}: not valid JSON ({exc.msg})") from None
+        row = parse_json_line(line, f"{name}:{number}")
         value = row if isinstance(row, str) else row.get(field) if isinstance(row, dict) else None
         if not isinstance(value, str):
             raise InputError(f"{name}:{number}: expected a string or an object with a string {field!r} field")

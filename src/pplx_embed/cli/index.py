@@ -6,12 +6,11 @@ import argparse
 import json
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 from pplx_embed.cli.common import add_model_args, field_values, load_embedder
 from pplx_embed.errors import InputError as CLIError
-from pplx_embed.jsonl import iter_jsonl
+from pplx_embed.jsonl import iter_jsonl, iter_lines
 from pplx_embed.options import EmbedderOptions
 
 
@@ -76,7 +75,7 @@ def cmd_create(args: argparse.Namespace) -> int:
                            f"{checkpoint.name} embeds {checkpoint.dimension}")
         query_model = query.name
     try:
-        index = Index.create(args.index, checkpoint.name, args.dimensions or checkpoint.dimension,
+        index = Index.create(args.index, checkpoint.name, args.dimensions,
                              full_dimension=checkpoint.dimension, store_float=args.store_float,
                              contextual=args.contextual or checkpoint.is_contextual, first_stage=args.first_stage,
                              query_model=query_model)
@@ -90,8 +89,7 @@ def cmd_create(args: argparse.Namespace) -> int:
 def cmd_add(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    index = _open(args, with_model=True)
-    rows = list(read_rows(args.input))
+    rows = list(read_rows(args.input))  # the whole input is checked before the model loads
     if not rows:
         raise CLIError(f"{args.input} holds no rows")
     items = [_item(args.input, number, row, args) for number, row in rows]
@@ -100,6 +98,7 @@ def cmd_add(args: argparse.Namespace) -> int:
         if id_ in seen:
             raise CLIError(f"{args.input}:{number}: id {id_!r} repeats")
         seen.add(id_)
+    index = _open(args, with_model=True)
     write = index.upsert if args.upsert else index.add
     done = 0
     with tqdm(total=len(items), unit="doc" if args.documents else "text", disable=args.quiet,
@@ -120,15 +119,19 @@ def cmd_add(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    index = _open(args, with_model=True, queries=True)
     queries = list(args.query)
-    if args.queries:
-        queries += [row.get("text", row.get("query")) for _, row in read_rows(args.queries)]
+    for number, row in read_rows(args.queries) if args.queries else ():
+        query = row.get("text", row.get("query"))
+        if not isinstance(query, str):
+            raise CLIError(f"{args.queries}:{number}: expected a string 'text' (or 'query') field")
+        queries.append(query)
     if not queries:
         raise CLIError("give a query, or --queries FILE.jsonl")
+    where = field_values(args.filter, "--filter")
+    index = _open(args, with_model=True, queries=True)
     if args.nprobe is not None:
         index.nprobe = args.nprobe
-    results = index.search_many(queries, args.k, filter=field_values(args.filter, "--filter"),
+    results = index.search_many(queries, args.k, filter=where,
                                 candidates=args.candidates, rescore=args.rescore)
     for query, hits in zip(queries, results):
         print(json.dumps({"query": query, "model": index.model, "query_model": index.query_model or index.model,
@@ -152,12 +155,12 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
-    index = _open(args, with_model=False)
     ids = list(args.ids)
     if args.ids_file:
-        ids += [line.strip() for line in Path(args.ids_file).read_text(encoding="utf-8").splitlines() if line.strip()]
+        ids += [line.strip() for _, line in iter_lines(args.ids_file, CLIError) if line.strip()]
     if not ids and not args.compact:
         raise CLIError("give ids to delete (or --ids-file, or --compact)")
+    index = _open(args, with_model=False)
     removed = index.delete(ids) if ids else 0
     dropped = index.compact() if args.compact else 0
     print(json.dumps({"deleted": removed, "not_found": len(set(ids)) - removed, "compacted_rows": dropped,

@@ -12,6 +12,7 @@ from pplx_embed.options import EmbedderOptions
 from pplx_embed.serve.limits import ServeLimits
 
 ENV = "PPLX_EMBED_SERVE_"
+FILES_BESIDE_CONNECTIONS = 256  # open files a server needs besides its sockets (models, indexes, libraries)
 LIMIT_HELP = {  # ServeLimits' flags
     "max_step_tokens": "tokens per scheduler step at most, shared in turn by the waiting requests (TEI's "
                        "--max-batch-tokens; default: the engine's --max-batch-tokens)",
@@ -26,7 +27,12 @@ LIMIT_HELP = {  # ServeLimits' flags
     "max_tokens_per_document": "tokens per contextual document (default 32768)",
     "payload_limit": "request body bytes (default 16777216)",
     "request_timeout": "seconds before a request is answered 504 and its queued work dropped (default 60)",
-    "read_timeout": "seconds to receive a whole request, headers and body, before 408 (default 30)",
+    "read_timeout": "seconds to receive a whole request, headers and body, from its first byte, before 408 "
+                    "(default 30)",
+    "header_timeout": "seconds to receive a request's headers, from its first byte, before 408 (default 10)",
+    "idle_timeout": "seconds a connection may stay open without a request (before its first one, between "
+                    "keep-alive requests) or without reading its answer (default 5)",
+    "max_connections": "open connections at once; the next ones are answered 503 and closed (default 512)",
 }
 
 
@@ -116,6 +122,23 @@ def build_config(args: argparse.Namespace):
                        options=EmbedderOptions.from_args(args))
 
 
+def _allow_files(connections: int) -> None:
+    """Raise the soft limit of open files (up to the hard one) so that ``connections`` sockets fit beside the
+    model and index files; warn when even the hard limit is lower."""
+    import resource
+
+    want = connections + FILES_BESIDE_CONNECTIONS
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= want:
+        return
+    allowed = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (allowed, hard))
+    if allowed < want:
+        logging.getLogger("pplx_embed.serve").warning(
+            "the open-file limit (%d) leaves room for fewer than --max-connections %d connections; raise it "
+            "(ulimit -n) or lower --max-connections", hard, connections)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -133,9 +156,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             server.should_exit = True
 
     config.on_load_error = on_load_error
-    server = uvicorn.Server(uvicorn_config(create_app(config), config.limits.read_timeout, host=args.host,
-                                           port=args.port, log_level=args.log_level,
-                                           timeout_graceful_shutdown=int(args.graceful_timeout)))
+    _allow_files(config.limits.max_connections)
+    server = uvicorn.Server(uvicorn_config(create_app(config), config.limits, host=args.host, port=args.port,
+                                           log_level=args.log_level, timeout_graceful_shutdown=args.graceful_timeout))
     server.run()
     if failure:
         raise InputError(f"could not load the models and indexes: {failure[0]}")

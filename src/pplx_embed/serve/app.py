@@ -28,7 +28,8 @@ from pplx_embed.checks.filters import check_filter
 from pplx_embed.errors import InputError
 from pplx_embed.options import EmbedderOptions
 from pplx_embed.serve.auth import KeyRing
-from pplx_embed.serve.errors import APIError, error_response, install_error_handlers, internal_error
+from pplx_embed.serve.errors import APIError, clip, error_response, install_error_handlers, internal_error, quote
+from pplx_embed.serve.http import TIMED_OUT
 from pplx_embed.serve.indexes import ServedIndex, close_indexes, open_indexes
 from pplx_embed.serve.limits import ServeLimits
 from pplx_embed.serve.metrics import Metrics
@@ -52,9 +53,10 @@ from pplx_embed.wire import QUANTIZATION_OF, contextual_response, embeddings_res
 
 log = logging.getLogger("pplx_embed.serve")
 
+INDEX_CALLS_WAIT = 10.0  # seconds index calls may take to end at shutdown before the process exits without them
 ENDPOINTS = ("/v1/embeddings", "/v1/contextualizedembeddings", "/embed", "/v1/models", "/health", "/metrics",
              "/v1/indexes", "/v1/indexes/{name}/search", "/v1/indexes/{name}/documents")
-OPEN_PATHS = frozenset({"/health", "/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+OPEN_PATHS = frozenset({"/health", "/metrics"})  # for probes and scrapers; with keys set, all else needs one
 
 
 @dataclass
@@ -102,9 +104,14 @@ def _init_torch_threads() -> None:
     torch.ones(256, 256) @ torch.ones(256, 256)
 
 
+class _ClientGone(Exception):
+    """The client disconnected before its request had arrived."""
+
+
 class _Gate:
-    """ASGI middleware: API key before the body (401), body cap (413), 500 for bugs with the connection
-    kept (logged with the traceback), and request count and latency."""
+    """ASGI middleware: API key before the body (401), body cap (413), HEAD as GET without a body, 500 for
+    bugs with the connection kept (logged with the traceback), 503 for requests still running when the
+    graceful shutdown ends, and request count and latency (499: the client left, 408: it was too slow)."""
 
     def __init__(self, app, service: Service):
         self.app, self.service = app, service
@@ -112,7 +119,9 @@ class _Gate:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        start, status, started = time.perf_counter(), [500], [False]
+        start, status, started, raw = time.perf_counter(), [500], [False], scope
+        if scope["method"] == "HEAD":  # every GET route answers HEAD: uvicorn leaves the body out
+            scope = {**scope, "method": "GET"}
 
         async def send_status(message):
             if message["type"] == "http.response.start":
@@ -130,18 +139,25 @@ class _Gate:
             await self.app(scope, receive, send_status)
         except APIError as exc:
             await error_response(exc.status, exc.message, exc.type, exc.code, exc.headers)(scope, receive, send_status)
+        except _ClientGone:
+            status[0] = 408 if raw.get(TIMED_OUT) else 499  # answered by the protocol, or nobody to answer
+        except asyncio.CancelledError:  # uvicorn cancels what still runs when the graceful timeout ends
+            if not started[0]:
+                await error_response(503, "the server is shutting down; retry on another instance", "server_error",
+                                     "shutting_down", {"Retry-After": "5"})(scope, receive, send_status)
         except Exception:  # a bug: logged, answered 500, the connection kept
-            log.exception("unexpected error on %s %s", scope["method"], scope["path"])
+            log.exception("unexpected error on %s %s", clip(scope["method"], 20), clip(scope["path"], 200))
             if not started[0]:
                 await internal_error()(scope, receive, send_status)
         finally:
-            route = getattr(scope.get("route"), "path", None)  # the template, e.g. /v1/indexes/{name}/search
+            route = getattr(scope.get("route"), "path", scope["path"])  # a template: /v1/indexes/{name}/search
             path = route if route in ENDPOINTS else "other"
             model = scope.get("state", {}).get("model", "")
             self.service.metrics.observe_request(path, model, status[0], time.perf_counter() - start)
 
     async def _buffer(self, scope, receive, send):
-        """Read the body (refusing it past the cap) and return a ``receive`` that replays it."""
+        """Read the body (refusing it past the cap) and return a ``receive`` that replays it (None once
+        answered 413; :class:`_ClientGone` if the client leaves first)."""
         limit = self.service.config.limits.payload_limit
         too_large = error_response(413, f"request body is larger than {limit} bytes", "invalid_request_error",
                                    "payload_too_large")
@@ -153,7 +169,7 @@ class _Gate:
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                return None
+                raise _ClientGone
             chunks.append(message.get("body", b""))
             size += len(chunks[-1])
             if size > limit:
@@ -215,14 +231,22 @@ class Service:
                 self.config.on_load_error(exc)
 
     async def stop(self) -> None:
+        """After uvicorn's graceful wait: drop the work left (its requests were answered 503), let index calls
+        still running end (their embeddings now fail), then close the indexes."""
         for task in list(self.shadows):
             task.cancel()
         if self.registry is not None:
             for model in self.registry.models.values():
                 await model.pipeline.scheduler.close()
-        close_indexes(self.indexes)
         self.prep.shutdown(wait=False, cancel_futures=True)
-        self.blocking.shutdown(wait=False, cancel_futures=True)
+        ended = asyncio.get_running_loop().run_in_executor(None, lambda: self.blocking.shutdown(cancel_futures=True))
+        try:
+            await asyncio.wait_for(ended, INDEX_CALLS_WAIT)
+        except TimeoutError:  # a store still writing: leave it to its own crash safety
+            log.warning("index calls still running after %g s; exiting without closing the indexes",
+                        INDEX_CALLS_WAIT)
+            return
+        close_indexes(self.indexes)
 
     # ---- routing ----------------------------------------------------------------------------
     def ready_registry(self) -> Registry:
@@ -236,7 +260,7 @@ class Service:
         registry = self.ready_registry()
         name = name or registry.default
         if not registry.known(name):
-            raise APIError(404, f"model {name!r} is not served here; available: {', '.join(registry.names)}",
+            raise APIError(404, f"model {quote(name)} is not served here; available: {', '.join(registry.names)}",
                            "not_found_error", "model_not_found")
         self.config.keys.check(request.headers.get("authorization"), registry.names_of(name))
         try:
@@ -251,8 +275,8 @@ class Service:
         registry = self.ready_registry()
         served = self.indexes.get(name)
         if served is None:
-            raise APIError(404, f"index {name!r} is not served here; available: {', '.join(self.indexes) or 'none'}",
-                           "not_found_error", "index_not_found")
+            raise APIError(404, f"index {quote(name)} is not served here; available: "
+                           f"{', '.join(self.indexes) or 'none'}", "not_found_error", "index_not_found")
         self.config.keys.check(request.headers.get("authorization"), registry.names_of(served.model))
         request.state.model = served.model
         return served, registry.models[served.model]
@@ -266,12 +290,15 @@ class Service:
         with served.pipeline.scheduler.slot():
             task = asyncio.ensure_future(work())
             watcher = asyncio.ensure_future(_disconnected(request))
-            done, _ = await asyncio.wait({task, watcher}, timeout=self.config.limits.request_timeout,
-                                         return_when=asyncio.FIRST_COMPLETED)
-            watcher.cancel()
+            try:
+                done, _ = await asyncio.wait({task, watcher}, timeout=self.config.limits.request_timeout,
+                                             return_when=asyncio.FIRST_COMPLETED)
+            finally:  # also when this request is cancelled itself (the graceful shutdown ended)
+                watcher.cancel()
+                if not task.done():
+                    task.cancel()  # drops its scheduler entry: nothing more of it is computed
             if task in done:
                 return task.result()
-            task.cancel()
             with suppress(asyncio.CancelledError, Exception):
                 await task  # its scheduler entry is gone once this returns
         reason = "disconnect" if watcher in done else "timeout"
@@ -336,8 +363,10 @@ def create_app(config: ServeConfig) -> FastAPI:
         yield
         await service.stop()
 
+    # /openapi.json is served (behind the key, like the API it describes); /docs and /redoc are not: they are
+    # HTML pages running scripts from a CDN, which offline deployments cannot reach
     app = FastAPI(title="pplx-embed", summary="Perplexity-, OpenAI- and TEI-compatible embedding server",
-                  lifespan=lifespan)
+                  lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.service = service
     install_error_handlers(app)
     app.add_middleware(_Gate, service=service)

@@ -27,7 +27,7 @@ def serve_in_thread(config: ServeConfig, host: str = "127.0.0.1", port: int = 0,
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     url = f"http://{host}:{sock.getsockname()[1]}"
-    server = uvicorn.Server(uvicorn_config(create_app(config), config.limits.read_timeout, log_level="warning",
+    server = uvicorn.Server(uvicorn_config(create_app(config), config.limits, log_level="warning",
                                            timeout_graceful_shutdown=30))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="pplx-serve", daemon=True)
     thread.start()

@@ -3,6 +3,9 @@
 Only :class:`APIError` (the server's own) and :class:`~pplx_embed.errors.InputError` (a user error
 found anywhere in the package) become 4xx. Anything else is a bug: the request gate answers it 500,
 logs its traceback and keeps the connection (see ``app._Gate``).
+
+An answer never grows with what the client sent: a client's value is quoted at most
+:data:`MAX_QUOTE` characters (:func:`quote`), and any message is cut at :data:`MAX_MESSAGE`.
 """
 
 from __future__ import annotations
@@ -20,6 +23,21 @@ from pplx_embed.serve.scheduler import Overloaded, ShuttingDown
 
 log = logging.getLogger("pplx_embed.serve")
 
+MAX_QUOTE = 100  # characters of a client's value an error message quotes
+MAX_MESSAGE = 1000  # characters of any error message
+
+
+def clip(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters (the rest counted), lone surrogates escaped so that it encodes as UTF-8."""
+    cut = text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit} more characters)"
+    return cut.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def quote(value: str) -> str:
+    """A client's value as an error message shows it: the ``repr`` of its first :data:`MAX_QUOTE` characters."""
+    more = f"... ({len(value)} characters)" if len(value) > MAX_QUOTE else ""
+    return repr(value[:MAX_QUOTE]) + more
+
 
 class APIError(Exception):
     """An error answered to the client as JSON."""
@@ -32,15 +50,16 @@ class APIError(Exception):
 
 def error_response(status: int, message: str, type: str, code: str,
                    headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": type, "code": code}}, status, headers=headers)
+    body = {"error": {"message": clip(message, MAX_MESSAGE), "type": type, "code": code}}
+    return JSONResponse(body, status, headers=headers)
 
 
 def _describe(errors: list[dict]) -> str:
     parts = []
     for err in errors[:5]:
-        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
+        where = ".".join(clip(str(p), MAX_QUOTE) for p in err.get("loc", ()) if p != "body")
         detail = err.get("ctx", {}).get("error") if err.get("type") == "json_invalid" else None
-        parts.append(f"{where}: {detail or err.get('msg', 'invalid')}")
+        parts.append(f"{where or 'body'}: {detail or err.get('msg', 'invalid')}")
     more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
     return "; ".join(parts) + more
 
@@ -60,6 +79,11 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        cause = exc.__cause__
+        if exc.status_code == 400 and cause is not None:  # FastAPI could not parse the body (not a JSONDecodeError)
+            why = "it is nested too deeply" if isinstance(cause, RecursionError) else str(cause).split(";")[0]
+            return error_response(400, f"request body is not valid JSON: {why}", "invalid_request_error",
+                                  "invalid_json")
         codes = {404: "not_found", 405: "method_not_allowed"}
         return error_response(exc.status_code, str(exc.detail), "invalid_request_error",
                               codes.get(exc.status_code, "http_error"), getattr(exc, "headers", None))

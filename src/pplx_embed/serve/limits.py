@@ -1,11 +1,13 @@
 """The server's limits, each its own knob (like TEI's); checked by :mod:`.pipeline` and the gate.
 
-Per request: ``max_client_batch_size`` inputs, ``max_tokens_per_request`` tokens (and, before any
-tokenizing, as many characters as that many tokens can hold), ``payload_limit`` bytes of body,
-``read_timeout`` to arrive and ``request_timeout`` to be answered. Per model: ``max_concurrent_requests``
-in flight and ``max_queue_tokens`` waiting. Per scheduler step: ``max_step_tokens`` tokens (TEI's
-``--max-batch-tokens``; ours names the engine's padded forward batch), fewer when ``step_seconds`` says
-so, and ``max_batch_requests`` sequences.
+Per connection: ``idle_timeout`` without a request (before its first byte, or between keep-alive
+requests), and at most ``max_connections`` at once. Per request: ``max_client_batch_size`` inputs,
+``max_tokens_per_request`` tokens (and, before any tokenizing, as many characters as that many tokens
+can hold), ``payload_limit`` bytes of body, ``header_timeout`` for its headers and ``read_timeout`` for
+all of it to arrive (both from its first byte), and ``request_timeout`` to be answered. Per model:
+``max_concurrent_requests`` in flight and ``max_queue_tokens`` waiting. Per scheduler step:
+``max_step_tokens`` tokens (TEI's ``--max-batch-tokens``; ours names the engine's padded forward batch),
+fewer when ``step_seconds`` says so, and ``max_batch_requests`` sequences.
 
 Dependency-free, so that the command line can declare the flags without loading the server.
 """
@@ -35,6 +37,9 @@ class ServeLimits:
     payload_limit: int = 16 * 2**20  # request body bytes
     request_timeout: float = 60.0  # seconds until 504; the request's queued work is dropped
     read_timeout: float = 30.0  # seconds to receive a whole request (headers and body), else 408
+    header_timeout: float = 10.0  # seconds to receive a request's headers (from its first byte), else 408
+    idle_timeout: float = 5.0  # seconds a connection may wait without a request (uvicorn's keep-alive default)
+    max_connections: int = 512  # open connections at once (nginx's worker_connections default); beyond, 503
 
     def __post_init__(self) -> None:
         for f in fields(self):

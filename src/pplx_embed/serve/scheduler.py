@@ -15,8 +15,8 @@ clients otherwise left the worker idle for a round trip after every step).
 
 Admission is bounded twice: ``max_concurrent_requests`` requests per model (waiting, tokenizing or
 running) and ``max_queue_tokens`` tokens waiting; beyond either :class:`Overloaded` (HTTP 429). A
-cancelled request (timeout, client gone) leaves the queue at once: its sequences not yet run are never
-computed.
+cancelled request (timeout, client gone, the end of a graceful shutdown) leaves the queue at once: its
+sequences not yet run are never computed.
 """
 
 from __future__ import annotations
@@ -235,8 +235,13 @@ class Scheduler:
         self.step_tokens = max(MIN_STEP_TOKENS, min(self.max_step_tokens, int(self._rate * self.step_seconds)))
 
     async def close(self) -> None:
-        """Take no new work, finish what is queued, and stop the worker."""
+        """Take no new work, drop what is queued (its waiters get :class:`ShuttingDown`), let the step running
+        now finish, and stop the worker. The server calls it once the graceful wait for requests is over."""
         self._closed = True
+        for job in self._jobs:
+            if not job.future.done():
+                job.future.set_exception(ShuttingDown("the server is shutting down"))
+        self._jobs, self._queued_tokens = [], 0
         self._wake.set()
         if self._task is not None:
             await self._task
