@@ -247,6 +247,9 @@ def test_empty_list_and_unknown_models(tiny_pplx, tmp_path):
         Embedder("perplexity-ai/pplx-embed-v1-0.6b")
     with pytest.raises(ModelNotFoundError, match="no config.json"):
         Embedder(str(tmp_path))
+    (tmp_path / "config.json").write_text("[1, 2]")  # valid JSON, not a checkpoint's config
+    with pytest.raises(ModelNotFoundError, match="should hold a JSON object"):
+        Embedder(str(tmp_path))
 
 
 def test_default_model_resolution(tiny_pplx_dir, tmp_path, monkeypatch, capsys):

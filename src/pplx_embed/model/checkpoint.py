@@ -104,11 +104,16 @@ def resolve(name: str | os.PathLike | None = None) -> tuple[str, Path]:
     return repo_id, snapshot
 
 
-def _read_json(path: Path) -> dict:
+def _read_json(path: Path, kind: type = dict):
+    """A checkpoint's JSON file, which must hold a ``kind`` (an object, or ``modules.json``'s list)."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise ModelNotFoundError(f"cannot read {path}: {exc}") from exc
+    if not isinstance(value, kind) or (kind is list and not all(isinstance(m, dict) for m in value)):
+        what = "a JSON object" if kind is dict else "a JSON list of objects"
+        raise ModelNotFoundError(f"{path} is not a checkpoint file: it should hold {what}")
+    return value
 
 
 def _sentence_transformers_modules(path: Path) -> tuple[str | None, bool]:
@@ -117,7 +122,7 @@ def _sentence_transformers_modules(path: Path) -> tuple[str | None, bool]:
     if not modules_file.is_file():
         return None, False
     pooling, normalize = None, False
-    for module in _read_json(modules_file):
+    for module in _read_json(modules_file, list):
         kind = module.get("type", "")
         if kind.endswith("Normalize"):
             normalize = True
