@@ -51,11 +51,13 @@ class Embedder:
 
     def __init__(self, model: str | os.PathLike | None = None, *, device: str | None = None,
                  dtype: str | None = None, backend: str | None = None, max_batch_tokens: int | None = None,
-                 max_batch_size: int | None = None, options: EmbedderOptions | None = None):
+                 max_batch_size: int | None = None, adapter: str | os.PathLike | None = None,
+                 options: EmbedderOptions | None = None):
         if options is None:
             options = EmbedderOptions.from_env(model=None if model is None else str(model), device=device,
                                                dtype=dtype, backend=backend, max_batch_tokens=max_batch_tokens,
-                                               max_batch_size=max_batch_size)
+                                               max_batch_size=max_batch_size,
+                                               adapter=None if adapter is None else str(adapter))
         self.options = options
         from transformers import AutoTokenizer
 
@@ -69,18 +71,20 @@ class Embedder:
         self.checkpoint: Checkpoint = load_checkpoint(options.model)
         #: the auto decision (candidates measured, cache file), or None when the backend was explicit
         self.auto: dict | None = None
-        probing = options.backend == "auto" and options.dtype is None and self.device == "cpu"
+        probing = options.backend == "auto" and options.dtype is None and self.device == "cpu" and not options.adapter
         if probing and (reason := fits_in_memory(self.checkpoint.path, self.checkpoint.config)):
             probing, fallback = False, "bfloat16" if native_bf16(cpu_flags()) else "float32"
             self.auto = {"backend": "torch", "dtype": fallback, "candidates": [], "skipped": reason}
             log.warning("auto: no probe for %s: %s; running torch %s", options.model, reason, fallback)
         dtype = self.auto["dtype"] if self.auto else options.dtype
         self.dtype = torch.float32 if probing else pick_dtype(dtype, self.device)
-        backend = "auto" if probing else resolve_backend(options.backend, self.device, self.dtype)
+        backend = "auto" if probing else "torch" if options.adapter else resolve_backend(options.backend, self.device,
+                                                                                          self.dtype)
         self.tokenizer = AutoTokenizer.from_pretrained(self.checkpoint.path, trust_remote_code=False)
         self._prefix, self._suffix = self._special_tokens()
         load_dtype = self.dtype if backend == "torch" else torch.float32  # exports convert the fp32 model
-        self.model = load_transformer(self.checkpoint.path, self.checkpoint.config, load_dtype, self.device)
+        self.model = load_transformer(self.checkpoint.path, self.checkpoint.config, load_dtype, self.device) \
+            if not options.adapter else self._adapter_model(load_dtype)
         #: inputs longer than this many tokens run on torch (auto chose OpenVINO for a long-context model)
         self.long_inputs: int | None = None
         throughput: bool | None = None  # OpenVINO streams: its default layout, or what auto measured
@@ -102,6 +106,15 @@ class Embedder:
         elif backend != "torch":
             self.model.to("meta")  # the converted model holds the weights: free the float32 copy
         self.engine = self._engine(main, long_backend)
+
+    def _adapter_model(self, dtype: torch.dtype) -> torch.nn.Module:
+        """The base with ``options.adapter`` active, the base weights shared with other adapters of it."""
+        from pplx_embed.model.adapter import adapter_view
+        from pplx_embed.model.encoder import load_transformer
+
+        ckpt = self.checkpoint
+        return adapter_view(self.options.adapter, (str(ckpt.path), str(dtype), self.device),
+                            lambda: load_transformer(ckpt.path, ckpt.config, dtype, self.device))
 
     def _engine(self, backend, long_backend=None) -> Engine:
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
@@ -131,8 +144,8 @@ class Embedder:
     # ---- facts -------------------------------------------------------------------------------
     @property
     def name(self) -> str:
-        """The model's recorded name (alias, hub id or directory); every result carries it."""
-        return self.checkpoint.name
+        """The model's recorded name (alias, hub id or directory, ``+adapter`` with one); every result carries it."""
+        return self.checkpoint.name + (f"+{self.options.adapter}" if self.options.adapter else "")
 
     @property
     def dimension(self) -> int:
