@@ -16,18 +16,19 @@ same MedQuAD pairs with the same held-out slice, mined negatives and batches per
 
 Reported for every model (each evaluated once; the start model once for all):
 
-* in-domain: ``medquad/dev`` nDCG@10 (all 1,000 queries; the corpus is all their relevant answers plus
-  random others up to ``--dev-corpus`` rows, 0 = all 15,809);
+* in-domain: ``medquad/dev`` nDCG@10 (``--dev-queries`` random queries, 0 = all 1,000; the corpus is all
+  their relevant answers plus random others up to ``--dev-corpus`` rows, 0 = all 15,809);
 * phrasing: the same dev queries, same corpus and judgments, with MedQuAD's question templates
   **rewritten** ("What are the symptoms of X ?" → "How do I know if I have X, what signs should I watch
   for?") or **removed** (→ "X warning signs"), by the fixed rules of ``REWRITES`` below;
-* forgetting (general sets, not trained on): ``xquad/en`` nDCG@10, ``covidqa-ctx`` nDCG@10 (chunks
+* forgetting (general sets, not trained on): ``xquad/en`` nDCG@10 (``--xquad-queries``), ``covidqa-ctx`` nDCG@10 (chunks
   alone; ``--covid-queries`` queries, corpus subset ``--covid-corpus``), ``stsb/en-test`` Spearman.
 
 Resumable: finished steps are skipped. Writes docs/benchmarks/train_generalization.json and .md.
 
     .venv/bin/python bench/train_generalization.py                      # the comparison (hours on 2 CPU cores)
-    .venv/bin/python bench/train_generalization.py --pairs 400 --holdout 60 --dev-corpus 300 --covid-queries 50 --covid-corpus 100 --max-steps 3  # smoke test
+    .venv/bin/python bench/train_generalization.py --pairs 300 --holdout 40 --dev-corpus 300 \
+        --covid-queries 50 --covid-corpus 100 --max-steps 2 --batch-size 8 --work /tmp/gen-smoke   # smoke test
 """
 
 from __future__ import annotations
@@ -213,11 +214,11 @@ def evaluate_model(work: Path, name: str, model: str, args: argparse.Namespace) 
         return json.loads(out.read_text())
     started = time.time()
     embedder = embedder_of(model)
-    dev = load_eval_set(str(DATA / "medquad" / "dev"), None, args.dev_corpus or None, 0)
+    dev = load_eval_set(str(DATA / "medquad" / "dev"), args.dev_queries or None, args.dev_corpus or None, 0)
     medquad = score_queries(embedder, dev, phrasings(dev.query_texts))
     record = {"model": model, "medquad/dev": medquad["original"], "medquad/dev rewritten": medquad["rewritten"],
               "medquad/dev removed": medquad["removed"],
-              "xquad/en": round(run_check(embedder, DATA / "xquad" / "en"), 2),
+              "xquad/en": round(run_check(embedder, DATA / "xquad" / "en", args.xquad_queries or None), 2),
               "covidqa-ctx": round(run_check(embedder, DATA / "covidqa-ctx", args.covid_queries or None,
                                              args.covid_corpus or None), 2),
               "stsb/en-test": round(run_check(embedder, DATA / "stsb" / "en-test.tsv"), 2),
@@ -319,7 +320,9 @@ def main() -> int:
     ap.add_argument("--warmup-steps", type=int, default=None, help="default: 5%% of the steps")
     ap.add_argument("--max-steps", type=int, default=None)
     ap.add_argument("--merge-grid", type=lambda s: [float(x) for x in s.split(",")], default=[0.3, 0.5, 0.7])
+    ap.add_argument("--dev-queries", type=int, default=0, help="medquad/dev queries (0: all 1,000)")
     ap.add_argument("--dev-corpus", type=int, default=0, help="medquad/dev corpus rows (0: all 15,809)")
+    ap.add_argument("--xquad-queries", type=int, default=0, help="xquad/en queries (0: all 1,190; corpus: all)")
     ap.add_argument("--covid-queries", type=int, default=0, help="covidqa-ctx queries (0: all 1,380)")
     ap.add_argument("--covid-corpus", type=int, default=0, help="covidqa-ctx chunks (0: all 1,909)")
     ap.add_argument("--variants", default=",".join(VARIANTS))
@@ -333,8 +336,8 @@ def main() -> int:
     variants = [v for v in args.variants.split(",") if v]
     runs, evals, merges = {}, {}, {}
     evals["start"] = evaluate_model(work, "start", "minilm", args)
-    for seed in SEEDS:
-        for variant in variants:
+    for variant in variants:  # every seed of a variant before the next variant: partial results stay comparable
+        for seed in SEEDS:
             out = train(work, variant, seed, args)
             summary = json.loads((out / "summary.json").read_text())
             summary.pop("history", None)
