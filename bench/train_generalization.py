@@ -228,7 +228,20 @@ def evaluate_model(work: Path, name: str, model: str, args: argparse.Namespace) 
     return record
 
 
-def selection_scores(work: Path, name: str, model: str, holdout: Path) -> dict:
+def sts_dev(work: Path, pairs: int) -> Path:
+    """STS-B en dev, or ``pairs`` of its pairs drawn at random (seed 0) — a selection set, never reported."""
+    source = DATA / "stsb" / "en-dev.tsv"
+    if not pairs:
+        return source
+    out = work / f"stsb-en-dev-{pairs}.tsv"
+    if not out.is_file():
+        header, *rows = source.read_text(encoding="utf-8").splitlines()
+        keep = sorted(random.Random(0).sample(range(len(rows)), min(pairs, len(rows))))
+        out.write_text("\n".join([header, *(rows[i] for i in keep)]) + "\n", encoding="utf-8")
+    return out
+
+
+def selection_scores(work: Path, name: str, model: str, holdout: Path, args: argparse.Namespace) -> dict:
     """The selection checks of one model: rephrased held-out training slice and STS-B en dev (never reported
     as results)."""
     from pplx_embed.train.checks import run_check
@@ -242,7 +255,7 @@ def selection_scores(work: Path, name: str, model: str, holdout: Path) -> dict:
     scores = score_queries(embedder, held, phrasings(held.query_texts))
     record = {"held-out": scores["original"], "held-out rewritten": scores["rewritten"],
               "held-out removed": scores["removed"],
-              "stsb/en-dev": round(run_check(embedder, DATA / "stsb" / "en-dev.tsv"), 2)}
+              "stsb/en-dev": round(run_check(embedder, sts_dev(work, args.sts_dev_pairs)), 2)}
     out.write_text(json.dumps(record, indent=2))
     log.info("select %s: %s", name, record)
     return record
@@ -254,14 +267,14 @@ def merge_variant(work: Path, seed: int, args: argparse.Namespace) -> tuple[str,
 
     plain = work / f"plain-s{seed}"
     holdout = plain / "holdout"
-    start = selection_scores(work, f"start-s{seed}", "minilm", holdout)
+    start = selection_scores(work, f"start-s{seed}", "minilm", holdout, args)
     table = {"start": start}
     for t in args.merge_grid:
         path = work / f"merge-s{seed}-t{t}"
         if not (path / "merge.json").is_file():
             merge_checkpoints("minilm", plain / "best", path, t, overwrite=True)
-        table[str(t)] = selection_scores(work, f"merge-s{seed}-t{t}", str(path), holdout)
-    table["1.0"] = selection_scores(work, f"plain-s{seed}", str(plain / "best"), holdout)
+        table[str(t)] = selection_scores(work, f"merge-s{seed}-t{t}", str(path), holdout, args)
+    table["1.0"] = selection_scores(work, f"plain-s{seed}", str(plain / "best"), holdout, args)
     keep = [t for t in args.merge_grid if table[str(t)]["stsb/en-dev"] >= start["stsb/en-dev"] - 0.5]
     chosen = max(keep, key=lambda t: table[str(t)]["held-out rewritten"]) if keep else min(args.merge_grid)
     return str(work / f"merge-s{seed}-t{chosen}"), chosen, table
@@ -325,6 +338,7 @@ def main() -> int:
     ap.add_argument("--xquad-queries", type=int, default=0, help="xquad/en queries (0: all 1,190; corpus: all)")
     ap.add_argument("--covid-queries", type=int, default=0, help="covidqa-ctx queries (0: all 1,380)")
     ap.add_argument("--covid-corpus", type=int, default=0, help="covidqa-ctx chunks (0: all 1,909)")
+    ap.add_argument("--sts-dev-pairs", type=int, default=0, help="STS-B en dev pairs for selecting T (0: all 1,500)")
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--seeds", default="0,1")
     add_run_args(ap, "/tmp/pplx-train-bench/generalization",
