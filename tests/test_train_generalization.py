@@ -222,3 +222,14 @@ def test_serve_several_adapters_over_one_base(adapters, minilm):
     np.testing.assert_allclose(got["med-b"], b.encode(TEXTS), atol=1e-6)
     np.testing.assert_allclose(got["base"], minilm.encode(TEXTS), atol=1e-5)
     assert models["med-a"]["model"].endswith(f"+{adapters['a']}")
+
+
+def test_lora_run_resumes_its_adapter(tmp_path):
+    pairs = write_pairs(tmp_path / "pairs.jsonl", 24)
+    options = dict(holdout=0, hard_negatives=0, lora=4, batch_size=8, max_length=32, lr=5e-3, progress=False)
+    first = finetune("minilm", str(pairs), str(tmp_path / "ft"), max_steps=1, **options)
+    assert first["steps"] == 1 and "adapter_of" in first and "LoRA adapter over minilm" in first["line"]
+    state = torch.load(tmp_path / "ft" / "last" / "trainer_state.pt", weights_only=False)
+    assert state["step"] == 1 and len(state["optimizer"]["state"]) > 0
+    again = finetune("minilm", str(pairs), str(tmp_path / "ft"), resume=True, max_steps=2, **options)
+    assert again["steps"] == 2 and (tmp_path / "ft" / "last" / "adapter_model.safetensors").is_file()

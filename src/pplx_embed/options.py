@@ -60,7 +60,7 @@ class EmbedderOptions:
     adapter: str | None = None
 
     def __post_init__(self) -> None:
-        if self.adapter is None and self.model and "+" in self.model:
+        if self.model and "+" in self.model:  # BASE+ADAPTER names its own adapter (over any --adapter)
             base, _, adapter = self.model.rpartition("+")
             if base and (Path(adapter).expanduser() / ADAPTER_CONFIG).is_file():
                 object.__setattr__(self, "model", base)

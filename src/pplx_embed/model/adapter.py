@@ -67,6 +67,7 @@ class _SharedBase:
         self.model = model
         self.peft = None  # the PeftModel once the first adapter is loaded
         self.names: dict[Path, str] = {}
+        self.active: str | None = None  # the adapter the LoRA layers run now
         self.lock = threading.Lock()
 
     def add(self, path: Path) -> str:
@@ -80,6 +81,7 @@ class _SharedBase:
                 else:
                     self.peft.load_adapter(str(path), adapter_name=name)
                 self.peft.eval()
+                self.active = None  # loading may change which adapter is active
                 self.names[path] = name
             return self.names[path]
 
@@ -95,9 +97,12 @@ class AdapterView(torch.nn.Module):
         self.config = shared.model.config
 
     def forward(self, **inputs):
-        with self.shared.lock:
-            self.shared.peft.set_adapter(self.adapter_name)
-            return self.shared.model(**inputs)
+        shared = self.shared
+        with shared.lock:
+            if shared.active != self.adapter_name:  # switching walks every LoRA layer: only when it changes
+                shared.peft.set_adapter(self.adapter_name)
+                shared.active = self.adapter_name
+            return shared.model(**inputs)
 
 
 def adapter_view(path: str | Path, key: tuple, loader: Callable[[], torch.nn.Module]) -> AdapterView:
