@@ -274,7 +274,6 @@ def merge_variant(work: Path, seed: int, args: argparse.Namespace) -> tuple[str,
         if not (path / "merge.json").is_file():
             merge_checkpoints("minilm", plain / "best", path, t, overwrite=True)
         table[str(t)] = selection_scores(work, f"merge-s{seed}-t{t}", str(path), holdout, args)
-    table["1.0"] = selection_scores(work, f"plain-s{seed}", str(plain / "best"), holdout, args)
     keep = [t for t in args.merge_grid if table[str(t)]["stsb/en-dev"] >= start["stsb/en-dev"] - 0.5]
     chosen = max(keep, key=lambda t: table[str(t)]["held-out rewritten"]) if keep else min(args.merge_grid)
     return str(work / f"merge-s{seed}-t{chosen}"), chosen, table
