@@ -4,6 +4,7 @@ Variants, each with seeds 0 and 1, all starting from the bundled all-MiniLM-L6-v
 same MedQuAD pairs with the same held-out slice, mined negatives and batches per seed:
 
 * ``plain``  — the recipe of docs/training.md (held-out slice, 1 mined hard negative, lr 5e-5, 1 epoch);
+* ``default`` — ``plain``'s best merged at ``pplx-embed finetune``'s default T (what it writes to OUT/merged);
 * ``merge``  — ``plain``'s best checkpoint SLERPed toward the start, ``slerp(start, best, T)``, with T
   chosen per seed from ``--merge-grid`` on *selection* checks only (never on a reported figure): the
   held-out training slice with its questions rephrased by the rules below, and STS-B en **dev**; the
@@ -261,6 +262,17 @@ def selection_scores(work: Path, name: str, model: str, holdout: Path, args: arg
     return record
 
 
+def default_merge(work: Path, seed: int) -> str:
+    """``plain``'s best merged at finetune's default T (what `pplx-embed finetune` writes to OUT/merged)."""
+    from pplx_embed.train.config import MERGE_START
+    from pplx_embed.train.merge import merge_checkpoints
+
+    path = work / f"merge-s{seed}-t{MERGE_START}"
+    if not (path / "merge.json").is_file():
+        merge_checkpoints("minilm", work / f"plain-s{seed}" / "best", path, MERGE_START, overwrite=True)
+    return str(path)
+
+
 def merge_variant(work: Path, seed: int, args: argparse.Namespace) -> tuple[str, float, dict]:
     """The merged model of one seed: T chosen on the selection checks; returns (path, T, per-T selection scores)."""
     from pplx_embed.train.merge import merge_checkpoints
@@ -284,6 +296,8 @@ COLUMNS = ("medquad/dev", "medquad/dev rewritten", "medquad/dev removed", "xquad
 
 
 def report(work: Path, args: argparse.Namespace, runs: dict, evals: dict, merges: dict) -> None:
+    from pplx_embed.train.config import MERGE_START
+
     start = evals.get("start")
     if start is None:
         return
@@ -291,11 +305,12 @@ def report(work: Path, args: argparse.Namespace, runs: dict, evals: dict, merges
              "|---|---|" + "---:|" * (len(COLUMNS) + 1)]
     lines.append("| start (all-MiniLM-L6-v2) | – | " + " | ".join(f"{start[c]:.1f}" for c in COLUMNS) + " | – |")
     means = {}
-    for variant in ("plain", "merge", "replay", "lowlr", "lora"):
+    for variant in ("plain", "default", "merge", "replay", "lowlr", "lora"):
         rows = [(s, evals[f"{variant}-s{s}"]) for s in SEEDS if f"{variant}-s{s}" in evals]
         for seed, e in rows:
             loss = min(e[c] - start[c] for c in ("xquad/en", "covidqa-ctx", "stsb/en-test"))
-            label = variant + (f" (T={merges[seed]['t']})" if variant == "merge" and seed in merges else "")
+            label = {"default": f"merge, default T={MERGE_START}", "merge": "merge, T chosen"}.get(variant, variant)
+            label += f" (T={merges[seed]['t']})" if variant == "merge" and seed in merges else ""
             lines.append(f"| {label} | {seed} | " + " | ".join(f"{e[c]:.1f} ({e[c] - start[c]:+.1f})" for c in COLUMNS)
                          + f" | {loss:+.1f} |")
         if len(rows) == len(SEEDS):
@@ -358,6 +373,7 @@ def main() -> int:
             model = f"minilm+{out / 'best'}" if variant == "lora" else str(out / "best")
             evals[f"{variant}-s{seed}"] = evaluate_model(work, f"{variant}-s{seed}", model, args)
             if variant == "plain":
+                evals[f"default-s{seed}"] = evaluate_model(work, f"default-s{seed}", default_merge(work, seed), args)
                 path, t, table = merge_variant(work, seed, args)
                 merges[seed] = {"t": t, "selection": table}
                 evals[f"merge-s{seed}"] = evaluate_model(work, f"merge-s{seed}", path, args)
