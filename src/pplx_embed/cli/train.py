@@ -105,7 +105,8 @@ def register(sub) -> None:
     train.set_defaults(func=cmd_train)
 
     merge = sub.add_parser("merge", help="SLERP-merge two checkpoints parameter by parameter")
-    merge.add_argument("a", help="checkpoint directory or model name A (t=0; its config, tokenizer and buffers are kept)")
+    merge.add_argument("a", help="checkpoint directory or model name A (t=0; its config, tokenizer and buffers "
+                                 "are kept)")
     merge.add_argument("b", help="checkpoint directory or model name B (t=1)")
     merge.add_argument("--t", type=float, default=0.5, help="interpolation weight of B (default 0.5)")
     merge.add_argument("--output", "-o", required=True, help="output checkpoint directory")
