@@ -373,7 +373,8 @@ def main() -> int:
             model = f"minilm+{out / 'best'}" if variant == "lora" else str(out / "best")
             evals[f"{variant}-s{seed}"] = evaluate_model(work, f"{variant}-s{seed}", model, args)
             if variant == "plain":
-                evals[f"default-s{seed}"] = evaluate_model(work, f"default-s{seed}", default_merge(work, seed), args)
+                path = default_merge(work, seed)  # cached by T: a changed default is evaluated anew
+                evals[f"default-s{seed}"] = evaluate_model(work, Path(path).name, path, args)
                 path, t, table = merge_variant(work, seed, args)
                 merges[seed] = {"t": t, "selection": table}
                 evals[f"merge-s{seed}"] = evaluate_model(work, f"merge-s{seed}", path, args)
