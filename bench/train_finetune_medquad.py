@@ -130,7 +130,8 @@ def main() -> int:
     summary = finetune("minilm", str(train), str(work / args.run), str(DATA / "dev"), progress=False,
                        epochs=1, batch_size=args.batch_size, lr=args.lr, max_length=args.max_length,
                        warmup_steps=3, eval_max_queries=args.queries, eval_max_corpus=args.corpus, eval_views=VIEWS,
-                       eval_before=args.run == "plain", patience=None, seed=0, log_every=2, **VARIANTS[args.run])
+                       eval_before=args.run == "plain", patience=None, seed=0, log_every=2, hard_negatives=0,
+                       merge_start=None, **VARIANTS[args.run])
     result = {"before": summary["before"], "after": summary["history"][-1], "steps": summary["steps"],
               "seconds": round(time.time() - started, 1), "options": VARIANTS[args.run]}
     (work / f"{args.run}.json").write_text(json.dumps(result, indent=2))

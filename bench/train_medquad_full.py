@@ -64,7 +64,8 @@ def train(work: Path, variant: str, args: argparse.Namespace) -> None:
         "minilm", str(DATA / "train.jsonl"), str(out), resume=(out / "last" / "trainer_state.pt").is_file(),
         progress=False, holdout=args.holdout, hard_negatives=1, bf16=args.bf16, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps, max_length=args.max_length,
-        eval_every=args.eval_every, patience=args.patience, seed=args.seed, log_every=5, **VARIANTS[variant])
+        eval_every=args.eval_every, patience=args.patience, seed=args.seed, log_every=5, merge_start=None,
+        **VARIANTS[variant])
     summary.pop("history", None)
     summary["seconds_this_invocation"] = round(time.time() - started, 1)
     (work / f"{name}.train.json").write_text(json.dumps(summary, indent=2))

@@ -55,7 +55,8 @@ def losses(output: Path) -> list[float]:
 def test_finetune_pplx_evaluates_keeps_best_and_resumes(tmp_path, tiny_pplx_dir):
     pairs, beir = write_pairs(tmp_path / "pairs.jsonl"), write_beir(tmp_path / "beir")
     out = tmp_path / "ft"
-    options = dict(batch_size=4, lr=3e-3, max_length=32, epochs=1, log_every=1, progress=False)
+    options = dict(batch_size=4, lr=3e-3, max_length=32, epochs=1, log_every=1, progress=False, hard_negatives=0,
+                   merge_start=None)
     summary = finetune(str(tiny_pplx_dir), str(pairs), str(out), str(beir), max_steps=2, **options)
     assert summary["steps"] == 2 and summary["before"]["ndcg@10"] > 0
     assert [h["step"] for h in summary["history"]] == [0, 2]
@@ -74,7 +75,8 @@ def test_finetune_pplx_evaluates_keeps_best_and_resumes(tmp_path, tiny_pplx_dir)
 def test_finetune_stops_early_when_the_metric_does_not_improve(tmp_path, tiny_pplx_dir):
     pairs, beir = write_pairs(tmp_path / "pairs.jsonl"), write_beir(tmp_path / "beir")
     summary = finetune(str(tiny_pplx_dir), str(pairs), str(tmp_path / "ft"), str(beir), batch_size=4, lr=0.0,
-                       epochs=3, eval_every=1, patience=2, max_length=32, progress=False)
+                       epochs=3, eval_every=1, patience=2, max_length=32, progress=False, hard_negatives=0,
+                       merge_start=None)
     assert summary["early_stopped"] and summary["steps"] == 2  # two evaluations without improvement
     assert summary["history"][1]["ndcg@10"] == pytest.approx(summary["before"]["ndcg@10"])
 
@@ -99,7 +101,8 @@ def test_finetune_holds_out_training_pairs_and_mines_hard_negatives(tmp_path, ti
     assert config["eval"]["data"] == str(out / "holdout")
     assert summary["before"]["ndcg@10"] > 0 and summary["history"][-1]["step"] == summary["steps"] > 0
     again = finetune(str(tiny_pplx_dir), str(pairs), str(tmp_path / "again"), holdout=3, seed=1, batch_size=4,
-                     max_steps=1, max_length=32, progress=False)  # the split depends only on the file and seed
+                     max_steps=1, max_length=32, progress=False, hard_negatives=0,
+                     merge_start=None)  # the split depends only on the file and seed
     assert (tmp_path / "again" / "holdout" / "queries.jsonl").read_text() == (out / "holdout" /
                                                                                "queries.jsonl").read_text()
     assert again["steps"] == 1
@@ -116,7 +119,8 @@ def test_finetune_minilm_lowers_loss_and_saves_a_checkpoint_the_runtime_loads(tm
     pairs = write_pairs(tmp_path / "pairs.jsonl")
     out = tmp_path / "ft"
     summary = finetune("minilm", str(pairs), str(out), batch_size=12, lr=1e-4, epochs=3, max_length=32,
-                       log_every=1, progress=False, quantizations=["float", "int8"], mrl_dims=[128], bf16=bf16)
+                       log_every=1, progress=False, holdout=0, hard_negatives=0, merge_start=None,
+                       quantizations=["float", "int8"], mrl_dims=[128], bf16=bf16)
     trace = losses(out)  # one batch of all 12 pairs per epoch: the same batch three times
     assert summary["steps"] == 3 and trace[-1] < trace[0]
     tuned = Embedder(str(out / "last"))

@@ -91,8 +91,8 @@ class Embedder:
     # ---- facts -------------------------------------------------------------------------------
     @property
     def name(self) -> str:
-        """The model's recorded name (alias, hub id or directory); every result carries it."""
-        return self.checkpoint.name
+        """The model's recorded name (alias, hub id or directory, ``+adapter`` with one); every result carries it."""
+        return self.checkpoint.name + (f"+{self.options.adapter}" if self.options.adapter else "")
 
     @property
     def dimension(self) -> int:

@@ -21,6 +21,20 @@ DEFAULT_MAX_BATCH_TOKENS = 16384
 DEFAULT_MAX_BATCH_SIZE = 256
 BACKENDS = ("auto", "torch", "openvino", "onnx", "openvino-int8", "onnx-int8")  # -int8: int8 compute, lossy
 DTYPES = ("float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
+ADAPTER_CONFIG = "adapter_config.json"  # what marks a peft (LoRA) adapter directory
+
+
+def is_adapter(path: str | os.PathLike) -> bool:
+    """True for a peft (LoRA) adapter directory."""
+    return (Path(path).expanduser() / ADAPTER_CONFIG).is_file()
+
+
+def check_adapter(path: str | os.PathLike) -> Path:
+    """``path`` as an adapter directory, else an :class:`InputError` saying what is wrong."""
+    if not is_adapter(path):
+        raise InputError(f"{path} is not a LoRA adapter directory (no {ADAPTER_CONFIG}); "
+                         "write one with `pplx-embed finetune --lora R`")
+    return Path(path).expanduser().resolve()
 
 
 def _positive_int(text: str) -> int:
@@ -42,6 +56,8 @@ class EmbedderOptions:
     ``dtype`` / ``device``: ``None`` lets the backend choose.
     ``max_batch_tokens`` / ``max_batch_size``: the engine's padded-token and sequence budget per batch.
     ``truncation``: ``None`` refuses over-long texts; ``right``/``left`` cut them.
+    ``adapter``: a LoRA adapter directory run over ``model`` (torch backend); ``model="BASE+ADAPTER"`` says
+    the same in one name (``serve --model NAME=BASE+ADAPTER``).
     """
 
     model: str | None = None
@@ -51,8 +67,19 @@ class EmbedderOptions:
     max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
     truncation: str | None = None
+    adapter: str | None = None
 
     def __post_init__(self) -> None:
+        if self.model and "+" in self.model:  # BASE+ADAPTER names its own adapter (over any --adapter)
+            base, _, adapter = self.model.rpartition("+")
+            if base and is_adapter(adapter):
+                object.__setattr__(self, "model", base)
+                object.__setattr__(self, "adapter", adapter)
+        if self.adapter is not None:
+            check_adapter(self.adapter)
+            if self.backend not in ("auto", "torch"):
+                raise InputError(f"a LoRA adapter runs on the torch backend, not {self.backend!r}; "
+                                 "leave --backend unset or pass torch")
         if self.backend not in BACKENDS:
             raise InputError(f"unknown backend {self.backend!r}; choose one of {', '.join(BACKENDS)}")
         if self.dtype is not None and self.dtype not in DTYPES:
@@ -110,6 +137,8 @@ class EmbedderOptions:
                            help=f"sequences per engine batch (default {DEFAULT_MAX_BATCH_SIZE})")
         group.add_argument("--truncation", default=None, choices=TRUNCATIONS,
                            help="cut over-long texts from the right or left (default: refuse them)")
+        group.add_argument("--adapter", default=None,
+                           help="LoRA adapter directory (finetune --lora) run over the model; torch backend")
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, environ: dict[str, str] | None = None) -> EmbedderOptions:

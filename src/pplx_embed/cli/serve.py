@@ -52,7 +52,8 @@ def register(subparsers) -> None:
                               description=__doc__)
     p.add_argument("--model", "-m", action="append", default=None, metavar="[NAME=]SOURCE",
                    help="model to serve (repeatable): alias, checkpoint directory or hub id, optionally named; "
-                        f"env {ENV}MODEL (comma-separated); default: the default model")
+                        "BASE+ADAPTER serves a LoRA adapter (finetune --lora) over BASE, every adapter of one base "
+                        f"sharing its weights in memory; env {ENV}MODEL (comma-separated); default: the default model")
     p.add_argument("--split", action="append", default=None, metavar="ALIAS=MODEL:W,MODEL:W",
                    help=f"traffic-split alias routing requests by weight (repeatable; env {ENV}SPLIT, ';'-separated)")
     p.add_argument("--shadow", action="append", default=None, metavar="PRIMARY=CANDIDATE",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 
 
@@ -44,10 +45,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _log_lines(quiet: bool) -> None:
+    """The library's progress log lines (mining, evaluation, merging) on stderr, unless ``--quiet``."""
+    if not quiet:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("pplx-embed: %(message)s"))
+        logger = logging.getLogger("pplx_embed")
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
 def cmd_merge(args: argparse.Namespace) -> int:
     from pplx_embed.train.merge import merge_checkpoints
 
-    out = merge_checkpoints(args.a, args.b, args.output, args.t, overwrite=args.overwrite)
+    _log_lines(args.quiet)
+    out = merge_checkpoints(args.a, args.b, args.output, args.t, overwrite=args.overwrite, progress=not args.quiet)
     print(f"wrote slerp({args.a}, {args.b}, t={args.t}) to {out}", file=sys.stderr)
     return 0
 
@@ -63,8 +75,11 @@ def cmd_export_encoder(args: argparse.Namespace) -> int:
 def cmd_finetune(args: argparse.Namespace) -> int:
     from pplx_embed.train.finetune import finetune
 
+    _log_lines(args.quiet)
     summary = finetune(
         args.model, args.train, args.output, args.eval, resume=args.resume, progress=not args.quiet,
+        merge_start=None if args.merge_start == 1 else args.merge_start, checks=args.check, replay=args.replay,
+        replay_fraction=args.replay_fraction, lora=args.lora,
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, max_examples=args.max_examples,
         max_length=args.max_length, temperature=args.temperature, micro_batch=args.micro_batch,
         quantizations=args.qat.split(",") if args.qat else None, mrl_dims=args.mrl_dims, eval_every=args.eval_every,
@@ -73,6 +88,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         bf16=args.bf16, hard_negatives=args.hard_negatives, holdout=args.holdout)
     summary.pop("history", None)
     print(json.dumps(summary, indent=2))
+    print(summary["line"], file=sys.stderr)
     return 0
 
 
@@ -89,11 +105,13 @@ def register(sub) -> None:
     train.set_defaults(func=cmd_train)
 
     merge = sub.add_parser("merge", help="SLERP-merge two checkpoints parameter by parameter")
-    merge.add_argument("a", help="checkpoint directory A (t=0)")
-    merge.add_argument("b", help="checkpoint directory B (t=1)")
+    merge.add_argument("a", help="checkpoint directory or model name A (t=0; its config, tokenizer and buffers "
+                                 "are kept)")
+    merge.add_argument("b", help="checkpoint directory or model name B (t=1)")
     merge.add_argument("--t", type=float, default=0.5, help="interpolation weight of B (default 0.5)")
     merge.add_argument("--output", "-o", required=True, help="output checkpoint directory")
     merge.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    merge.add_argument("--quiet", action="store_true", help="no progress bar")
     merge.set_defaults(func=cmd_merge)
 
     export = sub.add_parser("export-encoder", help="write a causal Qwen3 LM's decoder as an embedding checkpoint")
@@ -105,24 +123,29 @@ def register(sub) -> None:
 
     ft = sub.add_parser("finetune", help="fine-tune a model on query/positive pairs (JSONL)",
                         formatter_class=_DefaultsHelp,
-                        description="In-batch InfoNCE on your own query/positive pairs, evaluated before and after "
-                                    "(early stopping keeps the best checkpoint). Each epoch shuffles the pairs and "
-                                    "drops the last partial batch. See docs/training.md.")
+                        description="The measured default recipe with only --model, --train and --output: a held-out "
+                                    "slice of the pairs to keep the best checkpoint by, one mined hard negative per "
+                                    "pair, in-batch InfoNCE (bf16 where native), then a SLERP merge back toward the "
+                                    "starting model, which keeps most of the in-domain gain without the forgetting. "
+                                    "Each epoch shuffles the pairs and drops the last partial batch. "
+                                    "See docs/training.md.")
     ft.add_argument("--model", "-m", required=True, help="alias (minilm, pplx-embed-v1-0.6b ...) or checkpoint "
                                                          "directory to start from")
     ft.add_argument("--train", required=True, help='pairs JSONL: {"query": ..., "positive": ...} per line')
     ft.add_argument("--eval", default=None, help="BEIR directory to evaluate before/after (early stopping, best kept)")
-    ft.add_argument("--holdout", type=int, default=0,
-                    help="instead of --eval: hold this many random training pairs out and evaluate / stop early on "
-                         "them (OUT/holdout/); pairs sharing their texts leave training too")
-    ft.add_argument("--hard-negatives", type=int, default=0,
+    ft.add_argument("--holdout", type=int, default=None,
+                    help="hold this many random training pairs out and evaluate / keep the best / stop early on them "
+                         "(OUT/holdout/; pairs sharing their texts leave training too); default: 10%% of the pairs "
+                         "up to 1000, or none with --eval; 0: none")
+    ft.add_argument("--hard-negatives", type=int, default=1,
                     help="mine this many hard negatives per pair with the starting model (skipping near-duplicates "
                          "of the positive and candidates scored above it)")
     ft.add_argument("--output", "-o", required=True, help="output directory (best/, last/, log.jsonl, summary.json)")
     ft.add_argument("--epochs", type=int, default=1, help="passes over the training pairs")
     ft.add_argument("--batch-size", type=int, default=32, help="pairs per step; each query's negatives are the other "
                                                                "positives of its batch")
-    ft.add_argument("--lr", type=float, default=2e-5, help="peak learning rate (AdamW, linear decay)")
+    ft.add_argument("--lr", type=float, default=None,
+                    help="peak learning rate (AdamW, linear decay); default 5e-5, with --lora 5e-4")
     ft.add_argument("--max-examples", type=int, default=None,
                     help="train on this many pairs sampled at random (seeded by --seed); default: all")
     ft.add_argument("--max-length", type=int, default=256, help="document tokens (queries: 64)")
@@ -139,12 +162,28 @@ def register(sub) -> None:
                     help="evaluate on this many random queries (default: all)")
     ft.add_argument("--eval-max-corpus", type=int, default=None,
                     help="corpus subset: relevant rows + random others, this many in all (default: all)")
-    ft.add_argument("--warmup-steps", type=int, default=0, help="linear learning-rate warm-up steps")
+    ft.add_argument("--warmup-steps", type=int, default=None,
+                    help="linear learning-rate warm-up steps (default: 5%% of the steps)")
     ft.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (default: all epochs)")
     ft.add_argument("--seed", type=int, default=0, help="seed of shuffling, sampling and initialisation")
     ft.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    ft.add_argument("--bf16", action="store_true",
-                    help="bf16 autocast (GPU, or CPUs with AMX / avx512_bf16); weights and losses stay fp32")
+    ft.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                    help="bf16 autocast; weights and losses stay fp32 (default: on GPU and on CPUs with AMX / "
+                         "avx512_bf16, where it is fast; off where it would be emulated)")
+    from pplx_embed.train.config import MERGE_START
+
+    ft.add_argument("--merge-start", type=float, default=MERGE_START, metavar="T",
+                    help="write slerp(start, best, T) to OUT/merged, the result: T is the weight kept of the "
+                         "fine-tune (1: no merge, the result is OUT/best)")
+    ft.add_argument("--check", action="append", default=None, metavar="SET",
+                    help="general set scored before and after (forgetting): a BEIR directory (nDCG@10) or an STS "
+                         ".tsv (Spearman), e.g. ../shared/data/xquad/en; repeatable")
+    ft.add_argument("--replay", default=None, metavar="PAIRS",
+                    help="pairs JSONL of general pairs mixed into training (--replay-fraction of the training pairs)")
+    ft.add_argument("--replay-fraction", type=float, default=0.25, help="general pairs per training pair")
+    ft.add_argument("--lora", type=int, default=None, metavar="R",
+                    help="train a LoRA adapter of rank R (peft) instead of the weights; OUT/best is the adapter "
+                         "(a few MB): Embedder(BASE, adapter=OUT/best), serve --model NAME=BASE+OUT/best")
     ft.add_argument("--resume", action="store_true", help="continue from <output>/last")
     ft.add_argument("--quiet", action="store_true", help="no progress bar")
     ft.set_defaults(func=cmd_finetune)

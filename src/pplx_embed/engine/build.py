@@ -21,6 +21,7 @@ from pplx_embed.engine.backends import CPU_ONLY, LONG_INPUT_TOKENS, create_backe
 from pplx_embed.engine.engine import Engine
 from pplx_embed.engine.threads import cpu_flags
 from pplx_embed.errors import InputError
+from pplx_embed.model.adapter import adapter_view
 from pplx_embed.model.checkpoint import Checkpoint
 from pplx_embed.model.encoder import load_transformer
 from pplx_embed.model.tokens import TextTokenizer
@@ -108,7 +109,8 @@ def load_engine(checkpoint: Checkpoint, options: EmbedderOptions, tokens: TextTo
     ``tokens`` tokenizes the probe (``auto``) and the int8 calibration texts and gives the padding id.
     """
     device = pick_device(options.device)
-    probing = options.backend == "auto" and options.dtype is None and device == "cpu"
+    # an adapter runs on torch over a base shared with the other adapters of it: nothing to probe or convert
+    probing = options.backend == "auto" and options.dtype is None and device == "cpu" and not options.adapter
     auto = None
     if probing and (reason := fits_in_memory(checkpoint.path, checkpoint.config)):
         probing = False
@@ -116,10 +118,9 @@ def load_engine(checkpoint: Checkpoint, options: EmbedderOptions, tokens: TextTo
                 "candidates": [], "skipped": reason}
         log.warning("auto: no probe for %s: %s; running torch %s", checkpoint.name, reason, auto["dtype"])
     dtype = torch.float32 if probing else pick_dtype(auto["dtype"] if auto else options.dtype, device)
-    backend = "auto" if probing else resolve_backend(options.backend, device, dtype)
+    backend = "auto" if probing else resolve_backend("torch" if options.adapter else options.backend, device, dtype)
     # exports and conversions start from the float32 model
-    model = load_transformer(checkpoint.path, checkpoint.config, dtype if backend == "torch" else torch.float32,
-                             device)
+    model = _load_model(checkpoint, options.adapter, dtype if backend == "torch" else torch.float32, device)
     parameters = sum(p.numel() for p in model.parameters())
     throughput: bool | None = None  # OpenVINO streams: its default layout, or what auto measured
     if probing:
@@ -143,6 +144,14 @@ def load_engine(checkpoint: Checkpoint, options: EmbedderOptions, tokens: TextTo
     info = EngineInfo(backend, str(dtype).removeprefix("torch."), device, options.backend, parameters,
                       getattr(main, "streams", 1), long_inputs, auto)
     return LoadedEngine(engine, info, model)
+
+
+def _load_model(checkpoint: Checkpoint, adapter: str | None, dtype: torch.dtype, device: str) -> torch.nn.Module:
+    """The checkpoint's encoder, or with a LoRA ``adapter`` the view of it over a base shared by its adapters."""
+    if adapter is None:
+        return load_transformer(checkpoint.path, checkpoint.config, dtype, device)
+    return adapter_view(adapter, (str(checkpoint.path), str(dtype), device),
+                        lambda: load_transformer(checkpoint.path, checkpoint.config, dtype, device))
 
 
 def _probe_ids(tokens: TextTokenizer) -> list[list[int]]:

@@ -1,6 +1,8 @@
 """Several models in one process, routed by name; traffic-split aliases and shadow models.
 
-* ``--model name=source`` serves a model under ``name`` (each with its own pipeline); ``--model source``
+* ``--model name=source`` serves a model under ``name`` (each with its own pipeline; a source
+  ``BASE+ADAPTER`` is a LoRA adapter over BASE, and all adapters of one base share one copy of its
+  weights, see ``model/adapter.py``); ``--model source``
   serves it under ``source`` as given (``minilm``, ``pplx-embed-v1-0.6b``). Either way every name a client
   may know it by also resolves: the served name, the source, the model's recorded name and, for a
   Perplexity model, its Perplexity names (``pplx-embed-v1-0.6b`` and ``perplexity-ai/pplx-embed-v1-0.6b``).

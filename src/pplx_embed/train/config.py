@@ -11,6 +11,7 @@ from pathlib import Path
 from pplx_embed.errors import InputError
 
 STAGES = ("pairs", "contextual", "triplets")
+MERGE_START = 0.5  # finetune's default weight of the fine-tune in slerp(start, fine-tune): measured, docs/training.md
 
 
 PARALLEL_MODES = ("ddp", "fsdp")  # under torchrun: replicated weights, or sharded weights / gradients / optimizer state
@@ -100,9 +101,12 @@ class StageConfig:
     gradient_checkpointing: bool = False
     bf16: bool = False  # bf16 autocast (CUDA, or CPUs with native bf16: AMX / avx512_bf16); losses stay fp32
     parallel: str = "ddp"  # under torchrun: "ddp" (replicated weights) or "fsdp" (sharded, for large models)
+    lora: int | None = None  # train a LoRA adapter of this rank (peft) instead of the weights; saves the adapter
 
     def __post_init__(self) -> None:
         check_parallel(self.parallel)
+        if self.lora is not None and (not isinstance(self.lora, int) or isinstance(self.lora, bool) or self.lora < 1):
+            raise InputError(f"lora must be a positive rank, not {self.lora!r}")
         if self.stage not in STAGES:
             raise InputError(f"unknown stage {self.stage!r}; choose one of {', '.join(STAGES)}")
         if not self.phases:

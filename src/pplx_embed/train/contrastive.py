@@ -20,6 +20,7 @@ evaluation, when evaluating), ``log.jsonl`` (losses, learning rate, evaluations)
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -29,6 +30,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from pplx_embed.atomic import write_text
 from pplx_embed.errors import InputError
 from pplx_embed.model.pooling import Sequence
 from pplx_embed.options import EmbedderOptions
@@ -42,6 +44,7 @@ from pplx_embed.train.data import (
     load_pairs,
     read_jsonl,
     select_phase,
+    write_pairs,
 )
 from pplx_embed.train.encoder import TrainableEncoder
 from pplx_embed.train.losses import contextual_dual_loss, cosine_scores, false_negative_mask, info_nce, mrl_qat_loss
@@ -75,8 +78,12 @@ class ContrastiveTrainer:
             self.state = torch.load(last / "trainer_state.pt", weights_only=False)
             source = str(last)
         device = config.device or dist.default_device()
+        if config.lora:  # a LoRA run resumes the adapter it saved, over the starting model
+            source, adapter = config.model, (str(last) if resume else None)
+        else:
+            adapter = None
         options = EmbedderOptions(model=str(source), device=device)  # the config decides, not PPLX_EMBED_*
-        self.encoder = TrainableEncoder(options, config.max_length, config.gradient_checkpointing)
+        self.encoder = TrainableEncoder(options, config.max_length, config.gradient_checkpointing, config.lora, adapter)
         self.encoder.model.train()
         if config.parallel == "fsdp" and config.eval is not None and self.world > 1:
             raise InputError("eval during training is not supported with parallel: fsdp; evaluate the saved "
@@ -88,8 +95,9 @@ class ContrastiveTrainer:
             for ex, phase in zip(self.phases, config.phases))
         if config.max_steps is not None:
             self.total_steps = min(self.total_steps, config.max_steps)
-        decay = [p for n, p in self.encoder.model.named_parameters() if p.ndim > 1]
-        no_decay = [p for n, p in self.encoder.model.named_parameters() if p.ndim <= 1]
+        trained = [p for p in self.encoder.model.parameters() if p.requires_grad]  # LoRA: the adapter only
+        decay = [p for p in trained if p.ndim > 1]
+        no_decay = [p for p in trained if p.ndim <= 1]
         groups = [{"params": decay, "weight_decay": config.optim.weight_decay},
                   {"params": no_decay, "weight_decay": 0.0}]
         optimizer = torch.optim.AdamW if config.optim.optimizer == "adamw" else torch.optim.SGD
@@ -125,18 +133,33 @@ class ContrastiveTrainer:
         pairs = select_phase(load_pairs(phase.data), phase, self.config.seed)
         if self.config.stage == "triplets":
             mining = self.config.mining
-            if mining is not None:
+            # mined once by the starting model; a resumed run (or another run of the same inputs) reuses it
+            mined = self.out / f"mined-{index}.jsonl"
+            key = self._mining_key(index) if mining is not None else None
+            if mining is not None and mined.is_file() and _read_json(mined.with_suffix(".json")) == key:
+                pairs = load_pairs(mined)
+            elif mining is not None:
                 from pplx_embed.train.mining import mine_hard_negatives
 
                 corpus = ([p.positive for p in pairs] if mining.corpus is None else _read_corpus(mining.corpus))
                 with self._autocast():
-                    pairs = mine_hard_negatives(self.encoder.embedder, pairs, corpus, mining)
+                    pairs = mine_hard_negatives(self.encoder.embedder, pairs, corpus, mining, self.progress)
+                if dist.is_main():
+                    write_pairs(mined, pairs)
+                    write_text(mined.with_suffix(".json"), json.dumps(key, indent=2))
             if not pairs or any(not p.negatives for p in pairs):
                 raise InputError(f"triplet phase {phase.data}: every pair needs a 'negative' (or configure mining)")
             count = min(len(p.negatives) for p in pairs)
             pairs = [Pair(p.query, p.positive, p.negatives[:count], p.lang, p.query_lang, p.positive_lang)
                      for p in pairs]
         return pairs
+
+    def _mining_key(self, index: int) -> dict:
+        """What mined negatives depend on: the starting model, the phase's data (content) and selection, mining."""
+        phase = self.config.phases[index]
+        digest = hashlib.sha256(Path(phase.data).read_bytes()).hexdigest()
+        return {"model": self.config.model, "data_sha256": digest, "phase": to_dict(phase) | {"data": None},
+                "seed": self.config.seed, "mining": to_dict(self.config.mining)}
 
     def _pair_batch(self, pairs: list[Pair]) -> Batch:
         enc, cfg = self.encoder, self.config
@@ -246,7 +269,8 @@ class ContrastiveTrainer:
         from pplx_embed.train.evaluation import parse_view, retrieval_scores
 
         views = [("float", None)] + [parse_view(v) for v in self.config.eval.views]
-        scores = retrieval_scores(self.encoder.embedder, self.eval_set, list(dict.fromkeys(views)))
+        scores = retrieval_scores(self.encoder.embedder, self.eval_set, list(dict.fromkeys(views)),
+                                  progress=self.progress)
         return {**scores["float@full"], "views": scores}
 
     def _log(self, record: dict) -> None:
@@ -349,6 +373,13 @@ class ContrastiveTrainer:
         if dist.is_main():
             (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
 
 
 def _read_corpus(path: str) -> list[str]:

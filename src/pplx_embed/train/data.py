@@ -66,6 +66,27 @@ def load_pairs(path: str | Path) -> list[Pair]:
     return pairs
 
 
+def pair_row(pair: Pair) -> dict:
+    """A pair as its JSONL object (what :func:`load_pairs` reads back)."""
+    row = {"query": pair.query, "positive": pair.positive}
+    if pair.negatives:
+        row["negative"] = pair.negatives
+    for key in ("lang", "query_lang", "positive_lang"):
+        if getattr(pair, key) is not None:
+            row[key] = getattr(pair, key)
+    return row
+
+
+def write_pairs(path: str | Path, pairs: list[Pair]) -> Path:
+    """Write pairs as JSONL, atomically (complete or absent)."""
+    import json
+
+    from pplx_embed.atomic import write_text
+
+    write_text(Path(path), "".join(json.dumps(pair_row(p)) + "\n" for p in pairs))
+    return Path(path)
+
+
 def load_contextual(path: str | Path) -> list[ContextualExample]:
     """Contextual examples from a contextual BEIR directory or a JSONL of documents with queries."""
     path = Path(path)

@@ -31,9 +31,21 @@ ST_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transf
 class TrainableEncoder:
     """Wraps an :class:`Embedder` for training: ``sequences`` → differentiable pooled embeddings."""
 
-    def __init__(self, options: EmbedderOptions, max_length: int = 256, gradient_checkpointing: bool = False):
+    def __init__(self, options: EmbedderOptions, max_length: int = 256, gradient_checkpointing: bool = False,
+                 lora: int | None = None, adapter: str | Path | None = None):
+        """``lora``: train a new LoRA adapter of that rank instead of the weights; ``adapter``: continue
+        training the LoRA adapter saved there (resume)."""
         self.embedder = Embedder(options=options.replace(backend="torch", dtype="float32"))  # gradients need both
         self.model: torch.nn.Module = self.embedder.model
+        self.peft = None  # the PeftModel of a LoRA run; its layers live inside ``model``
+        if adapter is not None:
+            from pplx_embed.model.adapter import load_trainable
+
+            self.peft = load_trainable(self.model, adapter)
+        elif lora:
+            from pplx_embed.model.adapter import attach_lora
+
+            self.peft = attach_lora(self.model, lora, base_name=options.model)
         self.tokenizer = self.embedder.tokenizer
         self.device = self.embedder.device
         self.pooling = self.embedder.checkpoint.pooling
@@ -90,7 +102,8 @@ class TrainableEncoder:
     # ---- output ------------------------------------------------------------------------------
     def save(self, directory: str | Path, info: dict | None = None, state: dict | None = None,
              weights: dict | None = None) -> Path:
-        """Write weights, tokenizer and sentence-transformers files; ``Embedder(directory)`` loads it.
+        """Write weights, tokenizer and sentence-transformers files; ``Embedder(directory)`` loads it
+        (a LoRA run writes its adapter instead: ``Embedder(base, adapter=directory)``).
 
         ``info`` goes to ``training.json``, ``state`` (optimizer, position, RNG) to ``trainer_state.pt``;
         ``weights`` (a full state dict, e.g. gathered from FSDP shards) replaces the model's own.
@@ -98,7 +111,10 @@ class TrainableEncoder:
         """
         directory = Path(directory)
         with atomic_path(directory, directory=True) as tmp:
-            save_encoder(self.model, self.tokenizer, tmp, source=self.embedder.checkpoint.path, weights=weights)
+            if self.peft is not None:  # a LoRA run writes its adapter: Embedder(base, adapter=directory)
+                self.peft.save_pretrained(tmp)
+            else:
+                save_encoder(self.model, self.tokenizer, tmp, source=self.embedder.checkpoint.path, weights=weights)
             if info:
                 (tmp / "training.json").write_text(json.dumps(info, indent=2))
             if state:

@@ -62,10 +62,10 @@ def parse_view(text: str) -> View:
 
 
 def retrieval_scores(embedder: Embedder, data: EvalSet, views: list[View] = (("float", None),),
-                     top_k: int = 100) -> dict[str, dict[str, float]]:
+                     top_k: int = 100, progress: bool = False) -> dict[str, dict[str, float]]:
     """Metrics per view name (``float@full``, ``int8@full``, ``binary@128`` …) for ``embedder``'s current weights.
 
-    Texts longer than the model's limit are right-truncated.
+    Texts longer than the model's limit are right-truncated; ``progress`` shows a bar per pass.
     """
     from pplx_embed.eval.metrics import evaluate
     from pplx_embed.train.losses import view_name
@@ -73,8 +73,8 @@ def retrieval_scores(embedder: Embedder, data: EvalSet, views: list[View] = (("f
     was_training = embedder.model.training
     embedder.model.eval()
     try:
-        queries = pooled(embedder, data.query_texts)
-        corpus = pooled(embedder, data.corpus_texts)
+        queries = pooled(embedder, data.query_texts, f"eval {data.name}: queries" if progress else None)
+        corpus = pooled(embedder, data.corpus_texts, f"eval {data.name}: corpus" if progress else None)
     finally:
         embedder.model.train(was_training)
     out = {}
@@ -89,11 +89,20 @@ def retrieval_scores(embedder: Embedder, data: EvalSet, views: list[View] = (("f
     return out
 
 
-def pooled(embedder: Embedder, texts: list[str]) -> np.ndarray:
+def pooled(embedder: Embedder, texts: list[str], progress: str | None = None, block: int = 512) -> np.ndarray:
     """Raw pooled vectors from the runtime's engine, before normalization or quantization.
 
     Cosine scores ignore normalization, and ``quantize`` of these is exactly what
     ``Embedder.encode(quantization=..., dimensions=...)`` returns, so every view is scored from one pass.
+    ``progress``: the label of a progress bar (texts embedded), shown when given.
     """
-    sequences = [Sequence(ids) for ids in embedder.tokenize(texts, truncation="right")]
-    return np.concatenate(embedder.engine.run(sequences))
+    from tqdm.auto import tqdm
+
+    out = []
+    with tqdm(total=len(texts), desc=progress, unit="text", disable=progress is None, leave=False) as bar:
+        for start in range(0, len(texts), block):
+            part = texts[start : start + block]
+            sequences = [Sequence(ids) for ids in embedder.tokenize(part, truncation="right")]
+            out.extend(embedder.engine.run(sequences))
+            bar.update(len(part))
+    return np.concatenate(out) if out else np.zeros((0, embedder.dimension), np.float32)

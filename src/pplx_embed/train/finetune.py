@@ -1,24 +1,39 @@
 """Domain fine-tuning: query/positive pairs → a better checkpoint for your own data.
 
-The pair stage with the defaults that suit 10k–50k in-domain pairs: in-batch InfoNCE with
-false-negative masking (plus QAT / MRL views on request), evaluation before training and after
-each epoch (or every N steps), early stopping, and the best checkpoint kept. The evaluation set is
-a BEIR directory or a held-out slice of the training pairs (``holdout``: the honest choice when the
-dev set is the one you report). ``hard_negatives`` mines that many negatives per pair with the
-starting model (the triplet stage). Works for any checkpoint ``Embedder`` loads (MiniLM, pplx-embed).
+``pplx-embed finetune --model M --train pairs.jsonl -o OUT`` runs the measured default recipe
+(docs/training.md, "Fine-tuning that generalizes"):
+
+1. hold out a slice of the pairs (``holdout``, default 10% up to 1,000) to evaluate on and keep the
+   best checkpoint by, never the dev set you report;
+2. mine one hard negative per pair with the starting model (``hard_negatives``);
+3. in-batch InfoNCE with false-negative masking, bf16 autocast where the device computes it
+   natively, one epoch at lr 5e-5 with 5% warm-up;
+4. SLERP the best checkpoint back toward the starting model (``merge_start``: the weight kept of the
+   fine-tune): the fine-tune alone learns the training set's phrasing and forgets general skills,
+   the merge keeps most of the in-domain gain and loses neither;
+5. score ``checks`` (general sets: forgetting) before and after, and print one summary line.
+
+Optional: ``replay`` mixes general pairs into training, ``lora`` trains a LoRA adapter instead of
+the weights (written as a few-MB adapter: ``Embedder(base, adapter=OUT/best)``).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import random
 from pathlib import Path
 
 from pplx_embed.atomic import write_text
 from pplx_embed.errors import InputError
-from pplx_embed.train.config import StageConfig, stage_config
+from pplx_embed.train.config import MERGE_START, StageConfig, stage_config
 from pplx_embed.train.contrastive import train_stage
-from pplx_embed.train.data import Pair, load_pairs
+from pplx_embed.train.data import load_pairs, write_pairs
+
+log = logging.getLogger(__name__)
+LR, LORA_LR = 5e-5, 5e-4
+HOLDOUT_SHARE, HOLDOUT_MAX = 0.1, 1000
+WARMUP_SHARE = 0.05
 
 
 def split_holdout(train: str, count: int, out_dir: str | Path, seed: int = 0) -> tuple[str, str]:
@@ -51,35 +66,31 @@ def split_holdout(train: str, count: int, out_dir: str | Path, seed: int = 0) ->
     write_text(beir / "qrels" / "test.tsv", "query-id\tcorpus-id\tscore\n"
                + "".join(f"{q}\t{d}\t1\n" for q, d in qrels))
     training = out_dir / "train-pairs.jsonl"
-    write_text(training, "".join(json.dumps(_pair_row(p)) + "\n" for p in rest))
+    write_pairs(training, rest)
     return str(training), str(beir)
 
 
-def _pair_row(pair: Pair) -> dict:
-    row = {"query": pair.query, "positive": pair.positive}
-    if pair.negatives:
-        row["negative"] = pair.negatives
-    for key in ("lang", "query_lang", "positive_lang"):
-        if getattr(pair, key) is not None:
-            row[key] = getattr(pair, key)
-    return row
-
-
 def finetune_config(model: str, train: str, output: str, eval_dir: str | None = None, *, epochs: int = 1,
-                    batch_size: int = 32, lr: float = 2e-5, max_examples: int | None = None,
+                    batch_size: int = 32, lr: float | None = None, max_examples: int | None = None,
                     max_length: int = 256, query_max_length: int = 64, temperature: float = 0.05,
                     false_negative_margin: float | None = 0.1, duplicate_threshold: float | None = 0.98,
                     quantizations: list[str] | None = None,
                     mrl_dims: list[int] | None = None, micro_batch: int | None = None,
                     eval_every: int | None = None, patience: int | None = 3, eval_max_queries: int | None = None,
                     eval_max_corpus: int | None = None, eval_views: list[str] | None = None, eval_before: bool = True,
-                    warmup_steps: int = 0, seed: int = 0,
+                    warmup_steps: int | None = None, seed: int = 0,
                     device: str | None = None, max_steps: int | None = None, log_every: int = 10,
-                    bf16: bool = False, hard_negatives: int = 0) -> StageConfig:
+                    bf16: bool | None = None, hard_negatives: int = 1, lora: int | None = None) -> StageConfig:
     """The :class:`StageConfig` of a fine-tuning run (a ``pairs`` stage with one phase, or ``triplets``
-    with ``hard_negatives`` negatives per pair mined by the starting model)."""
+    with ``hard_negatives`` negatives per pair mined by the starting model).
+
+    ``None`` means the default recipe: lr 5e-5 (5e-4 for LoRA), 5% of the steps warm-up, bf16 where native.
+    """
     if hard_negatives < 0:
         raise InputError(f"--hard-negatives must be 0 or more, not {hard_negatives}")
+    if warmup_steps is None:
+        steps = _count_pairs(train, max_examples) // max(batch_size, 1) * epochs
+        warmup_steps = max(1, round(WARMUP_SHARE * (min(steps, max_steps) if max_steps else steps)))
     evaluation = None
     if eval_dir is not None:
         evaluation = {"data": eval_dir, "every_steps": eval_every, "patience": patience,
@@ -90,23 +101,133 @@ def finetune_config(model: str, train: str, output: str, eval_dir: str | None = 
         stage="triplets" if hard_negatives else "pairs", mining=mining, model=model, output=output,
         batch_size=batch_size, micro_batch=micro_batch,
         max_length=max_length, query_max_length=query_max_length, seed=seed, device=device, max_steps=max_steps,
-        log_every=log_every, bf16=bf16,
+        log_every=log_every, bf16=native_bf16_here(device) if bf16 is None else bf16, lora=lora,
         phases=[{"data": train, "name": "domain", "epochs": epochs, "max_examples": max_examples}],
         loss={"temperature": temperature, "false_negative_margin": false_negative_margin,
               "duplicate_threshold": duplicate_threshold,
               "quantizations": quantizations or ["float"], "mrl_dims": mrl_dims},
-        optim={"lr": lr, "warmup_steps": warmup_steps}, eval=evaluation)
+        optim={"lr": lr if lr is not None else LORA_LR if lora else LR, "warmup_steps": warmup_steps},
+        eval=evaluation)
+
+
+def native_bf16_here(device: str | None) -> bool:
+    """bf16 autocast is the default where it is fast: CUDA, or a CPU with AMX / avx512_bf16 (elsewhere emulated)."""
+    import torch
+
+    from pplx_embed.engine.backends import native_bf16
+    from pplx_embed.engine.threads import cpu_flags
+
+    if (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda"):
+        return True
+    return native_bf16(cpu_flags())
+
+
+def _count_pairs(path: str, cap: int | None) -> int:
+    try:
+        with open(path, "rb") as f:
+            count = sum(1 for line in f if line.strip())
+    except OSError:
+        return 0  # reported when the stage reads it
+    return min(count, cap) if cap else count
+
+
+def add_replay(train: str, replay: str, fraction: float, out_dir: Path, seed: int) -> str:
+    """The training pairs plus ``fraction`` × as many general pairs drawn from ``replay``, as one file to shuffle."""
+    if not 0 < fraction <= 1:
+        raise InputError(f"--replay-fraction must be in (0, 1], not {fraction}")
+    pairs, general = load_pairs(train), load_pairs(replay)
+    count = min(len(general), max(1, round(fraction * len(pairs))))
+    mixed = pairs + random.Random(seed).sample(general, count)
+    log.info("replay: %d general pairs from %s mixed into %d training pairs", count, replay, len(pairs))
+    return str(write_pairs(out_dir / "train-pairs.jsonl", mixed))
 
 
 def finetune(model: str, train: str, output: str, eval_dir: str | None = None, resume: bool = False,
-             progress: bool = True, holdout: int = 0, **options) -> dict:
-    """Fine-tune ``model`` on pairs JSONL ``train``; returns the summary (before/best metrics, output dir).
+             progress: bool = True, holdout: int | None = None, *, merge_start: float | None = MERGE_START,
+             checks: list[str] | None = None, replay: str | None = None, replay_fraction: float = 0.25,
+             **options) -> dict:
+    """Fine-tune ``model`` on pairs JSONL ``train``; returns the summary (before/best/merged metrics, output dir).
 
-    ``holdout``: evaluate (and stop early) on that many held-out training pairs instead of ``eval_dir``.
+    ``holdout``: evaluate (keep the best checkpoint, stop early) on that many held-out training pairs
+    (default: 10% up to 1,000 when no ``eval_dir`` is given; 0: none). ``merge_start``: write
+    ``slerp(start, best, t)`` to ``OUT/merged`` (``None`` or 1: no merge). ``checks``: general sets
+    scored before and after (see :mod:`pplx_embed.train.checks`). ``replay``: pairs JSONL of general
+    pairs, ``replay_fraction`` × the training pairs of them mixed in. Other options: :func:`finetune_config`.
     """
+    from pplx_embed.train.checks import validate_checks
+
+    checks = validate_checks(checks)
+    if merge_start is not None and not 0 <= merge_start <= 1:
+        raise InputError(f"--merge-start must be between 0 (the start model) and 1 (no merge), not {merge_start}")
+    out = Path(output)
+    if holdout is None:
+        size = min(HOLDOUT_MAX, max(1, round(HOLDOUT_SHARE * _count_pairs(train, None))))
+        holdout = 0 if eval_dir is not None else size
     if holdout:
         if eval_dir is not None:
             raise InputError("choose --eval or --holdout as the early-stopping set, not both; score other sets "
-                             "afterwards with `pplx-embed eval`")
+                             "afterwards with `pplx-embed eval` (or --check)")
         train, eval_dir = split_holdout(train, holdout, output, options.get("seed", 0))
-    return train_stage(finetune_config(model, train, output, eval_dir, **options), resume=resume, progress=progress)
+    if replay:
+        train = add_replay(train, replay, replay_fraction, out, options.get("seed", 0))
+    config = finetune_config(model, train, output, eval_dir, **options)
+    summary = train_stage(config, resume=resume, progress=progress)
+    best = summary["output"]
+    if merge_start is not None and merge_start < 1 and config.lora:
+        log.info("merge: skipped for a LoRA adapter (it is kept separate from the base weights)")
+    elif merge_start is not None and merge_start < 1:
+        from pplx_embed.train.merge import merge_checkpoints
+
+        merged = out / "merged"
+        log.info("merge: slerp(start, %s, t=%s) -> %s", best, merge_start, merged)
+        merge_checkpoints(model, best, merged, merge_start, overwrite=True, progress=progress)
+        summary["merged"] = {"t": merge_start, "output": str(merged)}
+        if config.eval is not None:
+            summary["merged"]["eval"] = _evaluate(str(merged), config, progress)
+        summary["output"] = str(merged)
+    if checks:
+        summary["checks"] = _run_checks(model, summary, config, checks, progress)
+    if config.lora:
+        summary["adapter_of"] = model
+    summary["line"] = summary_line(summary)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _evaluate(model: str, config: StageConfig, progress: bool) -> dict:
+    """The held-out metrics of a written checkpoint, scored as training scored its checkpoints."""
+    from pplx_embed import Embedder
+    from pplx_embed.train.evaluation import load_eval_set, retrieval_scores
+
+    e = config.eval
+    data = load_eval_set(e.data, e.max_queries, e.max_corpus, e.seed)
+    embedder = Embedder(model, backend="torch", dtype="float32", device=config.device)
+    return retrieval_scores(embedder, data, progress=progress)["float@full"]
+
+
+def _run_checks(model: str, summary: dict, config: StageConfig, checks: list[str], progress: bool) -> dict:
+    from pplx_embed.train.checks import check_embedder, run_checks
+
+    log.info("checks: scoring %s on the start model and the result", ", ".join(checks))
+    final = summary["output"]
+    before = run_checks(check_embedder(model), checks, progress)
+    after = run_checks(check_embedder(model, final) if config.lora else check_embedder(final), checks, progress)
+    return {name: {"before": before[name], "after": after[name]} for name in before}
+
+
+def summary_line(summary: dict) -> str:
+    """One line: in-domain before → after (→ merged), each check before → after, where the model is."""
+    parts = []
+    metric = summary.get("metric")
+    if metric and summary.get("before") is not None:
+        text = f"held-out {metric} {100 * summary['before'][metric]:.1f} → {100 * summary['best']:.1f} (best)"
+        if "eval" in summary.get("merged", {}):
+            text += f" → {100 * summary['merged']['eval'][metric]:.1f} (merged, t={summary['merged']['t']})"
+        parts.append(text)
+    for name, s in summary.get("checks", {}).items():
+        parts.append(f"{name} {s['before']:.1f} → {s['after']:.1f} ({s['after'] - s['before']:+.1f})")
+    if not summary.get("checks"):
+        parts.append("no forgetting checks (add --check SET)")
+    where = f"LoRA adapter over {summary['adapter_of']}: {summary['output']}" if "adapter_of" in summary \
+        else f"model: {summary['output']}"
+    return "finetune: " + "; ".join(parts) + f"; {where}"

@@ -21,14 +21,20 @@ from pplx_embed.train.evaluation import pooled
 log = logging.getLogger(__name__)
 
 
-def mine_hard_negatives(embedder: Embedder, pairs: list[Pair], corpus: list[str], config: MiningConfig) -> list[Pair]:
-    """Pairs with ``negatives`` set to ``config.num_negatives`` mined texts; pairs with too few are dropped."""
+def mine_hard_negatives(embedder: Embedder, pairs: list[Pair], corpus: list[str], config: MiningConfig,
+                        progress: bool = False) -> list[Pair]:
+    """Pairs with ``negatives`` set to ``config.num_negatives`` mined texts; pairs with too few are dropped.
+
+    ``progress``: bars for embedding the corpus and the queries (the long part of mining).
+    """
     was_training = embedder.model.training
     embedder.model.eval()
+    corpus = list(dict.fromkeys(corpus))
+    log.info("mining %d hard negative(s) per pair: ranking %d candidates for %d queries with the current model",
+             config.num_negatives, len(corpus), len(pairs))
     try:
-        corpus = list(dict.fromkeys(corpus))
-        corpus_vectors = pooled(embedder, corpus)
-        query_vectors = pooled(embedder, [p.query for p in pairs])
+        corpus_vectors = pooled(embedder, corpus, "mining: candidates" if progress else None)
+        query_vectors = pooled(embedder, [p.query for p in pairs], "mining: queries" if progress else None)
         row = {text: i for i, text in enumerate(corpus)}
         missing = list(dict.fromkeys(p.positive for p in pairs if p.positive not in row))
         extra = pooled(embedder, missing) if missing else corpus_vectors[:0]
