@@ -23,6 +23,7 @@ LAYERS = [
     {"serve", "train"},
     {"demo"},
     {"cli"},
+    {"integrations"},
 ]
 
 
