@@ -248,6 +248,13 @@ class EmbeddingSource:
                     out += await client.embed_contextual(documents[part], self.model, self._wire, self.dimensions)
         return [self._decode(a) for a in out]
 
+    def warm_up(self) -> None:
+        """Load the local model(s) now (a no-op remotely)."""
+        if not self.remote:
+            self._local()
+            if self.query_model:
+                self._local(query=True)
+
     def close(self) -> None:
         """Close the HTTP connection pool (remote mode); a local model stays loaded for the process."""
         if self._client is not None:
