@@ -153,6 +153,13 @@ class EmbeddingSource:
                 _loaded[options] = (options.build(), threading.Lock())
             return _loaded[options]
 
+    def embedder(self, query: bool = False) -> Embedder:
+        """The loaded local model (the query model with ``query=True``), shared by every source in the process
+        with the same options — e.g. for ``Index.use(...)``."""
+        if self.remote:
+            raise InputError(f"this source embeds remotely through {self.base_url}; it has no local model")
+        return self._local(query)[0]
+
     def _local_encode(self, texts: list[str], query: bool) -> np.ndarray:
         embedder, lock = self._local(query)
         with lock:  # one forward pass at a time per loaded model
