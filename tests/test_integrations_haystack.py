@@ -5,7 +5,6 @@ embedded index and on a real PostgreSQL + pgvector, duplicate policies, pipeline
 from __future__ import annotations
 
 import asyncio
-import uuid
 
 import numpy as np
 import pytest
@@ -83,15 +82,8 @@ def test_contextual_embedder_late_chunks_splitter_output(minilm):
         assert np.array_equal([d.embedding for d in mine], want)
 
 
-@pytest.fixture(params=["embedded", "pgvector"])
-def location(request, tmp_path):
-    if request.param == "embedded":
-        return str(tmp_path / "kb")
-    return f"pgserver:{request.getfixturevalue('pg_parent') / 'hs'}#hs_{uuid.uuid4().hex[:12]}"
-
-
-def test_round_trip_write_filter_delete_reopen(location):
-    store = PplxDocumentStore(location=location, model="minilm", precision="int8", contextual=True)
+def test_round_trip_write_filter_delete_reopen(store_location):
+    store = PplxDocumentStore(location=store_location, model="minilm", precision="int8", contextual=True)
     indexing = Pipeline()
     indexing.add_component("splitter", DocumentSplitter(split_by="period", split_length=1))
     indexing.add_component("embedder", PplxContextualDocumentEmbedder(model="minilm", precision="int8"))
@@ -117,7 +109,7 @@ def test_round_trip_write_filter_delete_reopen(location):
     store.delete_documents([store.filter_documents()[0].id, "missing"])
     remaining = store.count_documents()
     store.close()
-    reopened = PplxDocumentStore(location=location, model="minilm", precision="int8", contextual=True)
+    reopened = PplxDocumentStore(location=store_location, model="minilm", precision="int8", contextual=True)
     assert reopened.count_documents() == remaining
     async_hits = asyncio.run(PplxEmbeddingRetriever(document_store=reopened, top_k=1).run_async(
         query_embedding=PplxTextEmbedder(model="minilm", precision="int8", contextual=True).run("a wall")["embedding"]))

@@ -124,16 +124,9 @@ def test_async_local_runs_off_the_event_loop():
     assert np.array_equal(vectors[:4], emb.embed_documents(many[:4]))
 
 
-@pytest.fixture(params=["embedded", "pgvector"])
-def location(request, tmp_path):
-    if request.param == "embedded":
-        return str(tmp_path / "kb")
-    return f"pgserver:{request.getfixturevalue('pg_parent') / 'lc'}#rt_{uuid.uuid4().hex[:12]}"
-
-
-def test_round_trip_add_filter_delete_reopen(location):
+def test_round_trip_add_filter_delete_reopen(store_location):
     emb = int8_minilm()
-    store = PplxVectorStore.from_texts(TEXTS, emb, metadatas=META, ids=["p", "b", "c", "s"], location=location)
+    store = PplxVectorStore.from_texts(TEXTS, emb, metadatas=META, ids=["p", "b", "c", "s"], location=store_location)
     top = store.similarity_search_with_score("What is the capital of France?", k=2)
     assert top[0][0] == Document(id="p", page_content=TEXTS[0], metadata=META[0]) and top[0][1] > top[1][1]
     french = store.similarity_search("Paris", k=4, filter={"lang": "fr"})
@@ -147,7 +140,7 @@ def test_round_trip_add_filter_delete_reopen(location):
     store.add_texts(["Cats sleep a lot."], [{"lang": "en", "topic": "pets"}], ids=["c"])  # replaces "c"
     store.close()
 
-    reopened = PplxVectorStore(int8_minilm(), location)
+    reopened = PplxVectorStore(int8_minilm(), store_location)
     assert len(reopened) == 3
     assert {d.id: d.page_content for d in reopened.get_by_ids(["c", "b", "p"])} == {"c": "Cats sleep a lot.",
                                                                                    "b": TEXTS[1]}
@@ -155,14 +148,14 @@ def test_round_trip_add_filter_delete_reopen(location):
     reopened.close()
 
 
-def test_contextual_documents_keep_their_relations(location):
+def test_contextual_documents_keep_their_relations(store_location):
     from langchain_text_splitters import RecursiveCharacterTextSplitter
 
     text = ("Late chunking embeds a whole document in one pass. Each chunk then takes the mean of its own tokens. "
             "So a chunk that says 'it' still knows what 'it' is. The document id and position stay with it.")
     doc = Document(page_content=text, metadata={"source": "notes.txt"})
     splitter = RecursiveCharacterTextSplitter(chunk_size=60, chunk_overlap=10)
-    store = PplxVectorStore(PplxEmbeddings(model="minilm", precision="int8", contextual=True), location)
+    store = PplxVectorStore(PplxEmbeddings(model="minilm", precision="int8", contextual=True), store_location)
     ids = store.add_contextual_documents([doc], text_splitter=splitter, ids=["notes"])
     chunks = splitter.split_text(text)
     assert ids == [f"notes#{i}" for i in range(len(chunks))] and len(chunks) > 3

@@ -5,7 +5,6 @@ PostgreSQL + pgvector, relationships and offsets kept, and bad input."""
 from __future__ import annotations
 
 import asyncio
-import uuid
 
 import numpy as np
 import pytest
@@ -68,16 +67,9 @@ def test_late_chunking_embeds_each_source_documents_nodes_together(minilm):
     asyncio.run(emb.acall(nodes[:1]))  # the async transformation too
 
 
-@pytest.fixture(params=["embedded", "pgvector"])
-def location(request, tmp_path):
-    if request.param == "embedded":
-        return str(tmp_path / "kb")
-    return f"pgserver:{request.getfixturevalue('pg_parent') / 'li'}#li_{uuid.uuid4().hex[:12]}"
-
-
-def test_round_trip_add_filter_delete_reopen(location):
+def test_round_trip_add_filter_delete_reopen(store_location):
     emb = PplxEmbedding(model_name="minilm", precision="int8", contextual=True)
-    store = PplxVectorStore(location=location, embed_model=emb)
+    store = PplxVectorStore(location=store_location, embed_model=emb)
     pipeline = IngestionPipeline(transformations=[SentenceSplitter(chunk_size=25, chunk_overlap=0), emb],
                                  vector_store=store)
     nodes = pipeline.run(documents=documents())
@@ -98,7 +90,7 @@ def test_round_trip_add_filter_delete_reopen(location):
     store.delete("paris")
     assert {n.ref_doc_id for n in store.get_nodes()} == {"berlin"}
     store.close()
-    reopened = PplxVectorStore(location=location, embed_model=emb)
+    reopened = PplxVectorStore(location=store_location, embed_model=emb)
     assert len(reopened.get_nodes()) == len([n for n in nodes if n.ref_doc_id == "berlin"])
     result = reopened.query(VectorStoreQuery(query_embedding=emb.get_query_embedding("a wall"), similarity_top_k=1))
     assert result.nodes[0].ref_doc_id == "berlin" and result.ids == [result.nodes[0].node_id]

@@ -1,8 +1,8 @@
 """Retrieval through each framework gives the nDCG@10 of ``pplx-embed eval`` on the same data.
 
-XQuAD-en (240 paragraphs, 1,190 questions) and COVID-QA with late chunking (the first documents of
-covidqa-ctx, whole, with every question judged on them, written as a BEIR set so ``pplx-embed eval`` reads
-exactly what the frameworks get). MiniLM with right truncation, int8 vectors; the frameworks search
+XQuAD-en (all 240 paragraphs, the first 300 questions) and COVID-QA with late chunking (the first 8 documents
+of covidqa-ctx, whole, with every question judged on them), each written as a BEIR set so ``pplx-embed eval``
+reads exactly what the frameworks get. MiniLM with right truncation, int8 vectors; the frameworks search
 the index (binary first stage, int8 rescoring of 100 candidates), which is eval's ``binary+rescore``.
 The reference runs once for the module; each framework embeds the data through its own classes.
 """
@@ -19,43 +19,55 @@ from pplx_embed.eval.metrics import evaluate
 from pplx_embed.eval.runner import run
 from pplx_embed.eval.tasks import Settings
 
-COVID_DOCUMENTS = 8  # whole documents (120 chunks, 74 questions): enough to compare, quick on 2 cores
+XQUAD_QUESTIONS = 300  # of 1,190 (every paragraph stays): enough to compare, quick on 2 cores
+COVID_DOCUMENTS = 8  # whole documents (120 chunks) and the 74 questions judged on them
 TOLERANCE = 0.1  # nDCG@10 points (0–100 scale)
 
 
-@pytest.fixture(scope="module")
-def covid(shared_data, tmp_path_factory) -> Path:
-    """The first documents of covidqa-ctx with the questions judged on them, as a BEIR directory."""
-    source = shared_data / "covidqa-ctx"
+def subset(source: Path, out: Path, documents: int | None = None, questions: int | None = None) -> Path:
+    """A BEIR set of ``source``'s first ``documents`` documents (contextual sets; default: every row) and its first
+    ``questions`` questions judged on them, written to ``out`` — what both eval and the frameworks read."""
     rows = [json.loads(line) for line in (source / "corpus.jsonl").read_text(encoding="utf-8").splitlines()]
-    keep = list(dict.fromkeys(r["doc_id"] for r in rows))[:COVID_DOCUMENTS]
-    rows = [r for r in rows if r["doc_id"] in keep]
+    if documents is not None:
+        keep = set(list(dict.fromkeys(r["doc_id"] for r in rows))[:documents])
+        rows = [r for r in rows if r["doc_id"] in keep]
     ids = {r["_id"] for r in rows}
     qrels = [line.split("\t") for line in (source / "qrels" / "test.tsv").read_text().splitlines()[1:]]
-    qrels = [q for q in qrels if q[1] in ids]
-    asked = {q[0] for q in qrels}
-    out = tmp_path_factory.mktemp("covid") / "covidqa-ctx"
+    judged = {q for q, corpus_id, _ in qrels if corpus_id in ids}
+    queries = [line for line in (source / "queries.jsonl").read_text(encoding="utf-8").splitlines()
+               if json.loads(line)["_id"] in judged][:questions]
+    asked = {json.loads(line)["_id"] for line in queries}
     (out / "qrels").mkdir(parents=True)
     (out / "corpus.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    queries = [line for line in (source / "queries.jsonl").read_text(encoding="utf-8").splitlines()
-               if json.loads(line)["_id"] in asked]
     (out / "queries.jsonl").write_text("\n".join(queries) + "\n", encoding="utf-8")
-    (out / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join("\t".join(q) + "\n"
-                                                                                     for q in qrels))
+    (out / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(
+        "\t".join(q) + "\n" for q in qrels if q[0] in asked and q[1] in ids))
     return out
 
 
 @pytest.fixture(scope="module")
-def data(shared_data, covid) -> dict[str, RetrievalSet]:
-    return {"xquad": load_beir(shared_data / "xquad" / "en"), "covid": load_beir(covid)}
+def sets(shared_data, tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("sets")
+    return {"xquad": subset(shared_data / "xquad" / "en", root / "xquad-en", questions=XQUAD_QUESTIONS),
+            "covid": subset(shared_data / "covidqa-ctx", root / "covidqa-ctx", documents=COVID_DOCUMENTS)}
 
 
 @pytest.fixture(scope="module")
-def reference(minilm, shared_data, covid) -> dict[str, float]:
+def covid(sets) -> Path:
+    return sets["covid"]
+
+
+@pytest.fixture(scope="module")
+def data(sets) -> dict[str, RetrievalSet]:
+    return {name: load_beir(path) for name, path in sets.items()}
+
+
+@pytest.fixture(scope="module")
+def reference(minilm, sets) -> dict[str, float]:
     """nDCG@10 (points) of ``pplx-embed eval --model minilm --truncation right -q binary+rescore`` on both sets."""
     settings = Settings(precisions=("binary+rescore",), truncation="right")
-    xquad = run(minilm, shared_data / "xquad" / "en", settings)
-    late = [r for r in run(minilm, covid, settings, contextual=True) if r["mode"] == "late"]
+    xquad = run(minilm, sets["xquad"], settings)
+    late = [r for r in run(minilm, sets["covid"], settings, contextual=True) if r["mode"] == "late"]
     return {"xquad": 100 * xquad[0]["metrics"]["ndcg@10"], "covid": 100 * late[0]["metrics"]["ndcg@10"]}
 
 

@@ -141,9 +141,11 @@ class EmbeddingSource:
     # ---- what the vectors are -----------------------------------------------------------------
     @property
     def model_name(self) -> str:
-        """The name an index records for these vectors: ``model`` as given (local mode without a model:
-        the default model's name, which loads it)."""
-        return self.model if self.model is not None else self._local()[0].name
+        """The name an index records for these vectors: the model as given (``model``, else the options' or
+        ``$PPLX_EMBED_MODEL``; with none of them, the default model's name, which loads it)."""
+        if self.model is not None:
+            return self.model
+        return self._options.model if self._options.model is not None else self._local()[0].name
 
     # ---- local mode ---------------------------------------------------------------------------
     def _local(self, query: bool = False) -> tuple[Embedder, threading.Lock]:
