@@ -216,4 +216,4 @@ def test_one_model_load_serves_every_object():
     a, b = int8_minilm(), PplxEmbeddings(model="minilm", precision="binary")
     a.embed_query("x")
     b.embed_query("y")
-    assert a.source._local()[0] is b.source._local()[0]  # one MiniLM in memory for both
+    assert a.source.embedder() is b.source.embedder()  # one MiniLM in memory for both
