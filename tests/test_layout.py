@@ -25,6 +25,7 @@ LAYERS = [
     {"serve", "train"},
     {"demo"},
     {"cli"},
+    {"integrations"},
 ]
 
 

@@ -52,10 +52,15 @@ class Index:
         ``pplx-embed-context-v1-0.6b`` chunks. ``first_stage``: ``flat`` / ``ivf`` (embedded, Milvus) or
         ``hnsw`` (pgvector); ``None`` is the backend's default.
         """
-        if embedder is not None:
-            from pplx_embed.errors import InputError
+        from pplx_embed.errors import InputError
+        from pplx_embed.model.checkpoint import recorded_name
 
-            if embedder.name != model:
+        if not isinstance(model, str) or not model:
+            raise InputError("model must be a non-empty name")
+        model = recorded_name(model)  # the name results record: an alias (minilm) is stored as its hub id
+        query_model = recorded_name(query_model) if query_model else query_model
+        if embedder is not None:
+            if recorded_name(embedder.name) != model:
                 raise InputError(f"embedder is {embedder.name!r} but the index is for {model!r}")
             full_dimension = full_dimension or embedder.dimension
         return backend(location).create(str(location), model, dimensions, full_dimension=full_dimension,

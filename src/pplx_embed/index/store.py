@@ -38,6 +38,7 @@ from pplx_embed.index.query import (
     timed,
 )
 from pplx_embed.index.rescore import positions, rescore
+from pplx_embed.model.checkpoint import recorded_name
 from pplx_embed.model.quantization import to_binary, to_int8, truncate
 
 
@@ -167,20 +168,24 @@ class VectorStore(ABC):
     def use(self, embedder) -> None:
         """Embed with ``embedder``: the index's model (documents, and queries unless a query model is
         recorded) or its query model (queries); any other model is refused."""
-        if embedder.name not in (self.model, self.query_model):
+        name = recorded_name(embedder.name)
+        if name not in (recorded_name(self.model), self.query_model and recorded_name(self.query_model)):
             paired = f" and queries of {self.query_model!r}" if self.query_model else ""
             raise InputError(f"this index holds vectors of {self.model!r}{paired}; "
                              f"it cannot use the embedder of {embedder.name!r}")
-        if embedder.name == self.query_model:
+        if self.query_model and name == recorded_name(self.query_model):
             if getattr(embedder, "dimension", self.full_dimension) != self.full_dimension:
                 raise InputError(f"query model {embedder.name!r} embeds {embedder.dimension} dimensions; "
                                  f"the index's model has {self.full_dimension}")
             self._query_embedder = embedder
-        if embedder.name == self.model:
+        if name == recorded_name(self.model):
             self._embedder = embedder
 
     def _check_model(self, model: str | None, query: bool = False) -> None:
-        if model is not None and model != self.model and not (query and model == self.query_model):
+        """Vectors said to be of ``model`` (an alias counts as its hub id) must be of this index's model."""
+        model = model if model is None else recorded_name(model)
+        if model is not None and model != recorded_name(self.model) and not (
+                query and self.query_model and model == recorded_name(self.query_model)):
             what = "query" if query else "go into"
             raise InputError(f"vectors of model {model!r} cannot {what} an index of {self.model!r}"
                              + (f" (queries: {self.query_model!r})" if self.query_model else ""))

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pplx_embed.errors import InputError
-from pplx_embed.model.encoder import is_pplx_config
 
 HUB_ALIASES: dict[str, str] = {
     "pplx-embed-v1-0.6b": "perplexity-ai/pplx-embed-v1-0.6b",
@@ -19,6 +18,8 @@ HUB_ALIASES: dict[str, str] = {
     "pplx-embed-context-v1-4b": "perplexity-ai/pplx-embed-context-v1-4b",
 }
 MINILM = "minilm"
+PPLX_MODEL_TYPE = "bidirectional_pplx_qwen3"
+MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
 DEFAULT_PPLX = "pplx-embed-v1-0.6b"
 
 
@@ -45,6 +46,13 @@ class Checkpoint:
     @property
     def is_contextual(self) -> bool:
         return "context" in self.name.lower() or "context" in self.path.name.lower()
+
+
+def is_pplx_config(config: dict) -> bool:
+    """True for configs of bidirectional Qwen3 encoders (pplx-embed layout)."""
+    return config.get("model_type") == PPLX_MODEL_TYPE or (
+        config.get("model_type") == "qwen3" and bool(config.get("use_bidirectional_attention"))
+    )
 
 
 def minilm_path() -> Path:
@@ -79,17 +87,25 @@ def default_model() -> str:
     return MINILM
 
 
+def recorded_name(name: str) -> str:
+    """The name results record for a model ``name``, without loading it: an alias becomes its hub id
+    (``minilm`` → ``sentence-transformers/all-MiniLM-L6-v2``), any other name stays as it is."""
+    if name.lower() in (MINILM, MINILM_ID.lower()):
+        return MINILM_ID
+    return HUB_ALIASES.get(name.lower(), name)
+
+
 def resolve(name: str | os.PathLike | None = None) -> tuple[str, Path]:
     """Turn a model name (``None``: :func:`default_model`) into ``(recorded name, checkpoint directory)``."""
     name = default_model() if name is None else str(name)
-    if name.lower() in (MINILM, "sentence-transformers/all-minilm-l6-v2"):  # the recorded name reloads too
-        return "sentence-transformers/all-MiniLM-L6-v2", minilm_path()
+    if name.lower() in (MINILM, MINILM_ID.lower()):  # the recorded name reloads too
+        return MINILM_ID, minilm_path()
     path = Path(name).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ModelNotFoundError(f"{path} is a directory but has no config.json: not a model checkpoint")
         return name, path.resolve()
-    repo_id = HUB_ALIASES.get(name.lower(), name)
+    repo_id = recorded_name(name)
     if not re.fullmatch(r"[\w.-]+/[\w.-]+", repo_id):
         known = ", ".join([*HUB_ALIASES, MINILM])
         raise ModelNotFoundError(

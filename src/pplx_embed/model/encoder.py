@@ -16,7 +16,7 @@ import torch
 from transformers import AutoConfig, AutoModel, Qwen3Config, Qwen3Model
 from transformers.utils import logging as hf_logging
 
-PPLX_MODEL_TYPE = "bidirectional_pplx_qwen3"
+from pplx_embed.model.checkpoint import PPLX_MODEL_TYPE, is_pplx_config
 
 
 class PPLXQwen3Config(Qwen3Config):
@@ -46,13 +46,6 @@ class PPLXQwen3Model(Qwen3Model):
 
 AutoConfig.register(PPLX_MODEL_TYPE, PPLXQwen3Config, exist_ok=True)
 AutoModel.register(PPLXQwen3Config, PPLXQwen3Model, exist_ok=True)
-
-
-def is_pplx_config(config: dict) -> bool:
-    """True for configs of bidirectional Qwen3 encoders (pplx-embed layout)."""
-    return config.get("model_type") == PPLX_MODEL_TYPE or (
-        config.get("model_type") == "qwen3" and bool(config.get("use_bidirectional_attention"))
-    )
 
 
 def load_transformer(path: Path, config: dict, dtype: torch.dtype, device: str) -> torch.nn.Module:

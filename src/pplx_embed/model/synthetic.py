@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 
 from pplx_embed.errors import InputError
-from pplx_embed.model.encoder import PPLX_MODEL_TYPE, PPLXQwen3Config, PPLXQwen3Model
+from pplx_embed.model.checkpoint import PPLX_MODEL_TYPE
+from pplx_embed.model.encoder import PPLXQwen3Config, PPLXQwen3Model
 from pplx_embed.model.tokenizer import SEP_TOKEN_ID, build_qwen3_tokenizer
 
 # Shapes of the published models (SPEC.md) and a tiny one for tests.

@@ -19,7 +19,7 @@ import torch
 from pplx_embed.atomic import atomic_path
 from pplx_embed.embedder import Embedder
 from pplx_embed.errors import InputError
-from pplx_embed.model.encoder import PPLX_MODEL_TYPE
+from pplx_embed.model.checkpoint import PPLX_MODEL_TYPE
 from pplx_embed.model.late_chunking import join_chunks
 from pplx_embed.model.pooling import Sequence, pool_spans
 from pplx_embed.options import EmbedderOptions
