@@ -177,7 +177,7 @@ class ReadinessProbe:
 def _absolute(config: ServeConfig) -> ServeConfig:
     """Paths as seen from this directory (Ray workers run elsewhere): model directories, indexes, reports."""
     def fix(path):
-        return str(Path(path).resolve()) if isinstance(path, str) and Path(path).exists() else path
+        return os.path.abspath(path) if isinstance(path, str) and Path(path).exists() else path
 
     return replace(config, models=[(name, fix(source)) for name, source in config.models],
                    indexes=[(name, fix(path)) for name, path in config.indexes], reports=fix(config.reports))
