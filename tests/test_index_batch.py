@@ -1,4 +1,5 @@
-"""``pplx-embed batch``: Ray Data batch embedding (local Ray, or a cluster with --ray-address), resumable from its manifest, exact outputs."""
+"""``pplx-embed batch``: Ray Data batch embedding (local Ray, or a cluster with --ray-address), resumable from its
+manifest, exact outputs."""
 
 from __future__ import annotations
 

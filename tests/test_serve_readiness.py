@@ -11,11 +11,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from pplx_embed.serve.app import ServeConfig, create_app
 from pplx_embed.serve.http import uvicorn_config
 from pplx_embed.serve.readiness import DrainingServer
+from test_serve import metric
 
 
 def start(config: ServeConfig, drain_seconds: float) -> tuple[str, DrainingServer, threading.Thread]:
@@ -27,14 +27,6 @@ def start(config: ServeConfig, drain_seconds: float) -> tuple[str, DrainingServe
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     return f"http://127.0.0.1:{sock.getsockname()[1]}", server, thread
-
-
-def metric(url: str, name: str, **labels) -> float:
-    for family in text_string_to_metric_families(httpx.get(url + "/metrics").text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                return sample.value
-    return 0.0
 
 
 def get(url: str) -> httpx.Response:

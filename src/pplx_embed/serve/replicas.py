@@ -193,9 +193,10 @@ def run(config: ServeConfig, plan: ReplicaPlan) -> int:
         if source is not None and not isinstance(source, str):
             raise InputError("replicas load their models themselves: give model names or directories")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    stop, starting = threading.Event(), [True]
+    stop, starting, received = threading.Event(), [True], []
 
     def on_signal(signum, frame):
+        received.append(signum)
         stop.set()
         if starting[0]:
             starting[0] = False
@@ -228,7 +229,7 @@ def run(config: ServeConfig, plan: ReplicaPlan) -> int:
                  running_replicas(), cpus, scaling)
         while not stop.wait(0.5):
             pass
-        _drain(plan)
+        _drain(plan.drain_seconds if received[0] == signal.SIGTERM else 0.0)  # Ctrl-C: no wait
     except _Stop:
         log.info("stopped while starting")
     finally:
@@ -247,13 +248,12 @@ def run(config: ServeConfig, plan: ReplicaPlan) -> int:
     return 0
 
 
-def _drain(plan: ReplicaPlan) -> None:
-    """``/ready`` 503, wait ``drain_seconds``, then delete the server application: Ray stops routing to its
-    replicas and lets each finish the requests it holds (up to ``graceful_timeout``)."""
+def _drain(seconds: float) -> None:
+    """``/ready`` 503, serve on for ``seconds``, then delete the server application: Ray stops routing to its
+    replicas and lets each finish the requests it holds (up to the graceful timeout)."""
     serve.get_app_handle(READY_APP).drain.remote().result()
-    log.info("draining: /ready answers 503%s", f"; stopping in {plan.drain_seconds:g} s" if plan.drain_seconds
-             else "")
-    time.sleep(plan.drain_seconds)
+    log.info("draining: /ready answers 503%s", f"; stopping in {seconds:g} s" if seconds else "")
+    time.sleep(seconds)
     started = time.monotonic()
     serve.delete(APP)
     log.info("replicas stopped after %.1f s", time.monotonic() - started)
