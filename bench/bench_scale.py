@@ -63,14 +63,19 @@ async def saturate(url: str, requests: list[list[str]], model: str, clients: int
                 batch = requests[i % len(requests)]
                 i += clients
                 sent = time.perf_counter()
-                r = await client.post("/v1/embeddings", json={"input": batch, "model": model})
+                try:
+                    r = await client.post("/v1/embeddings", json={"input": batch, "model": model})
+                except httpx.HTTPError as exc:
+                    statuses.append(type(exc).__name__)
+                    continue
                 statuses.append(r.status_code)
                 if r.status_code == 200 and sent >= measure:
                     done.append((time.perf_counter() - sent, len(batch), r.json()["usage"]["total_tokens"]))
 
         await asyncio.gather(*(worker(k) for k in range(clients)))
     wall = max(time.perf_counter() - measure, 1e-9)
-    errors = len(statuses) - statuses.count(200)
+    failed = [str(s) for s in statuses if s != 200]
+    errors = ", ".join(f"{s} x{failed.count(s)}" for s in sorted(set(failed))) or "0"
     return {"clients": clients, "requests": len(done), "req_s": round(len(done) / wall, 2),
             "texts_s": round(sum(d[1] for d in done) / wall, 1), "tokens_s": round(sum(d[2] for d in done) / wall),
             "errors": errors, **percentiles([d[0] for d in done])}
@@ -110,10 +115,16 @@ def sweep(url: str, requests: list[list[str]], model: str, levels: list[int], se
     return [asyncio.run(saturate(url, requests, model, c, seconds, warmup)) for c in levels]
 
 
-def sizing(tokens_s: float, tokens_per_doc: float, cores: float) -> tuple[int, float]:
+def sizing(tokens_s: float, tokens_per_doc: float, cores: float) -> tuple[int | str, float | str]:
     """(replicas, cores) to embed ``DOCS_PER_DAY`` documents of ``tokens_per_doc`` tokens a day."""
+    if not tokens_s:
+        return "n/a", "n/a"
     replicas = math.ceil(DOCS_PER_DAY * tokens_per_doc / 86_400 / tokens_s)
     return replicas, replicas * cores
+
+
+def ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}x" if b else "n/a"
 
 
 def main() -> int:
@@ -201,9 +212,9 @@ def main() -> int:
     lines += table(["texts", "configuration", "requests", "req/s", "texts/s", "tokens/s", "p50 ms", "p99 ms",
                     "errors"], rows)
     lines += ["", (f"Ray's proxy and hop, one process → `--replicas 1`: queries "
-                   f"{rep1['texts_s'] / one['texts_s']:.2f}x throughput, p50 {rep1['p50_ms'] - one['p50_ms']:+.1f} ms; "
-                   "documents "
-                   f"{doc_rep1['texts_s'] / doc_one['texts_s']:.2f}x throughput, p50 "
+                   f"{ratio(rep1['texts_s'], one['texts_s'])} throughput, p50 "
+                   f"{rep1['p50_ms'] - one['p50_ms']:+.1f} ms; documents "
+                   f"{ratio(doc_rep1['texts_s'], doc_one['texts_s'])} throughput, p50 "
                    f"{doc_rep1['p50_ms'] - doc_one['p50_ms']:+.1f} ms (Ray's proxy, controller and the replica "
                    "share the cores with the engine).")]
     if sweep_rows:
@@ -225,8 +236,7 @@ def main() -> int:
         r = results[(name, "documents")]
         for doc_tokens in (tokens_per_doc, 512):
             n, total = sizing(r["tokens_s"], doc_tokens, replica_cores)
-            sizing_rows.append([device, name, f"{replica_cores:g}", r["tokens_s"], f"{doc_tokens:.0f}", n,
-                                f"{total:g}"])
+            sizing_rows.append([device, name, f"{replica_cores:g}", r["tokens_s"], f"{doc_tokens:.0f}", n, total])
     lines += [(f"10⁹ documents a day are {DOCS_PER_DAY / 86_400:,.0f} documents/s. Replicas = documents/s × "
                "tokens per document ÷ measured tokens/s of one replica (documents workload above), at saturation, "
                "with no headroom: add about 30% for peaks and for replicas starting."), ""]
