@@ -80,8 +80,41 @@ def decode(item: dict, fmt: str) -> np.ndarray:
     return np.frombuffer(base64.b64decode(item["embedding"]), dtype=dtype)
 
 
+KEY = {"Authorization": "Bearer sk-replicas"}  # the cluster's server takes this key (the local one is open)
+
+
 def embed(url: str, body: dict, path: str = "/v1/embeddings", **kw) -> httpx.Response:
-    return httpx.post(url + path, json=body, timeout=300, **kw)
+    return httpx.post(url + path, json=body, timeout=300, headers=KEY, **kw)
+
+
+# ---- the Ray Serve options of the replica flags (validated by Ray's own deployment options) -------------
+def test_replica_flags_become_ray_serve_options(tiny_pplx_dir):
+    from ray import serve
+
+    from pplx_embed.cli import build_parser
+    from pplx_embed.cli.serve import build_config, build_plan
+    from pplx_embed.serve.replicas import EmbeddingServer, deployment_options, replica_cpus
+
+    args = build_parser().parse_args(["serve", "--model", "minilm", "--model", f"t={tiny_pplx_dir}", "--autoscale",
+                                      "1:4", "--replicas", "2", "--target-ongoing-requests", "6", "--upscale-delay",
+                                      "3", "--max-concurrent-requests", "16", "--port", "9000", "--drain-seconds", "2"])
+    config = build_config(args)
+    plan = build_plan(args, config)
+    assert (plan.replicas, plan.autoscale, plan.port, plan.drain_seconds) == (2, (1, 4), 9000, 2.0)
+    options = deployment_options(config, plan, replica_cpus(plan, [8.0]))
+    assert options["max_ongoing_requests"] == 16 * 2 + 32  # our admission limit for both models, then probes
+    assert options["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 4, "initial_replicas": 2,
+                                             "target_ongoing_requests": 6.0, "upscale_delay_s": 3.0,
+                                             "downscale_delay_s": 600.0}
+    assert options["ray_actor_options"]["num_cpus"] == 2.0  # 8 CPUs for at most 4 replicas
+    assert options["ray_actor_options"]["runtime_env"]["env_vars"]["PPLX_EMBED_THREADS"] == "2"
+    deployment = serve.deployment(EmbeddingServer, **options)  # Ray validates every option here
+    assert deployment.max_ongoing_requests == 64
+    assert replica_cpus(plan, [8.0, 8.0, 8.0]) == 6.0 and replica_cpus(plan, [2.0]) == 1.0
+    fixed = build_plan(build_parser().parse_args(["serve", "--replicas", "3", "--replica-cpus", "1.5"]), config)
+    options = deployment_options(config, fixed, replica_cpus(fixed, [2.0]))
+    assert options["num_replicas"] == 3 and "autoscaling_config" not in options
+    assert options["ray_actor_options"]["num_cpus"] == 1.5
 
 
 # ---- local Ray: readiness before load, SIGTERM with requests in flight --------------------------------
@@ -98,11 +131,11 @@ def test_local_ray_ready_after_load_and_sigterm_loses_no_request(tmp_path, minil
 
         children = psutil.Process(server.proc.pid).children(recursive=True)  # Ray's own processes and workers
         assert any("raylet" in " ".join(c.cmdline()) for c in children)
-        texts = [f"request {i} sentence {j} about drains and replicas " * 6 for j in range(64) for i in range(1)]
+        texts = [f"sentence {j} about drains, replicas and requests in flight " * 6 for j in range(96)]
         with ThreadPoolExecutor(6) as pool:
             calls = [pool.submit(embed, server.url, {"input": [f"{k} {t}" for t in texts], "model": "minilm"})
                      for k in range(6)]
-            time.sleep(1.0)  # in flight: each takes seconds on a shared CPU
+            time.sleep(0.5)  # in flight: three of them take a replica seconds even on a fast core
             assert not any(c.done() for c in calls), "requests finished before SIGTERM: make them longer"
             server.proc.send_signal(signal.SIGTERM)
             during = []
@@ -160,7 +193,8 @@ def cluster_server(ray_cluster, tiny_pplx_dir, tiny_pplx, kb, postgres, tmp_path
     Index.create(f"{postgres}#docs", tiny_pplx.name, embedder=tiny_pplx).close()
     server = Server(["--ray-address", address, "--replicas", "2", "--replica-cpus", "1", "--model", "minilm",
                      "--model", f"tiny={tiny_pplx_dir}", "--index", f"kb={kb}", "--index", f"pg={postgres}#docs",
-                     "--max-concurrent-requests", "4"], tmp_path_factory.mktemp("serve") / "serve.log", env)
+                     "--max-concurrent-requests", "4", "--api-key", "sk-replicas"],
+                    tmp_path_factory.mktemp("serve") / "serve.log", env)
     try:
         server.wait_ready()
         yield server.url
@@ -195,8 +229,12 @@ def test_replicas_answer_every_api_with_the_python_apis_bytes(cluster_server, mi
 
     with ThreadPoolExecutor(4) as pool:
         list(pool.map(check, range(8)))
-    models = {m["id"] for m in httpx.get(url + "/v1/models").json()["data"]}
+    models = {m["id"] for m in httpx.get(url + "/v1/models", headers=KEY).json()["data"]}
     assert models == {"minilm", "tiny"}
+    # the API key is checked in every replica; probes and metrics are open
+    refused = httpx.post(url + "/v1/embeddings", json={"input": "no key"})
+    assert refused.status_code == 401 and refused.json()["error"]["code"] == "missing_api_key"
+    assert httpx.get(url + "/v1/models").status_code == 401
     assert "pplx_queue_tokens" in httpx.get(url + "/metrics").text
 
 
@@ -220,12 +258,12 @@ def test_replicas_read_one_embedded_index_while_a_writer_adds(cluster_server, kb
 
     def read(_):
         for _ in range(6):
-            r = httpx.get(url + "/v1/indexes", timeout=60)
+            r = httpx.get(url + "/v1/indexes", timeout=60, headers=KEY)
             if r.status_code != 200:
                 errors.append(r.text)
                 continue
             counts.append({ix["name"]: ix["stats"]["items"] for ix in r.json()["data"]}["kb"])
-            r = httpx.post(url + "/v1/indexes/kb/search", json={"query": ["rockets", "cats"], "k": 5}, timeout=60)
+            r = embed(url, {"query": ["rockets", "cats"], "k": 5}, "/v1/indexes/kb/search")
             if r.status_code != 200 or any(len(q["hits"]) != 5 for q in r.json()["data"]):
                 errors.append(r.text)
 
@@ -241,10 +279,10 @@ def test_replicas_read_one_embedded_index_while_a_writer_adds(cluster_server, kb
     assert all((c - 40) % size == 0 for c in counts), counts  # only whole committed batches, never half of one
     # every replica now sees every batch (each read takes a fresh snapshot)
     for _ in range(6):
-        r = httpx.post(url + "/v1/indexes/kb/search", json={"query": "written batch 7 item 3", "k": 1,
-                                                             "precision": "int8"}, timeout=60)
+        r = embed(url, {"query": "written batch 7 item 3", "k": 1, "precision": "int8"}, "/v1/indexes/kb/search")
         assert r.json()["data"][0]["hits"][0]["id"] == "w7-3"
-    assert {ix["name"]: ix["stats"]["items"] for ix in httpx.get(url + "/v1/indexes").json()["data"]}["kb"] == 168
+    listed = httpx.get(url + "/v1/indexes", headers=KEY).json()["data"]
+    assert {ix["name"]: ix["stats"]["items"] for ix in listed}["kb"] == 168
 
 
 @pytest.mark.parametrize("index", ["kb", "pg"])
@@ -254,8 +292,8 @@ def test_writes_through_every_replica(cluster_server, index, kb, postgres, tiny_
 
     def write(n):
         texts = [f"{index} replica write {n} text {i}" for i in range(8)]
-        return httpx.post(cluster_server + f"/v1/indexes/{index}/documents",
-                          json={"texts": texts, "ids": [f"{index}-{n}-{i}" for i in range(8)]}, timeout=120)
+        return embed(cluster_server, {"texts": texts, "ids": [f"{index}-{n}-{i}" for i in range(8)]},
+                     f"/v1/indexes/{index}/documents")
 
     with ThreadPoolExecutor(4) as pool:
         answers = list(pool.map(write, range(12)))
