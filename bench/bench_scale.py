@@ -155,15 +155,16 @@ def main() -> int:
                  "documents": [passages[i : i + per] for i in range(0, len(passages) - per + 1, per)]}
     tokens_per_doc = float(np.mean(emb.count_tokens(passages)))
     cores = physical_cores()
-    configs = [("one process", (), cores), ("--replicas 1", ("--replicas", "1"), cores),
-               ("--replicas 2", ("--replicas", "2"), cores / 2)]
+    configs = [("one process", (), 1), ("--replicas 1", ("--replicas", "1"), 1),
+               ("--replicas 2", ("--replicas", "2"), 2)]  # (name, serve flags, replicas)
     loads, rows, results, sweep_rows = [load()], [], {}, []
-    for name, flags, replica_cores in configs:
+    for name, flags, replicas in configs:
+        replica_cores = cores / replicas
         server = serve(args.model, *flags, device=args.device)
         try:
             for kind, requests in workloads.items():
                 r = asyncio.run(saturate(server.url, requests, args.model, args.clients, args.seconds, args.warmup))
-                results[(name, kind)] = {**r, "replica_cores": replica_cores}
+                results[(name, kind)] = {**r, "replicas": replicas, "replica_cores": replica_cores}
                 rows.append([kind, name, r["requests"], r["req_s"], r["texts_s"], r["tokens_s"], r["p50_ms"],
                              r["p99_ms"], r["errors"]])
                 print(rows[-1], flush=True)
@@ -232,11 +233,13 @@ def main() -> int:
               + ", ".join(f"{w:.0f}" for w in spiked["windows_texts_s"])]
     lines += ["", "## 4. Sizing for 1 billion documents a day", ""]
     sizing_rows = []
-    for name, _, replica_cores in configs:
+    for name, _, replicas in configs:
         r = results[(name, "documents")]
+        per_replica, replica_cores = round(r["tokens_s"] / replicas), cores / replicas
         for doc_tokens in (tokens_per_doc, 512):
-            n, total = sizing(r["tokens_s"], doc_tokens, replica_cores)
-            sizing_rows.append([device, name, f"{replica_cores:g}", r["tokens_s"], f"{doc_tokens:.0f}", n, total])
+            n, total = sizing(per_replica, doc_tokens, replica_cores)
+            sizing_rows.append([device, name, f"{replica_cores:g}", per_replica, f"{doc_tokens:.0f}", n,
+                                total if isinstance(total, str) else f"{total:g}"])
     lines += [(f"10⁹ documents a day are {DOCS_PER_DAY / 86_400:,.0f} documents/s. Replicas = documents/s × "
                "tokens per document ÷ measured tokens/s of one replica (documents workload above), at saturation, "
                "with no headroom: add about 30% for peaks and for replicas starting."), ""]
