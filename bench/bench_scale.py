@@ -40,6 +40,10 @@ from bench_serve import Server, load, load_texts, percentiles, table, versions  
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS_PER_DAY = 1_000_000_000
+# On paper (section 5): dense bf16 tensor FLOP/s of data-centre GPUs (vendor sheets, no sparsity) and the share an
+# encoder's batched forward pass is assumed to reach. Not measured: `--device cuda` measures instead.
+GPU_PEAK_BF16 = {"H100 SXM": 989e12, "A100": 312e12, "L4": 121e12}
+ASSUMED_MFU = 0.4
 
 
 def serve(model: str, *flags: str, device: str | None = None) -> Server:
@@ -123,6 +127,38 @@ def sizing(tokens_s: float, tokens_per_doc: float, cores: float) -> tuple[int | 
     return replicas, replicas * cores
 
 
+def flops_per_token(preset: str, tokens: int) -> float:
+    """Forward FLOPs per token of a pplx-embed model (``model.synthetic.PRESETS``) at ``tokens`` per sequence:
+    2 x the weights of its matrix products, plus the attention scores and their weighted sum."""
+    from pplx_embed.model.synthetic import PRESETS
+
+    c = PRESETS[preset]
+    d, layers, attn = c["hidden_size"], c["num_hidden_layers"], c["num_attention_heads"] * c["head_dim"]
+    kv = c["num_key_value_heads"] * c["head_dim"]
+    weights = layers * (d * attn * 2 + d * kv * 2 + 3 * d * c["intermediate_size"])
+    return 2 * weights + 4 * layers * tokens * attn
+
+
+def on_paper(tokens_per_doc: float) -> list[str]:
+    """Section 5: GPUs for 10⁹ documents a day of the published models, from FLOPs and an assumed utilisation."""
+    rows = []
+    for preset, name in (("0.6b", "pplx-embed-v1-0.6b"), ("4b", "pplx-embed-v1-4b")):
+        for doc_tokens in (round(tokens_per_doc), 512):
+            flops = flops_per_token(preset, doc_tokens)
+            for gpu, peak in GPU_PEAK_BF16.items():
+                tokens_s = ASSUMED_MFU * peak / flops
+                rows.append([name, doc_tokens, f"{flops / 1e9:.2f}", gpu, f"{tokens_s:,.0f}",
+                             sizing(tokens_s, doc_tokens, 1)[0]])
+    return ["", "## 5. Sizing on paper for GPUs (not measured)", "",
+            (f"No GPU was measured here. FLOPs per token of the published shapes (2 x matrix-product weights + "
+             f"attention at the document's length), at {ASSUMED_MFU:.0%} of each GPU's dense bf16 peak (an "
+             "assumption: this engine reached 72-91% of the CPU's bf16 matmul peak at 512 tokens, "
+             "[engine-cpu-0.6b.md](engine-cpu-0.6b.md)). GPUs = 10⁹ x tokens per document / 86,400 s / tokens/s "
+             "per GPU, no headroom. `bench/bench_scale.py --device cuda --model pplx-embed-v1-0.6b` on a GPU "
+             "machine replaces this with measured figures (section 4)."), "",
+            *table(["model", "tokens / doc", "GFLOP / token", "GPU", "tokens/s / GPU (on paper)", "GPUs"], rows)]
+
+
 def ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}x" if b else "n/a"
 
@@ -141,6 +177,7 @@ def main() -> int:
     ap.add_argument("--upscale-delay", type=float, default=5.0, help="serve --upscale-delay during the spike")
     ap.add_argument("--target-ongoing-requests", type=float, default=None, help="for the spike (default: serve's)")
     ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks" / "scale-cpu.md"))
+    ap.add_argument("--note", default="", help="a line under the title (e.g. why these figures are not final)")
     args = ap.parse_args()
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -199,6 +236,7 @@ def main() -> int:
     one, rep1 = results[("one process", "queries")], results[("--replicas 1", "queries")]
     doc_one, doc_rep1 = results[("one process", "documents")], results[("--replicas 1", "documents")]
     lines = ["# Serving past one process (CPU): one process vs Ray Serve replicas, same machine, same run", "",
+             *([f"**{args.note}**", ""] if args.note else []),
              f"Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC  ", f"Device: {cpu_description()}  ",
              f"Load average (1 min) at start / after each configuration / after the spike: {' / '.join(loads)}  ",
              f"Versions: {', '.join(f'{k} {v}' for k, v in versions().items())}, ray {_ray_version()}  ",
@@ -245,6 +283,8 @@ def main() -> int:
                "with no headroom: add about 30% for peaks and for replicas starting."), ""]
     lines += table(["device", "measured as", "cores / replica", "tokens/s / replica", "tokens / doc", "replicas",
                     "cores"], sizing_rows)
+    if device == "cpu":
+        lines += on_paper(tokens_per_doc)
     path = Path(args.out)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")

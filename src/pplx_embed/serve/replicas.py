@@ -192,6 +192,12 @@ def run(config: ServeConfig, plan: ReplicaPlan) -> int:
     for _, source in config.models:
         if source is not None and not isinstance(source, str):
             raise InputError("replicas load their models themselves: give model names or directories")
+    local = plan.address is None
+    if local:  # the common mistakes in one line before Ray starts (on a cluster, the models are the nodes')
+        from pplx_embed.model.checkpoint import load_checkpoint
+
+        for _, source in config.models:
+            load_checkpoint(source or config.options.model)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     stop, starting, received = threading.Event(), [True], []
 
@@ -203,7 +209,6 @@ def run(config: ServeConfig, plan: ReplicaPlan) -> int:
             raise _Stop
 
     previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
-    local = plan.address is None
     try:
         ray.init(address="local" if local else plan.address, include_dashboard=False if local else None,
                  logging_level=logging.WARNING)
