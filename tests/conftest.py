@@ -89,3 +89,47 @@ def store_location(request, tmp_path) -> str:
     import uuid
 
     return f"pgserver:{request.getfixturevalue('pg_parent') / 'stores'}#t_{uuid.uuid4().hex[:12]}"
+
+
+RAY_HEAD = """
+import signal, sys, time
+import ray
+ray.init(num_cpus=int(sys.argv[1]), include_dashboard=False, log_to_driver=False)
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # exits through ray.shutdown (atexit): no process left
+print(ray.get_runtime_context().gcs_address, flush=True)
+while True:
+    time.sleep(1)
+"""
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory):
+    """A Ray cluster on this machine for ``--ray-address`` (as ``ray start --head`` makes one): ``(address, env)``.
+
+    Token authentication is on (Ray's default) with a token of its own: commands join with ``env``. It is one
+    process group of ours, stopped by its id at the end."""
+    import secrets
+    import signal
+    import subprocess
+    import sys
+
+    pytest.importorskip("ray")
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16),
+           "RAY_USAGE_STATS_ENABLED": "0",
+           "PYTHONPATH": os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH")) if p)}
+    log = tmp_path_factory.mktemp("ray-head") / "head.log"
+    with open(log, "w") as err:
+        head = subprocess.Popen([sys.executable, "-c", RAY_HEAD, "4"], stdout=subprocess.PIPE, stderr=err, text=True,
+                                env=env, start_new_session=True)
+    address = head.stdout.readline().strip()
+    if not address:
+        head.wait(60)
+        pytest.fail(f"the Ray head did not start: {log.read_text()[-2000:]}")
+    yield address, env
+    head.send_signal(signal.SIGTERM)
+    try:
+        head.wait(120)
+    except subprocess.TimeoutExpired:
+        os.killpg(head.pid, signal.SIGKILL)
+        head.wait()

@@ -345,7 +345,7 @@ def test_health_is_503_until_models_are_loaded(tiny_pplx_dir):
                 break
             except httpx.TransportError:
                 time.sleep(0.01)
-        assert health.status_code == 503 and health.json() == {"status": "loading"}
+        assert health.status_code == 503 and health.json() == {"status": "loading", "replicas": 1}
         early = post(url, "/v1/embeddings", {"input": "early"})
         if httpx.get(url + "/health").status_code == 503:  # still loading after the request: it was refused
             assert_error(early, 503, "not_ready", "loading")

@@ -62,6 +62,27 @@ def _positive(value: str) -> int:
     return int(value)
 
 
+def _positive_float(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = 0.0
+    if not number > 0 or number == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value!r}")
+    return number
+
+
+def _actors(value: str) -> int | tuple[int, int]:
+    """``N`` or ``MIN:MAX`` actors."""
+    low, colon, high = value.partition(":")
+    if not colon:
+        return _positive(value)
+    low_n, high_n = _positive(low), _positive(high)
+    if low_n > high_n:
+        raise argparse.ArgumentTypeError(f"expected MIN:MAX with MIN <= MAX, got {value!r}")
+    return low_n, high_n
+
+
 def cmd_create(args: argparse.Namespace) -> int:
     from pplx_embed.index import Index
     from pplx_embed.model.checkpoint import load_checkpoint
@@ -174,7 +195,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
     written = embed_files(args.input, args.output, options=EmbedderOptions.from_args(args), field=args.field,
                           quantizations=tuple(args.quantization or ("int8", "binary")), dimensions=args.dimensions,
-                          rows_per_file=args.rows_per_file, num_cpus=args.num_cpus, num_gpus=args.num_gpus,
+                          rows_per_file=args.rows_per_file, address=args.ray_address, num_cpus=args.num_cpus,
+                          num_gpus=args.num_gpus, actors=args.actors, actor_cpus=args.actor_cpus,
                           show_progress_bar=not args.quiet)
     if args.index:
         from pplx_embed.index.batch import ingest_parts
@@ -256,8 +278,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                        default=None, help="columns to write (repeatable; default int8 and binary)")
     batch.add_argument("--dimensions", "-d", type=int, default=None)
     batch.add_argument("--rows-per-file", type=int, default=4096, help="rows per output part (default 4096)")
+    batch.add_argument("--ray-address", default=None, metavar="ADDR",
+                       help="run on this Ray cluster (e.g. head:6379; its nodes must see the input and output paths) "
+                            "instead of starting Ray on this machine")
     batch.add_argument("--num-cpus", type=int, default=None, help="CPUs for a local Ray cluster")
     batch.add_argument("--num-gpus", type=float, default=0, help="GPUs per embedding actor (0: CPU)")
+    batch.add_argument("--actors", type=_actors, default=None, metavar="N|MIN:MAX",
+                       help="embedding actors: a fixed pool, or MIN:MAX for Ray Data to scale between (default: one "
+                            "per GPU share with --num-gpus, else one)")
+    batch.add_argument("--actor-cpus", type=_positive_float, default=1.0, metavar="N",
+                       help="CPUs (and engine threads) per actor (default 1)")
     batch.add_argument("--index", default=None,
                        help="also upsert the parts into this index (directory or milvus:...; created when missing)")
     batch.add_argument("--id-field", default="id", help="id column for --index (default: id, else <file>:<row>)")

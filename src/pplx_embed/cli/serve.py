@@ -74,9 +74,33 @@ def register(subparsers) -> None:
         limits.add_argument("--" + name.replace("_", "-"), default=_env(name.upper()), metavar="N", help=text)
     p.add_argument("--graceful-timeout", default=_env("GRACEFUL_TIMEOUT", "30"),
                    help="seconds to finish in-flight requests on shutdown (default 30)")
+    p.add_argument("--drain-seconds", default=_env("DRAIN_SECONDS", "0"),
+                   help="on SIGTERM, answer /ready 503 (still serving) this long before shutting down, so that "
+                        "load balancers stop sending requests first (default 0)")
+    _register_replicas(p)
     p.add_argument("--log-level", default=_env("LOG_LEVEL", "info"), choices=("debug", "info", "warning", "error"))
     EmbedderOptions.add_arguments(p, model=False)
     p.set_defaults(func=cmd_serve)
+
+
+def _register_replicas(p: argparse.ArgumentParser) -> None:
+    group = p.add_argument_group(f"replicas (Ray Serve; env {ENV}<NAME>; any of these serves through Ray)")
+    group.add_argument("--replicas", default=_env("REPLICAS"), metavar="N",
+                       help="serve with N Ray Serve replicas of the same app (the initial count with --autoscale)")
+    group.add_argument("--ray-address", default=_env("RAY_ADDRESS"), metavar="ADDR",
+                       help="join this Ray cluster (e.g. head:6379) instead of starting Ray on this machine")
+    group.add_argument("--autoscale", default=_env("AUTOSCALE"), metavar="MIN:MAX",
+                       help="scale replicas between MIN and MAX on ongoing requests per replica")
+    group.add_argument("--target-ongoing-requests", default=_env("TARGET_ONGOING_REQUESTS"), metavar="N",
+                       help="autoscaling keeps about this many requests in flight per replica (default 8)")
+    group.add_argument("--upscale-delay", default=_env("UPSCALE_DELAY"), metavar="S",
+                       help="seconds of sustained load before adding replicas (default 30)")
+    group.add_argument("--downscale-delay", default=_env("DOWNSCALE_DELAY"), metavar="S",
+                       help="seconds of low load before removing replicas (default 600)")
+    group.add_argument("--replica-cpus", default=_env("REPLICA_CPUS"), metavar="N",
+                       help="CPUs (and engine threads) per replica (default: the cluster's CPUs / most replicas)")
+    group.add_argument("--replica-gpus", default=_env("REPLICA_GPUS"), metavar="N",
+                       help="GPUs per replica, fractions share one (default 1 with --device cuda, else 0)")
 
 
 def _number(flag: str, text: str, kind: type, low: float, high: float | None = None):
@@ -95,6 +119,7 @@ def build_config(args: argparse.Namespace):
     """A :class:`~pplx_embed.serve.app.ServeConfig` from the parsed options (``InputError`` on bad ones)."""
     args.port = _number("port", args.port, int, 0, 65535)
     args.graceful_timeout = _number("graceful-timeout", args.graceful_timeout, float, 0)
+    args.drain_seconds = _number("drain-seconds", args.drain_seconds, float, 0)
     limits = {}
     for name in LIMIT_HELP:
         if (text := getattr(args, name)) is not None:
@@ -140,16 +165,46 @@ def _allow_files(connections: int) -> None:
             "(ulimit -n) or lower --max-connections", hard, connections)
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
+def build_plan(args: argparse.Namespace, config):
+    """The :class:`~pplx_embed.serve.replicas.ReplicaPlan` of the replica flags, or None (one process)."""
+    flags = ("replicas", "ray_address", "autoscale", "target_ongoing_requests", "upscale_delay", "downscale_delay",
+             "replica_cpus", "replica_gpus")
+    if all(getattr(args, name) is None for name in flags):
+        return None
+    from pplx_embed.serve.replicas import ReplicaPlan
 
+    plan = {}
+    if args.autoscale is not None:
+        low, colon, high = args.autoscale.partition(":")
+        if not colon:
+            raise InputError(f"--autoscale must be MIN:MAX, got {args.autoscale!r}")
+        plan["autoscale"] = (_number("autoscale", low, int, 1), _number("autoscale", high, int, 1))
+    replicas = args.replicas if args.replicas is not None else str(plan["autoscale"][0]) if args.autoscale else "1"
+    plan["replicas"] = _number("replicas", replicas, int, 1)
+    for name, kind, low in (("target_ongoing_requests", float, 1e-3), ("upscale_delay", float, 0),
+                            ("downscale_delay", float, 0), ("replica_cpus", float, 1e-3), ("replica_gpus", float, 0)):
+        if (text := getattr(args, name)) is not None:
+            plan[name] = _number(name.replace("_", "-"), text, kind, low)
+    if "replica_gpus" not in plan and str(config.options.device or "").startswith("cuda"):
+        plan["replica_gpus"] = 1.0
+    return ReplicaPlan(**plan, address=args.ray_address or None, host=args.host, port=args.port,
+                       drain_seconds=args.drain_seconds, graceful_timeout=args.graceful_timeout)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
     from pplx_embed.serve.app import create_app
     from pplx_embed.serve.http import uvicorn_config
+    from pplx_embed.serve.readiness import DrainingServer
 
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s:     %(message)s")
     config = build_config(args)
+    plan = build_plan(args, config)
+    if plan is not None:
+        from pplx_embed.serve.replicas import run
+
+        return run(config, plan)
     failure: list[BaseException] = []
-    server: uvicorn.Server | None = None
+    server: DrainingServer | None = None
 
     def on_load_error(exc: BaseException) -> None:
         failure.append(exc)
@@ -158,8 +213,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     config.on_load_error = on_load_error
     _allow_files(config.limits.max_connections)
-    server = uvicorn.Server(uvicorn_config(create_app(config), config.limits, host=args.host, port=args.port,
-                                           log_level=args.log_level, timeout_graceful_shutdown=args.graceful_timeout))
+    app = create_app(config)
+    server = DrainingServer(uvicorn_config(app, config.limits, host=args.host, port=args.port,
+                                           log_level=args.log_level, timeout_graceful_shutdown=args.graceful_timeout),
+                            app.state.service.readiness, args.drain_seconds)
     server.run()
     if failure:
         raise InputError(f"could not load the models and indexes: {failure[0]}")

@@ -1,7 +1,8 @@
 """The FastAPI application: thin routes over the model registry and each model's pipeline.
 
-``create_app(ServeConfig(...))`` returns an ASGI app for uvicorn. Models load (and warm up) in a
-background thread after startup; ``GET /health`` answers 503 until they are ready.
+``create_app(ServeConfig(...))`` returns an ASGI app for uvicorn (or a Ray Serve replica, :mod:`.replicas`).
+Models load (and warm up) in a background thread after startup; ``GET /health`` and ``GET /ready`` answer 503
+until they are ready (:mod:`.readiness`).
 
 A request goes: gate (API key before the body is read, body size cap) → route (schema, model, key
 scope, admission) → pipeline (check, tokenize once off the loop, fair scheduler, finish off the loop).
@@ -34,6 +35,7 @@ from pplx_embed.serve.indexes import ServedIndex, close_indexes, open_indexes
 from pplx_embed.serve.limits import ServeLimits
 from pplx_embed.serve.metrics import Metrics
 from pplx_embed.serve.pipeline import Pipeline, Result, check_documents_within, check_texts_within
+from pplx_embed.serve.readiness import Readiness
 from pplx_embed.serve.registry import Registry, ServedModel, UnknownModel, as_float, model_names
 from pplx_embed.serve.scheduler import Overloaded, ShuttingDown
 from pplx_embed.serve.schemas import (
@@ -54,9 +56,9 @@ from pplx_embed.wire import QUANTIZATION_OF, contextual_response, embeddings_res
 log = logging.getLogger("pplx_embed.serve")
 
 INDEX_CALLS_WAIT = 10.0  # seconds index calls may take to end at shutdown before the process exits without them
-ENDPOINTS = ("/v1/embeddings", "/v1/contextualizedembeddings", "/embed", "/v1/models", "/health", "/metrics",
-             "/v1/indexes", "/v1/indexes/{name}/search", "/v1/indexes/{name}/documents")
-OPEN_PATHS = frozenset({"/health", "/metrics"})  # for probes and scrapers; with keys set, all else needs one
+ENDPOINTS = ("/v1/embeddings", "/v1/contextualizedembeddings", "/embed", "/v1/models", "/health", "/ready",
+             "/metrics", "/v1/indexes", "/v1/indexes/{name}/search", "/v1/indexes/{name}/documents")
+OPEN_PATHS = frozenset({"/health", "/ready", "/metrics"})  # for probes and scrapers; with keys set, all else needs one
 
 
 @dataclass
@@ -75,6 +77,10 @@ class ServeConfig:
     options: EmbedderOptions = field(default_factory=EmbedderOptions.from_env)
     warmup: bool = True
     on_load_error: Callable[[BaseException], None] | None = None
+    # under Ray Serve (serve/replicas.py): the running replicas for /health and /ready, and startup waits for the
+    # models, so that Ray routes no request to a replica still loading
+    replicas: Callable[[], int] | None = None
+    load_before_serving: bool = False
 
 
 def load_models(config: ServeConfig) -> list[tuple[str, object, list[str]]]:
@@ -195,6 +201,7 @@ class Service:
     def __init__(self, config: ServeConfig):
         self.config = config
         self.metrics = Metrics()
+        self.readiness = Readiness(config.replicas)
         self.registry: Registry | None = None
         self.indexes: dict[str, ServedIndex] = {}
         self.load_error: BaseException | None = None
@@ -217,15 +224,17 @@ class Service:
                 pipeline = Pipeline(name, embedder, self.config.limits, self.prep, self.metrics.batch_observer(name))
                 scheduler = pipeline.scheduler
                 self.metrics.watch_model(name, lambda s=scheduler: s.depth, lambda s=scheduler: s.running,
-                                         lambda s=scheduler: s.in_flight)
+                                         lambda s=scheduler: s.in_flight, lambda s=scheduler: s.queued_tokens)
                 served.append(ServedModel(name, embedder, pipeline, names))
             registry = Registry(served, self.config.splits, self.config.shadows, self.metrics)
             self.indexes = open_indexes(self.config.indexes, registry.models, self.loop,
                                         self.config.limits.request_timeout)
             self.registry = registry
+            self.readiness.loaded(registry.names)
             log.info("serving %s", ", ".join(self.registry.names + [f"index {name}" for name in self.indexes]))
         except BaseException as exc:  # noqa: BLE001 - reported by /health and the CLI
             self.load_error = exc
+            self.readiness.failed(exc)
             log.error("could not load the models and indexes: %s", exc)
             if self.config.on_load_error is not None:
                 self.config.on_load_error(exc)
@@ -360,6 +369,10 @@ def create_app(config: ServeConfig) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         service.start()
+        if config.load_before_serving:
+            await service.readiness.settled()
+            if service.load_error is not None:
+                raise service.load_error
         yield
         await service.stop()
 
@@ -370,6 +383,7 @@ def create_app(config: ServeConfig) -> FastAPI:
     app.state.service = service
     install_error_handlers(app)
     app.add_middleware(_Gate, service=service)
+    app.include_router(service.readiness.router())
     app.include_router(ui_router(config.keys.enabled, check_reports(config.reports)))
 
     @app.post("/v1/embeddings", response_model=EmbeddingsResponse, responses=ERRORS)
@@ -476,14 +490,6 @@ def create_app(config: ServeConfig) -> FastAPI:
         registry = service.ready_registry()
         data = [m for m in registry.describe() if config.keys.allows(authorization, registry.names_of(m["id"]))]
         return {"object": "list", "data": data}
-
-    @app.get("/health")
-    async def health():
-        """200 once every model is loaded and warmed up, else 503."""
-        if service.registry is None:
-            status = f"failed: {service.load_error}" if service.load_error else "loading"
-            return JSONResponse({"status": status}, 503, headers={"Retry-After": "5"})
-        return {"status": "ok", "models": service.registry.names}
 
     @app.get("/metrics")
     async def metrics():

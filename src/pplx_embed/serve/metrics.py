@@ -22,6 +22,8 @@ class Metrics:
         self.latency = Histogram("pplx_request_duration_seconds", "Request latency", ["endpoint", "model"],
                                  buckets=LATENCY_BUCKETS, registry=r)
         self.queue_depth = Gauge("pplx_queue_depth", "Requests waiting for the model's worker", ["model"], registry=r)
+        self.queue_tokens = Gauge("pplx_queue_tokens", "Tokens waiting for a scheduler step (bounded by "
+                                  "--max-queue-tokens)", ["model"], registry=r)
         self.running = Gauge("pplx_requests_running", "Requests in the engine call now running", ["model"],
                              registry=r)
         self.in_flight = Gauge("pplx_requests_in_flight", "Admitted requests (waiting or running)", ["model"],
@@ -49,8 +51,9 @@ class Metrics:
                                        ["primary", "candidate", "outcome"], registry=r)
 
     def watch_model(self, name: str, depth: Callable[[], int], running: Callable[[], int],
-                    in_flight: Callable[[], int]) -> None:
+                    in_flight: Callable[[], int], queued_tokens: Callable[[], int]) -> None:
         self.queue_depth.labels(name).set_function(depth)
+        self.queue_tokens.labels(name).set_function(queued_tokens)
         self.running.labels(name).set_function(running)
         self.in_flight.labels(name).set_function(in_flight)
 

@@ -126,6 +126,10 @@ class Scheduler:
         return len(self._jobs)
 
     @property
+    def queued_tokens(self) -> int:
+        return self._queued_tokens
+
+    @property
     def running(self) -> int:
         """Requests in the step now running."""
         return self._running
