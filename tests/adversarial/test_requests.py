@@ -99,19 +99,20 @@ def test_logs_cut_long_paths_and_redact_keys_in_query_strings(served):
 
 # ---- HEAD, and what is open without a key ---------------------------------------------------------------
 def test_head_answers_every_get_route_without_a_body(served):
-    for path, key in (("/health", None), ("/metrics", None), ("/v1/models", KEY), ("/v1/indexes", KEY)):
+    routes = (("/health", None), ("/ready", None), ("/metrics", None), ("/v1/models", KEY), ("/v1/indexes", KEY))
+    for path, key in routes:
         with socket.create_connection(served.address, timeout=30) as sock:
             sock.sendall(request("HEAD", path, key=key) + request("GET", "/health", key=None))
             both, _ = hostile.until_closed(sock)  # the idle timeout closes it
         head, _, rest = both.partition(b"\r\n\r\n")  # the HEAD answer has no body: the GET answer follows
         assert head.startswith(b"HTTP/1.1 200") and b"content-length: " in head and rest.startswith(b"HTTP/1.1 200")
-        assert rest.endswith(b'{"status":"ok","models":["minilm"]}'), (path, both)
+        assert rest.endswith(b'{"status":"ok","models":["minilm"],"replicas":1}'), (path, both)
     assert exchange(served.address, request("HEAD", "/v1/models", key=None), "HEAD").status == 401
     assert exchange(served.address, request("HEAD", "/v1/embeddings"), "HEAD").status == 405
 
 
-def test_only_health_and_metrics_are_open_without_a_key(served):
-    for path in ("/health", "/metrics"):
+def test_only_probes_and_metrics_are_open_without_a_key(served):
+    for path in ("/health", "/ready", "/metrics"):
         assert exchange(served.address, request("GET", path, key=None), "GET").status == 200
     for path in ("/openapi.json", "/v1/models", "/v1/indexes"):
         answer = exchange(served.address, request("GET", path, key=None), "GET")
