@@ -146,8 +146,9 @@ def check_metadata(metadata: Any) -> dict[str, Any]:
 
 def unit_rows(rows: np.ndarray) -> np.ndarray:
     """Rows as contiguous float32 unit vectors (zero rows stay zero): cosine becomes an inner product."""
-    rows = np.asarray(rows, dtype=np.float32)
-    return np.ascontiguousarray(rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12))
+    rows = np.array(rows, dtype=np.float32, order="C")  # one copy, normalized in place
+    rows /= np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+    return rows
 
 
 def rescore_top(queries: np.ndarray, candidates: list[np.ndarray], codes: np.ndarray,
