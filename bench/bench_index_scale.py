@@ -194,12 +194,19 @@ def truth(root: Path, record: dict, queries: int | None = None) -> dict[str, np.
             keep = np.argsort(-s, axis=1, kind="stable")[:, :10]
             best[kind] = (np.take_along_axis(s, keep, 1), np.take_along_axis(i, keep, 1))
     out = {kind: ids for kind, (_, ids) in best.items()}
-    np.savez(path, **out)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
+    np.savez(tmp, **out)
+    tmp.replace(path)  # whole or absent: builds of the same size may compute it at once
     return out
 
 
 # ---- measure ----------------------------------------------------------------------------------------------
 QUERIES = 1000  # the query sample: batched QPS, single-query latency and recall are measured on it
+
+
+def parse_setting(spec: str) -> dict[str, int]:
+    """``nprobe=32,coarse_rescore=0,candidates=200`` → a dict of search settings."""
+    return {key: int(value) for key, value in (part.split("=") for part in spec.split(","))}
 
 
 def measure_one(args) -> None:
@@ -224,33 +231,42 @@ def measure_one(args) -> None:
     out = {"name": args.name, "open_s": opened, "first_search_s": first_search,
            "resident_anon": after["anon"] - before["anon"], "resident_file": after["file"],
            "structure_bytes_per_vector": stats.get("search_structure_bytes_per_vector"),
-           "first_stage_index": stats.get("first_stage_index"), "load_start": loadavg(), "runs": []}
-    sweep = args.nprobe if stats.get("nprobe") is not None and args.nprobe else []  # IVF only
-    default_nprobe = getattr(ix, "nprobe", None)
-    for setting in [{}] + [{"nprobe": p} for p in sweep if p != default_nprobe]:
-        ix.nprobe = setting.get("nprobe", default_nprobe)
-        hits = None
+           "first_stage_index": stats.get("first_stage_index"), "lists": stats.get("lists"),
+           "load_start": loadavg(), "runs": []}
+    defaults = {"nprobe": getattr(ix, "nprobe", None), "coarse_rescore": getattr(ix, "coarse_rescore", None)}
+    ivf = stats.get("lists") is not None
+    for setting in [{}] + [spec for spec in map(parse_setting, args.sweep or []) if ivf or set(spec) == {"candidates"}]:
+        for key, value in defaults.items():
+            if ivf:
+                setattr(ix, key, setting.get(key, value))
+        options = {"candidates": setting["candidates"]} if "candidates" in setting else {}
+        effective = ix.stats() if ivf else {}
         best = float("inf")
         for _ in range(3):
             t = time.perf_counter()
-            hits = ix.search_many(q, 10)
+            hits = ix.search_many(q, 10, **options)
             best = min(best, time.perf_counter() - t)
         found = [np.array([int(h.id[1:]) for h in hs]) for hs in hits]
         for v in q[:50]:
-            ix.search(v, 10)
-        times = []
+            ix.search(v, 10, **options)
+        wall, cpu = [], []
         for v in q:
-            t = time.perf_counter()
-            ix.search(v, 10)
-            times.append(time.perf_counter() - t)
-        out["runs"].append({"nprobe": getattr(ix, "nprobe", None) if stats.get("nprobe") is not None else None,
-                            "default": not setting,
-                            "qps": len(q) / best, "p50_ms": float(np.percentile(times, 50) * 1e3),
-                            "p99_ms": float(np.percentile(times, 99) * 1e3),
+            t, c = time.perf_counter(), time.thread_time()
+            ix.search(v, 10, **options)
+            cpu.append(time.thread_time() - c)
+            wall.append(time.perf_counter() - t)
+        out["runs"].append({"setting": setting, "nprobe": effective.get("nprobe"),
+                            "coarse_rescore": effective.get("coarse_rescore"),
+                            "candidates": setting.get("candidates", 100), "qps": len(q) / best,
+                            "p50_ms": float(np.percentile(wall, 50) * 1e3),
+                            "p99_ms": float(np.percentile(wall, 99) * 1e3),
+                            "cpu_p50_ms": float(np.percentile(cpu, 50) * 1e3),
+                            "cpu_p99_ms": float(np.percentile(cpu, 99) * 1e3),
                             "recall_float": recall_at(found, truths["float"]),
                             "recall_int8": recall_at(found, truths["int8"])})
         print(json.dumps(out["runs"][-1]), file=sys.stderr, flush=True)
     out["load_end"] = loadavg()
+    out["env"] = environment()
     ix.close()
     print(json.dumps(out))
 
@@ -262,21 +278,20 @@ def measure(args) -> None:
     records = [json.loads(p.read_text()) for p in sorted(root.glob("*.json")) if p.name != "ingest.json"]
     records = [r for r in records if not args.only or r["name"] in args.only]
     results = {}
-    env = environment()
     cached = root / "measured.json"
     if cached.exists():
         results = json.loads(cached.read_text())
     for record in records:
         command = [sys.executable, __file__, "measure-one", "--dir", str(root), "--name", record["name"]]
-        if args.nprobe:
-            command += ["--nprobe", *map(str, args.nprobe)]
+        if args.sweep:
+            command += ["--sweep", *args.sweep]
         paths = ([record["src"]] if record.get("pinned") else []) + [str(Path(__file__).resolve().parents[1] / "src")]
         done = subprocess.run(command, capture_output=True, text=True, check=False,
                               env={**os.environ, "PYTHONPATH": os.pathsep.join(paths)})
         if done.returncode:
             print(done.stderr[-3000:], file=sys.stderr)
             raise SystemExit(f"measuring {record['name']} failed")
-        results[record["name"]] = {**json.loads(done.stdout.strip().splitlines()[-1]), "env": env}
+        results[record["name"]] = json.loads(done.stdout.strip().splitlines()[-1])
         print(record["name"], json.dumps(results[record["name"]]), flush=True)
         cached.write_text(json.dumps(results, indent=1))
     if args.out:
@@ -353,19 +368,24 @@ def report(root: Path, out: str) -> None:
                      f"{gib(p['servers']) if p['servers'] else '–'} | {gib(r['disk'])} | "
                      f"{' '.join(r['load_start'][:1])} → {' '.join(r['load_end'][:1])} | {r['commit']} |")
     lines += ["", "## Search", "",
-              ("| index | first stage | nprobe | structure B/vector | resident after open MiB | QPS (batch) | p50 ms "
-               "| p99 ms | recall@10 float | recall@10 int8 | load |"),
-              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+              ("| index | first stage | lists | nprobe | coarse rescore | candidates | structure B/vector | resident "
+               "after open MiB | QPS (batch) | p50 ms | p99 ms | CPU p50 ms | CPU p99 ms | recall@10 float | "
+               "recall@10 int8 | load | code |"),
+              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
     for r in order:
         m = measured.get(r["name"])
         if not m:
             continue
         for run in m["runs"]:
-            mark = "" if run["default"] else " (sweep)"
-            lines.append(f"| {r['name']}{mark} | {m['first_stage_index']} | {run['nprobe'] or '–'} | "
-                         f"{m['structure_bytes_per_vector'] or '–'} | {m['resident_anon'] / 2**20:,.0f} | "
-                         f"{run['qps']:,.0f} | {run['p50_ms']:.2f} | {run['p99_ms']:.2f} | {run['recall_float']:.3f} | "
-                         f"{run['recall_int8']:.3f} | {m['load_start'][0]} → {m['load_end'][0]} |")
+            mark = "" if not run["setting"] else " (sweep)"
+            coarse = "–" if run["coarse_rescore"] is None else run["coarse_rescore"]
+            lines.append(f"| {r['name']}{mark} | {m['first_stage_index']} | {m.get('lists') or '–'} | "
+                         f"{run['nprobe'] or '–'} | {coarse} | "
+                         f"{run['candidates']} | {m['structure_bytes_per_vector'] or '–'} | "
+                         f"{m['resident_anon'] / 2**20:,.0f} | {run['qps']:,.0f} | {run['p50_ms']:.2f} | "
+                         f"{run['p99_ms']:.2f} | {run['cpu_p50_ms']:.2f} | {run['cpu_p99_ms']:.2f} | "
+                         f"{run['recall_float']:.3f} | {run['recall_int8']:.3f} | {m['load_start'][0]} → "
+                         f"{m['load_end'][0]} | {m['env']['commit']} |")
     ingest_file = root / "ingest.json"
     if ingest_file.exists():
         ing = json.loads(ingest_file.read_text())
@@ -400,12 +420,14 @@ def main() -> None:
     m = sub.add_parser("measure", help="measure every built index, each in a fresh process; write the report")
     m.add_argument("--dir", required=True)
     m.add_argument("--only", nargs="+", default=None)
-    m.add_argument("--nprobe", type=int, nargs="+", default=None, help="also sweep these nprobe (IVF indexes)")
+    m.add_argument("--sweep", nargs="+", default=None, metavar="SETTING",
+                   help="also measure these settings, e.g. nprobe=32 coarse_rescore=0 candidates=200 (nprobe and "
+                        "coarse_rescore only on inverted files; combine with commas)")
     m.add_argument("--out", default=None)
     one = sub.add_parser("measure-one")
     one.add_argument("--dir", required=True)
     one.add_argument("--name", required=True)
-    one.add_argument("--nprobe", type=int, nargs="+", default=None)
+    one.add_argument("--sweep", nargs="+", default=None)
     i = sub.add_parser("ingest", help="MiniLM embedding + ingest rate")
     i.add_argument("--dir", required=True)
     i.add_argument("--texts", type=int, default=20_000)

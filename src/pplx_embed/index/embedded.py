@@ -31,9 +31,9 @@ vector; :meth:`EmbeddedIndex.check` verifies everything. Damage is an :class:`In
 The first stage is an exact Hamming search with faiss ``IndexBinaryFlat`` over the binary codes,
 restricted to live (and filter-matching) rows by a bitmap, or an inverted file: rows are partitioned
 by cosine to centroids trained on the int8 codes (spherical k-means), each list holds binary codes,
-and a query scans the codes of its ``nprobe`` nearest lists, found by a faiss HNSW graph over the
-centroids once there are many. Which of the two, and how many lists, follows the index's size
-(:func:`plan_lists`); :meth:`EmbeddedIndex.compact` trains the coarse stage (centroids and graph,
+and a query scans the codes of its ``nprobe`` nearest lists, found by cosine to the centroids (once
+there are many: by Hamming to their sign bits first). Which of the two, and how many lists, follows the
+index's size (:func:`plan_lists`); :meth:`EmbeddedIndex.compact` trains the coarse stage (centroids,
 committed in ``index.sqlite`` with their hash, per generation) when the size calls for another one, and
 writes every row's list in ``vectors.<gen>.lists``; rows added later are assigned to their lists as
 they are written. The faiss structures are built in memory on the first search (a writer that only
@@ -83,8 +83,8 @@ FACTS = ("format", "model", "query_model", "dimensions", "full_dimension", "stor
 BLOCK = 128  # rows per hashed block
 IVF_MIN_ROWS = 10_000  # first_stage="ivf": an inverted file from this size (k-means needs rows)
 AUTO_IVF_ROWS = 50_000  # first_stage="auto": an inverted file from this size, an exact scan below (docs/index.md)
-GRAPH_LISTS = 1_024  # from this many lists, an HNSW graph over the centroids finds the lists to probe
-HNSW_M = 32  # neighbours per centroid in that graph
+LSH_LISTS = 4_096  # from this many lists, a query finds its lists by Hamming first (see _Coarse)
+COARSE_RESCORE = 8  # then orders this many times nprobe of them by exact cosine
 TRAIN_PER_LIST = 40  # k-means sample: rows per centroid
 NPROBE = 16  # inverted lists a query visits (default)
 _READ_BYTES = 32 << 20  # bytes per read of a whole-file pass (verify, index, copy, assign)
@@ -181,15 +181,21 @@ def retrain_due(trained: int, wanted: int) -> bool:
 
 
 class _Coarse:
-    """A generation's trained coarse stage: the faiss quantizer over the list centroids (exact ``IndexFlatIP``,
-    or ``IndexHNSWFlat`` from ``GRAPH_LISTS`` lists), as stored (serialized, hashed) in the ``coarse`` table."""
+    """A generation's trained coarse stage: the list centroids in faiss ``IndexRefineFlat(IndexLSH)`` (the
+    centroids' sign bits in front of the float centroids), as stored (serialized, hashed) in the ``coarse`` table.
+
+    A query finds its lists either exactly (cosine to every centroid, one matrix-vector product) or the way
+    the index finds rows: Hamming distance between its sign bits and the centroids', then the best
+    ``rescore × nprobe`` of those ordered by exact cosine (``IndexRefineFlat``'s ``k_factor``).
+    """
 
     def __init__(self, quantizer, trained_rows: int, nbytes: int = 0):
         import faiss
 
         self.quantizer, self.trained_rows, self.lists = quantizer, trained_rows, quantizer.ntotal
-        self.graph = isinstance(quantizer, faiss.IndexHNSW)
+        self.exact = faiss.downcast_index(quantizer.refine_index)
         self.nbytes = nbytes or len(faiss.serialize_index(quantizer))  # about its size in memory
+        self.rescore = COARSE_RESCORE if self.lists >= LSH_LISTS else 0  # the default way to probe
 
     @classmethod
     def train(cls, sample: np.ndarray, lists: int) -> _Coarse:
@@ -199,27 +205,23 @@ class _Coarse:
         dims = sample.shape[1]
         kmeans = faiss.Kmeans(dims, lists, niter=10, spherical=True, seed=0)
         kmeans.train(unit_rows(sample))
-        if lists >= GRAPH_LISTS:
-            quantizer = faiss.IndexHNSWFlat(dims, HNSW_M, faiss.METRIC_INNER_PRODUCT)
-        else:
-            quantizer = faiss.IndexFlatIP(dims)
+        quantizer = faiss.IndexRefineFlat(faiss.IndexLSH(dims, dims, False, False))  # sign bits, then floats
         quantizer.add(kmeans.centroids)
         return cls(quantizer, len(sample))
 
-    def probe(self, dense: np.ndarray, nprobe: int, ef: int | None = None) -> np.ndarray:
-        """The ``nprobe`` lists nearest to each row of ``dense`` by cosine, [rows, nprobe] int64."""
+    def probe(self, dense: np.ndarray, nprobe: int, rescore: int) -> np.ndarray:
+        """The ``nprobe`` lists nearest to each row of ``dense`` by cosine ([rows, nprobe] int64): exactly
+        (``rescore`` 0), or among the ``rescore × nprobe`` nearest by Hamming of the sign bits."""
         import faiss
 
-        params = faiss.SearchParametersHNSW(efSearch=ef or max(nprobe, 64)) if self.graph else None
-        return self.quantizer.search(unit_rows(dense), min(nprobe, self.lists), params=params)[1]
+        x, nprobe = unit_rows(dense), min(nprobe, self.lists)
+        if not rescore:
+            return self.exact.search(x, nprobe)[1]  # unit vectors: L2 order is cosine order
+        return self.quantizer.search(x, nprobe, params=faiss.IndexRefineSearchParameters(k_factor=rescore))[1]
 
     def assign(self, int8: np.ndarray) -> np.ndarray:
-        """Each row's list: its nearest centroid by cosine, exactly (one matrix product with the centroids, which
-        the graph keeps as its storage: for many rows at once, faster than walking the graph for each)."""
-        import faiss
-
-        exact = faiss.downcast_index(self.quantizer.storage) if self.graph else self.quantizer
-        return exact.search(unit_rows(int8), 1)[1][:, 0].astype(np.int32)
+        """Each row's list: its nearest centroid by cosine, exactly, int32."""
+        return self.exact.search(unit_rows(int8), 1)[1][:, 0].astype(np.int32)
 
 
 class EmbeddedIndex(VectorStore):
@@ -242,6 +244,7 @@ class EmbeddedIndex(VectorStore):
         except (KeyError, ValueError) as exc:
             raise IndexDamagedError(f"index {path} is damaged: bad manifest ({exc})") from None
         self.nprobe = NPROBE  # inverted lists visited per query (when the first stage is an inverted file)
+        self.coarse_rescore: int | None = None  # how a query finds them (_Coarse.probe); None: by the number of lists
         self._lock = threading.RLock()
         self._readers = _lock_file(path / "READERS")  # shared while mapping a generation, exclusive to remove one
         self._faiss = self._coarse = None  # the in-memory first stage (built on first search); the trained coarse stage
@@ -397,9 +400,9 @@ class EmbeddedIndex(VectorStore):
             quantizer = faiss.deserialize_index(data)
         except RuntimeError as exc:
             raise self._damaged(f"the trained coarse stage is unreadable ({str(exc).splitlines()[0][:200]})") from None
-        if quantizer.ntotal != lists or quantizer.d != self.dimensions:
-            raise self._damaged(f"the coarse stage holds {quantizer.ntotal} centroids of {quantizer.d} dimensions, "
-                                f"not {lists} of {self.dimensions}")
+        if not isinstance(quantizer, faiss.IndexRefine) or quantizer.ntotal != lists or quantizer.d != self.dimensions:
+            raise self._damaged(f"the coarse stage holds {quantizer.ntotal} centroids of {quantizer.d} dimensions "
+                                f"({type(quantizer).__name__}), not {lists} of {self.dimensions}")
         return _Coarse(quantizer, trained, len(data))
 
     def _load(self) -> None:
@@ -914,7 +917,8 @@ class EmbeddedIndex(VectorStore):
             return self._faiss.search(binary, n, params=params)[1]
         # IVF: faiss has no selector for binary IVF, so over-fetch and drop disallowed rows; a query
         # left short (a selective filter) gets an exact Hamming search over the allowed rows instead
-        probe = self._coarse.probe(dense, self.nprobe)
+        rescore = self._coarse.rescore if self.coarse_rescore is None else self.coarse_rescore
+        probe = self._coarse.probe(dense, self.nprobe, rescore)
         self._faiss.nprobe = probe.shape[1]
         fetch = n if allowed is None else min(self._count, 2 * n)
         found = self._faiss.search_preassigned(binary, fetch, probe, None)[1]
@@ -1012,8 +1016,9 @@ class EmbeddedIndex(VectorStore):
                     "first_stage": self.first_stage,
                     "first_stage_index": "IndexBinaryFlat" if coarse is None else "IndexBinaryIVF",
                     "lists": coarse.lists if coarse else None,
-                    "coarse_quantizer": type(coarse.quantizer).__name__ if coarse else None,
-                    "nprobe": self.nprobe if coarse else None, "retrain_due": self._retrain_due(),
+                    "nprobe": self.nprobe if coarse else None,
+                    "coarse_rescore": (coarse.rescore if self.coarse_rescore is None else self.coarse_rescore)
+                    if coarse else None, "retrain_due": self._retrain_due(),
                     "disk_bytes": disk}
 
     @property
@@ -1029,7 +1034,8 @@ class EmbeddedIndex(VectorStore):
 
     def _structure_bytes(self) -> float:
         """In-memory bytes per vector of the search: codes and the 4-byte inverse norm kept for rescoring; an
-        inverted file adds faiss's 8-byte row id and the row's share of the coarse quantizer (centroids, graph)."""
+        inverted file adds faiss's 8-byte row id and the row's share of the coarse quantizer (the centroids
+        and their sign bits)."""
         code = self._row_bytes("binary") + 4
         if self._coarse is None:
             return code
