@@ -323,8 +323,8 @@ def ingest(args) -> None:
     embed_rate = 2048 / (time.perf_counter() - embed_only)
     ix.close()
     record = {"texts": len(texts), "seconds": seconds, "texts_per_s": len(texts) / seconds,
-              "embed_only_texts_per_s": embed_rate, "engine": str(getattr(model, "backend_name", None) or
-                                                                 type(getattr(model, "engine", model)).__name__),
+              "embed_only_texts_per_s": embed_rate,
+              "engine": {k: v for k, v in model.engine_info().items() if k in ("backend", "dtype", "streams")},
               "mean_chars": float(np.mean([len(t) for t in texts])), "load_start": load, "load_end": loadavg(),
               **environment()}
     (root / "ingest.json").write_text(json.dumps(record, indent=1))
@@ -393,7 +393,8 @@ def report(root: Path, out: str) -> None:
         lines += ["", "## Ingest with real embedding (MiniLM, default engine)", "",
                   f"- {ing['texts']:,} texts of ../shared/data (mean {ing['mean_chars']:.0f} characters) embedded and "
                   f"added in batches of 1,024: **{rate:,.0f} texts/s** on {cores} cores = **{rate / cores:,.0f} "
-                  f"texts/s per core** (embedding alone: {ing['embed_only_texts_per_s']:,.0f} texts/s); load "
+                  f"texts/s per core** (embedding alone: {ing['embed_only_texts_per_s']:,.0f} texts/s; engine "
+                  f"{ing['engine']}); load "
                   f"{ing['load_start'][0]} → {ing['load_end'][0]}; {ing['date']}",
                   f"- projection at this rate: 10M documents {1e7 / rate / 3600:,.1f} h, "
                   f"30M {3e7 / rate / 3600:,.1f} h "
