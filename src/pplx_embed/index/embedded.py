@@ -248,6 +248,7 @@ class EmbeddedIndex(VectorStore):
         self._lock = threading.RLock()
         self._readers = _lock_file(path / "READERS")  # shared while mapping a generation, exclusive to remove one
         self._faiss = self._coarse = None  # the in-memory first stage (built on first search); the trained coarse stage
+        self._fds: dict[str, Any] = {}  # this generation's files, held open
         self._indexed, self._generation, self._commit = 0, None, None
         self._hashes: dict[str, np.ndarray] = {}
         self._verified: dict[str, np.ndarray] = {}
@@ -351,12 +352,26 @@ class EmbeddedIndex(VectorStore):
             return np.zeros(shape, PRECISIONS[precision])
         return np.memmap(self._file(precision), dtype=PRECISIONS[precision], mode="r", shape=shape)
 
-    def _read(self, precision: str, start: int, stop: int, generation: int | None = None) -> np.ndarray:
+    def _open_files(self) -> None:
+        """Hold this generation's files open (under the lock that keeps a compaction from removing them, like
+        the maps): whole-file passes read through these, so a file removed meanwhile stays readable."""
+        for precision in self._files():
+            if precision not in self._fds and self._file(precision).exists():
+                self._fds[precision] = open(self._file(precision), "rb")  # noqa: SIM115 (closed with the generation)
+
+    def _close_files(self) -> None:
+        for f in self._fds.values():
+            f.close()
+        self._fds = {}
+
+    def _read(self, precision: str, start: int, stop: int) -> np.ndarray:
         """Rows ``start:stop`` of a vector file by plain reads: whole-file passes go through the page cache
         without mapping (and so without holding) the file in this process's memory."""
-        width = self._width(precision)
-        return np.fromfile(self._file(precision, generation), dtype=PRECISIONS[precision], count=(stop - start) * width,
-                           offset=start * self._row_bytes(precision)).reshape(-1, width)
+        rows = np.empty((stop - start, self._width(precision)), dtype=PRECISIONS[precision])
+        if len(rows) and os.preadv(self._fds[precision].fileno(), [rows], start * self._row_bytes(precision)) \
+                != rows.nbytes:
+            raise self._damaged(f"{self._file(precision).name} ends before row {stop}")
+        return rows
 
     def _spans(self, precision: str, start: int = 0, stop: int | None = None) -> Iterator[tuple[int, int]]:
         """``start:stop`` (default: every row) in whole blocks of about 32 MB."""
@@ -415,7 +430,9 @@ class EmbeddedIndex(VectorStore):
         if not same:
             self._faiss, self._indexed = None, 0
             self._coarse = self._load_coarse(generation)
+            self._close_files()
         self._count, self._generation, self._commit = count, generation, commit
+        self._open_files()
         n_blocks = -(-count // BLOCK)
         for precision in self._files():
             f = self._file(precision)
@@ -694,6 +711,7 @@ class EmbeddedIndex(VectorStore):
         """Take in our own committed append without rereading the index (new blocks verify on first use; the
         first stage takes the rows in at the next search)."""
         self._count, first = start + n, start // BLOCK
+        self._open_files()
         self._maps = {p: self._map(p) for p in self._files()}
         for precision in self._files():
             new = np.array([h for _, p, _, h in hashes if p == precision], dtype=np.int64)
@@ -1044,5 +1062,6 @@ class EmbeddedIndex(VectorStore):
     def close(self) -> None:
         with self._lock:
             self._maps, self._faiss = {}, None
+            self._close_files()
             self._conn.close()
             self._readers.close()
