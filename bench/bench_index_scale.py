@@ -201,6 +201,7 @@ def truth(root: Path, record: dict, queries: int | None = None) -> dict[str, np.
 
 
 # ---- measure ----------------------------------------------------------------------------------------------
+NOT_BUILDS = ("ingest.json", "measured.json")  # the other records in the data directory
 QUERIES = 1000  # the query sample: batched QPS, single-query latency and recall are measured on it
 
 
@@ -275,7 +276,7 @@ def measure(args) -> None:
     """Measure every built index (or ``--only``), each in a fresh process with the source tree it was built
     with, then write the report."""
     root = Path(args.dir)
-    records = [json.loads(p.read_text()) for p in sorted(root.glob("*.json")) if p.name != "ingest.json"]
+    records = [json.loads(p.read_text()) for p in sorted(root.glob("*.json")) if p.name not in NOT_BUILDS]
     records = [r for r in records if not args.only or r["name"] in args.only]
     results = {}
     cached = root / "measured.json"
@@ -375,7 +376,7 @@ def targets(records: dict, measured: dict) -> list[str]:
 def report(root: Path, out: str) -> None:
     measured = json.loads((root / "measured.json").read_text())
     records = {json.loads(p.read_text())["name"]: json.loads(p.read_text())
-               for p in sorted(root.glob("*.json")) if p.name not in ("ingest.json", "measured.json")}
+               for p in sorted(root.glob("*.json")) if p.name not in NOT_BUILDS}
     env = next(iter(measured.values()))["env"] if measured else environment()
     lines = [
         "# Index at scale (CPU)", "",

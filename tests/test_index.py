@@ -214,46 +214,51 @@ def test_the_first_stage_follows_the_size_and_compaction_retrains_it(tmp_path):
     assert [retrain_due(t, w) for t, w in ((0, 0), (0, 447), (447, 0), (447, 800), (447, 894), (2000, 999))] == [
         False, True, True, False, True, True]
     dim = 64
-    x = clustered(250_000, seed=4, dim=dim)
-    ix = Index.create(str(tmp_path / "grow"), "synthetic-model", dim)
-    assert ix.stats()["first_stage"] == "auto"
+    x = clustered(60_000, seed=4, dim=dim)
 
-    def grow(stop: int) -> None:
-        for first in range(len(ix), stop, 50_000):
-            last = min(first + 50_000, stop)
+    def grow(ix, stop: int) -> None:
+        for first in range(len(ix), stop, 20_000):
+            last = min(first + 20_000, stop)
             ix.add(ids=ids("v", last)[first:], vectors=x[first:last])
 
-    def recall(n: int) -> float:
+    def recall(ix, n: int) -> float:
         q = x[: n : n // 40]
         rows, _ = ix.search_rows(q, 10)
         exact = exact_top(np.tanh(q), np.tanh(x[:n]))
         return np.mean([len(set(r.tolist()) & set(e.tolist())) / 10 for r, e in zip(rows, exact)])
 
-    grow(40_000)
+    ix = Index.create(str(tmp_path / "auto"), "synthetic-model", dim)
+    assert ix.stats()["first_stage"] == "auto"
+    grow(ix, 40_000)
     assert ix.compact() == 0 and ix.stats()["generation"] == 0  # small: exact, nothing to do
-    exact_recall = recall(40_000)  # the exact first stage with 64 sign bits: the bar for the inverted file
-    grow(60_000)
+    exact_recall = recall(ix, 40_000)  # the exact first stage with 64 sign bits: the bar for the inverted file
+    grow(ix, 60_000)
     assert ix.stats()["first_stage_index"] == "IndexBinaryFlat" and ix.needs_compaction
     ix.compact()
     stats = ix.stats()
     assert (stats["first_stage_index"], stats["lists"], stats["generation"], stats["coarse_rescore"]) == (
         "IndexBinaryIVF", plan_lists(60_000, "auto"), 1, 0)
-    assert recall(60_000) >= exact_recall - 0.05
-    grow(200_000)  # rows added after training go to its lists; 3.3x is not yet worth training again
-    assert not ix.needs_compaction and ix.compact() == 0 and ix.stats()["lists"] == plan_lists(60_000, "auto")
-    assert recall(200_000) >= exact_recall - 0.05
-    grow(250_000)
-    assert ix.needs_compaction
-    ix.compact()
-    assert ix.stats()["lists"] == plan_lists(250_000, "auto") and recall(250_000) >= exact_recall - 0.05
+    assert recall(ix, 60_000) >= exact_recall - 0.05
     ix.coarse_rescore = 8  # lists found by Hamming to the centroids' sign bits first (the default from 4,096 lists)
-    assert ix.stats()["coarse_rescore"] == 8 and recall(250_000) >= exact_recall - 0.07
+    assert ix.stats()["coarse_rescore"] == 8 and recall(ix, 60_000) >= exact_recall - 0.07
     ix.close()
-    ix = Index.open(str(tmp_path / "grow"))  # another process's view: the committed coarse stage and lists
-    assert recall(250_000) >= exact_recall - 0.05 and ix.check()["items"] == 250_000
-    ix.delete(ids("v", 250_000)[40_000:])  # shrunk below the inverted file's size: back to an exact scan
-    assert ix.needs_compaction and ix.compact() == 210_000
+    ix = Index.open(str(tmp_path / "auto"))  # another process's view: the committed coarse stage and lists
+    assert recall(ix, 60_000) >= exact_recall - 0.05 and ix.check()["items"] == 60_000
+    ix.delete(ids("v", 60_000)[20_000:])  # shrunk below the inverted file's size: back to an exact scan
+    assert ix.needs_compaction and ix.compact() == 40_000
     stats = ix.stats()
-    assert (stats["first_stage_index"], stats["lists"], stats["items"]) == ("IndexBinaryFlat", None, 40_000)
-    assert recall(40_000) == exact_recall and not list((tmp_path / "grow").glob("vectors.*.lists"))
+    assert (stats["first_stage_index"], stats["lists"], stats["items"]) == ("IndexBinaryFlat", None, 20_000)
+    assert recall(ix, 20_000) >= exact_recall and not list((tmp_path / "auto").glob("vectors.*.lists"))
+    ix.close()
+
+    ix = Index.create(str(tmp_path / "ivf"), "synthetic-model", dim, first_stage="ivf")  # trained from 10,000 rows
+    grow(ix, 12_000)
+    ix.compact()
+    assert ix.stats()["lists"] == plan_lists(12_000, "ivf")
+    grow(ix, 40_000)  # rows added after training go to its lists; 3.3x is not yet worth training again
+    assert not ix.needs_compaction and ix.compact() == 0 and ix.stats()["lists"] == plan_lists(12_000, "ivf")
+    assert recall(ix, 40_000) >= exact_recall - 0.05
+    grow(ix, 50_000)
+    assert ix.needs_compaction and ix.compact() == 0
+    assert ix.stats()["lists"] == plan_lists(50_000, "ivf") and recall(ix, 50_000) >= exact_recall - 0.05
     ix.close()
