@@ -820,9 +820,15 @@ class EmbeddedIndex(VectorStore):
             return dropped
 
     def _sample(self, live: np.ndarray, lists: int) -> np.ndarray:
-        """int8 codes of ``TRAIN_PER_LIST`` live rows per list (a fixed random choice), to train k-means."""
+        """int8 codes of ``TRAIN_PER_LIST`` live rows per list (a fixed random choice), to train k-means: read
+        row by row (a gather through the map would pull most of the file into this process by readahead)."""
         pick = np.random.default_rng(0).choice(len(live), min(len(live), TRAIN_PER_LIST * lists), replace=False)
-        return np.asarray(self._maps["int8"][live[np.sort(pick)]])
+        rows = live[np.sort(pick)]
+        out = np.empty((len(rows), self.dimensions), dtype=np.int8)
+        fd, size = self._fds["int8"].fileno(), self._row_bytes("int8")
+        for i, row in enumerate(rows.tolist()):
+            os.preadv(fd, [out[i]], row * size)
+        return out
 
     def _live_rows(self, precision: str, live: np.ndarray) -> Iterator[np.ndarray]:
         """The ``live`` rows of a vector file of this generation, in order, span by span."""
