@@ -231,7 +231,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="first-stage candidates (default max(100, 10k))")
     search.add_argument("--rescore", choices=("int8", "float", "none"), default="int8")
     search.add_argument("--nprobe", type=_positive, default=None,
-                        help="inverted lists probed per query when the first stage is an inverted file (default 16)")
+                        help="inverted lists probed per query when the first stage is an inverted file (default 32)")
     add_model_args(search)
     search.set_defaults(func=cmd_search)
 

@@ -31,8 +31,8 @@ vector; :meth:`EmbeddedIndex.check` verifies everything. Damage is an :class:`In
 The first stage is an exact Hamming search with faiss ``IndexBinaryFlat`` over the binary codes,
 restricted to live (and filter-matching) rows by a bitmap, or an inverted file: rows are partitioned
 by cosine to centroids trained on the int8 codes (spherical k-means), each list holds binary codes,
-and a query scans the codes of its ``nprobe`` nearest lists, found by cosine to the centroids (once
-there are many: by Hamming to their sign bits first). Which of the two, and how many lists, follows the
+and a query scans the codes of its ``nprobe`` nearest lists, found by Hamming distance to the centroids'
+sign bits first, then cosine. Which of the two, and how many lists, follows the
 index's size (:func:`plan_lists`); :meth:`EmbeddedIndex.compact` trains the coarse stage (centroids,
 committed in ``index.sqlite`` with their hash, per generation) when the size calls for another one, and
 writes every row's list in ``vectors.<gen>.lists``; rows added later are assigned to their lists as
@@ -83,10 +83,9 @@ FACTS = ("format", "model", "query_model", "dimensions", "full_dimension", "stor
 BLOCK = 128  # rows per hashed block
 IVF_MIN_ROWS = 10_000  # first_stage="ivf": an inverted file from this size (k-means needs rows)
 AUTO_IVF_ROWS = 50_000  # first_stage="auto": an inverted file from this size, an exact scan below (docs/index.md)
-LSH_LISTS = 4_096  # from this many lists, a query finds its lists by Hamming first (see _Coarse)
-COARSE_RESCORE = 8  # then orders this many times nprobe of them by exact cosine
+COARSE_RESCORE = 8  # a query finds its lists by Hamming first, then orders this many times nprobe by cosine
 TRAIN_PER_LIST = 40  # k-means sample: rows per centroid
-NPROBE = 16  # inverted lists a query visits (default)
+NPROBE = 32  # inverted lists a query visits (default)
 _READ_BYTES = 32 << 20  # bytes per read of a whole-file pass (verify, index, copy, assign)
 _SQL_VARS = 900  # stay below SQLite's bound-parameter limit
 _PARALLEL_QUERIES = 16  # from this many queries on, faiss searches with its thread pool
@@ -195,7 +194,6 @@ class _Coarse:
         self.quantizer, self.trained_rows, self.lists = quantizer, trained_rows, quantizer.ntotal
         self.exact = faiss.downcast_index(quantizer.refine_index)
         self.nbytes = nbytes or len(faiss.serialize_index(quantizer))  # about its size in memory
-        self.rescore = COARSE_RESCORE if self.lists >= LSH_LISTS else 0  # the default way to probe
 
     @classmethod
     def train(cls, sample: np.ndarray, lists: int) -> _Coarse:
@@ -244,7 +242,7 @@ class EmbeddedIndex(VectorStore):
         except (KeyError, ValueError) as exc:
             raise IndexDamagedError(f"index {path} is damaged: bad manifest ({exc})") from None
         self.nprobe = NPROBE  # inverted lists visited per query (when the first stage is an inverted file)
-        self.coarse_rescore: int | None = None  # how a query finds them (_Coarse.probe); None: by the number of lists
+        self.coarse_rescore = COARSE_RESCORE  # how a query finds them (_Coarse.probe; 0: cosine to every centroid)
         self._lock = threading.RLock()
         self._readers = _lock_file(path / "READERS")  # shared while mapping a generation, exclusive to remove one
         self._faiss = self._coarse = None  # the in-memory first stage (built on first search); the trained coarse stage
@@ -941,8 +939,7 @@ class EmbeddedIndex(VectorStore):
             return self._faiss.search(binary, n, params=params)[1]
         # IVF: faiss has no selector for binary IVF, so over-fetch and drop disallowed rows; a query
         # left short (a selective filter) gets an exact Hamming search over the allowed rows instead
-        rescore = self._coarse.rescore if self.coarse_rescore is None else self.coarse_rescore
-        probe = self._coarse.probe(dense, self.nprobe, rescore)
+        probe = self._coarse.probe(dense, self.nprobe, self.coarse_rescore)
         self._faiss.nprobe = probe.shape[1]
         fetch = n if allowed is None else min(self._count, 2 * n)
         found = self._faiss.search_preassigned(binary, fetch, probe, None)[1]
@@ -1041,8 +1038,7 @@ class EmbeddedIndex(VectorStore):
                     "first_stage_index": "IndexBinaryFlat" if coarse is None else "IndexBinaryIVF",
                     "lists": coarse.lists if coarse else None,
                     "nprobe": self.nprobe if coarse else None,
-                    "coarse_rescore": (coarse.rescore if self.coarse_rescore is None else self.coarse_rescore)
-                    if coarse else None, "retrain_due": self._retrain_due(),
+                    "coarse_rescore": self.coarse_rescore if coarse else None, "retrain_due": self._retrain_due(),
                     "disk_bytes": disk}
 
     @property
