@@ -1036,7 +1036,7 @@ class EmbeddedIndex(VectorStore):
                     "search_structure_bytes_per_vector": self._structure_bytes(),
                     "first_stage": self.first_stage,
                     "first_stage_index": "IndexBinaryFlat" if coarse is None else "IndexBinaryIVF",
-                    "lists": coarse.lists if coarse else None,
+                    "lists": coarse.lists if coarse else None, "trained_rows": coarse.trained_rows if coarse else None,
                     "nprobe": self.nprobe if coarse else None,
                     "coarse_rescore": self.coarse_rescore if coarse else None, "retrain_due": self._retrain_due(),
                     "disk_bytes": disk}
