@@ -196,6 +196,27 @@ def test_damage_to_the_inverted_file_is_one_clear_error(tmp_path, capsys, case):
     assert code == 2 and err.count("\n") == 1 and not out, err
 
 
+def test_a_list_number_out_of_range_is_refused_at_every_search(tmp_path):
+    """A lists file rewritten with its block hash (past what checksums catch): the first stage refuses it
+    on every search, never answering from a half-built inverted file."""
+    import xxhash
+
+    path = tmp_path / "ix"
+    x = make(path, 12_000, first_stage="ivf")
+    lists_file = next(path.glob("vectors.*.lists"))
+    block = np.fromfile(lists_file, dtype=np.int32, count=128)
+    block[7] = 1_000_000
+    overwrite(lists_file, 0, block.tobytes())
+    digest = xxhash.xxh3_64_intdigest(block.tobytes())
+    sql(path, f"UPDATE blocks SET hash = {digest - (1 << 64) if digest >> 63 else digest} "
+              "WHERE precision = 'lists' AND block = 0")
+    ix = Index.open(str(path))
+    for _ in range(2):
+        with pytest.raises(IndexDamagedError, match="names a list outside"):
+            ix.search(x[9000], 1)
+    ix.close()
+
+
 def test_intact_index_checks_clean(tmp_path, capsys):
     path = tmp_path / "ix"
     make(path, store_float=True)

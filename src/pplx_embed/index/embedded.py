@@ -534,19 +534,26 @@ class EmbeddedIndex(VectorStore):
         self._indexed = 0
 
     def _index_new_rows(self) -> None:
-        """Bring the first stage up to the committed rows: codes (and lists) read in spans, each block verified
-        when not yet; an inverted file built from nothing gets lists of exactly their final size."""
-        import faiss
-
+        """Bring the first stage up to the committed rows (rebuilt from nothing on the next call if this one
+        fails half-way, e.g. on a damaged block: never rows twice)."""
         if self._faiss is None:
             self._new_first_stage()
-        start, stop = self._indexed, self._count
-        if stop <= start:
-            return
+        if self._indexed < self._count:
+            try:
+                self._add_rows(self._indexed, self._count)
+            except BaseException:
+                self._faiss, self._indexed = None, 0
+                raise
+            self._indexed = self._count
+
+    def _add_rows(self, start: int, stop: int) -> None:
+        """Add rows ``start:stop`` to the first stage: codes (and lists) read in spans, each block verified when
+        not yet; an inverted file built from nothing gets lists of exactly their final size."""
+        import faiss
+
         if self._coarse is None:
             for _, codes in self._verified_spans("binary", start, stop):
                 self._faiss.add(codes)
-            self._indexed = stop
             return
         lists = np.concatenate([part[:, 0] for _, part in self._verified_spans("lists", start, stop)]).astype(np.int64)
         if len(lists) and not (0 <= lists.min() and lists.max() < self._coarse.lists):
@@ -573,7 +580,6 @@ class EmbeddedIndex(VectorStore):
                 filled[number] += hi - lo
         if start == 0:
             self._faiss.ntotal = stop
-        self._indexed = stop
 
     def _refresh(self) -> None:
         """Pick up commits made by other processes since we last looked."""
