@@ -471,7 +471,7 @@ def main() -> None:
     one.add_argument("--sweep", nargs="+", default=None)
     i = sub.add_parser("ingest", help="MiniLM embedding + ingest rate")
     i.add_argument("--dir", required=True)
-    i.add_argument("--texts", type=int, default=20_000)
+    i.add_argument("--texts", type=int, default=4096)
     r = sub.add_parser("report", help="write the report from what is measured")
     r.add_argument("--dir", required=True)
     r.add_argument("--out", required=True)
