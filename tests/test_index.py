@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from pplx_embed.index import Index, IndexNotFoundError
+from pplx_embed.index.embedded import plan_lists, retrain_due
 from pplx_embed.model.quantization import to_binary, to_int8
 
 DIM = 256
@@ -177,24 +178,87 @@ def test_ivf_first_stage_with_filters_and_tombstones(tmp_path):
     ix = Index.create(path, "synthetic-model", DIM, first_stage="ivf")
     x = clustered(12_000, seed=3)
     ix.add(ids=ids("v", 12_000), vectors=x, metadata=[{"rare": i % 1000 == 0} for i in range(12_000)])
-    ix.close()
-    ix = Index.open(path)  # trained at open once there are enough vectors
-    stats = ix.stats()  # codes + inverse norm + row id + list number + the centroids (2·√n of them) shared by all rows
-    assert stats["first_stage_index"] == "IndexBinaryIVF"
-    centroids = int(2 * np.sqrt(12_000))
-    assert stats["search_structure_bytes_per_vector"] == round(32 + 4 + 8 + 4 + 4 * DIM * centroids / 12_000, 1)
+    assert ix.stats()["first_stage_index"] == "IndexBinaryFlat" and ix.needs_compaction  # exact until trained
+    assert ix.compact() == 0  # nothing to drop, but the inverted file is trained
+    stats = ix.stats()
+    lists = int(2 * np.sqrt(12_000))
+    assert (stats["first_stage_index"], stats["lists"], stats["coarse_rescore"]) == ("IndexBinaryIVF", lists, 8)
+    assert not stats["retrain_due"] and not ix.needs_compaction and ix.compact() == 0
+    # codes + inverse norm + faiss's row id + the centroids (2·√n of them: floats and sign bits) shared by all rows
+    share = (4 * DIM + DIM // 8) * lists / 12_000
+    assert 32 + 4 + 8 + share < stats["search_structure_bytes_per_vector"] < 32 + 4 + 8 + share + 0.1
     exact = exact_top(np.tanh(x[:50]), np.tanh(x))
     rows, _ = ix.search_rows(x[:50], 10)
     assert np.mean([len(set(r.tolist()) & set(e.tolist())) / 10 for r, e in zip(rows, exact)]) >= 0.95
     rare = ix.search(x[5], 10, filter={"rare": True})  # 12 matching rows: exact fallback over them
     assert len(rare) == 10 and all(h.metadata["rare"] for h in rare)
     ix.delete(["v5"])
-    ix.add(ids=["late"], vectors=x[5:6])  # added after training: goes into the trained lists
+    ix.add(ids=["late"], vectors=x[5:6])  # added after training: assigned to its list as it is written
     assert ix.search(x[5], 1)[0].id == "late" and "v5" not in {h.id for h in ix.search(x[5], 20)}
     before, _ = ix.search_rows(x[:50], 10)
     ix.close()
-    ix = Index.open(path)  # the trained centroids are kept: reopening gives the same lists and results
-    assert (tmp_path / "ivf" / "ivf.npz").exists() and ix.stats()["first_stage_index"] == "IndexBinaryIVF"
+    ix = Index.open(path)  # the trained stage and every row's list are stored: reopening gives the same results
+    assert sorted(p.name for p in (tmp_path / "ivf").glob("vectors.*")) == [f"vectors.1.{s}" for s in
+                                                                             ("binary", "int8", "lists")]
     after, _ = ix.search_rows(x[:50], 10)
     assert all(np.array_equal(a, b) for a, b in zip(after, before))
+    assert ix.check()["blocks_verified"]["lists"] == -(-12_001 // 128)
+    ix.close()
+
+
+def test_the_first_stage_follows_the_size_and_compaction_retrains_it(tmp_path):
+    """auto: exact below 50,000 rows, an inverted file of 2·√n lists above; compaction trains again when the
+    index has grown or shrunk 4x; rows added in between go to the trained lists."""
+    assert [plan_lists(n, "auto") for n in (0, 49_999, 50_000, 1_000_000, 10_000_000)] == [0, 0, 447, 2000, 6324]
+    assert plan_lists(10_000, "ivf") == 200 and plan_lists(9_999, "ivf") == 0 and plan_lists(10**8, "flat") == 0
+    assert [retrain_due(t, w) for t, w in ((0, 0), (0, 447), (447, 0), (447, 800), (447, 894), (2000, 999))] == [
+        False, True, True, False, True, True]
+    dim = 64
+    x = clustered(60_000, seed=4, dim=dim)
+
+    def grow(ix, stop: int) -> None:
+        for first in range(len(ix), stop, 20_000):
+            last = min(first + 20_000, stop)
+            ix.add(ids=ids("v", last)[first:], vectors=x[first:last])
+
+    def recall(ix, n: int) -> float:
+        q = x[: n : n // 40]
+        rows, _ = ix.search_rows(q, 10)
+        exact = exact_top(np.tanh(q), np.tanh(x[:n]))
+        return np.mean([len(set(r.tolist()) & set(e.tolist())) / 10 for r, e in zip(rows, exact)])
+
+    ix = Index.create(str(tmp_path / "auto"), "synthetic-model", dim)
+    assert ix.stats()["first_stage"] == "auto"
+    grow(ix, 40_000)
+    assert ix.compact() == 0 and ix.stats()["generation"] == 0  # small: exact, nothing to do
+    exact_recall = recall(ix, 40_000)  # the exact first stage with 64 sign bits: the bar for the inverted file
+    grow(ix, 60_000)
+    assert ix.stats()["first_stage_index"] == "IndexBinaryFlat" and ix.needs_compaction
+    ix.compact()
+    stats = ix.stats()
+    assert (stats["first_stage_index"], stats["lists"], stats["generation"], stats["coarse_rescore"]) == (
+        "IndexBinaryIVF", plan_lists(60_000, "auto"), 1, 8)
+    assert recall(ix, 60_000) >= exact_recall - 0.05  # lists found by Hamming to the centroids' sign bits first
+    ix.coarse_rescore = 0  # or by cosine to every centroid
+    assert ix.stats()["coarse_rescore"] == 0 and recall(ix, 60_000) >= exact_recall - 0.05
+    ix.close()
+    ix = Index.open(str(tmp_path / "auto"))  # another process's view: the committed coarse stage and lists
+    assert recall(ix, 60_000) >= exact_recall - 0.05 and ix.check()["items"] == 60_000
+    ix.delete(ids("v", 60_000)[20_000:])  # shrunk below the inverted file's size: back to an exact scan
+    assert ix.needs_compaction and ix.compact() == 40_000
+    stats = ix.stats()
+    assert (stats["first_stage_index"], stats["lists"], stats["items"]) == ("IndexBinaryFlat", None, 20_000)
+    assert recall(ix, 20_000) >= exact_recall and not list((tmp_path / "auto").glob("vectors.*.lists"))
+    ix.close()
+
+    ix = Index.create(str(tmp_path / "ivf"), "synthetic-model", dim, first_stage="ivf")  # trained from 10,000 rows
+    grow(ix, 12_000)
+    ix.compact()
+    assert ix.stats()["lists"] == plan_lists(12_000, "ivf")
+    grow(ix, 40_000)  # rows added after training go to its lists; 3.3x is not yet worth training again
+    assert not ix.needs_compaction and ix.compact() == 0 and ix.stats()["lists"] == plan_lists(12_000, "ivf")
+    assert recall(ix, 40_000) >= exact_recall - 0.05
+    grow(ix, 50_000)
+    assert ix.needs_compaction and ix.compact() == 0
+    assert ix.stats()["lists"] == plan_lists(50_000, "ivf") and recall(ix, 50_000) >= exact_recall - 0.05
     ix.close()

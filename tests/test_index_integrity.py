@@ -19,7 +19,7 @@ from pplx_embed.errors import InputError
 from pplx_embed.index import Index, IndexDamagedError
 
 DIM = 128
-ROUNDS = 30  # add, delete and compact rounds of the writer process
+ROUNDS = 30  # add, delete and compact rounds of the writer process (exact first stage)
 
 
 def vectors(n: int, seed: int) -> np.ndarray:
@@ -28,10 +28,12 @@ def vectors(n: int, seed: int) -> np.ndarray:
 
 
 def make(path, n: int = 1000, **options) -> np.ndarray:
+    """An index of ``n`` vectors (compacted: ``first_stage="ivf"`` trains its inverted file)."""
     x = vectors(n, 0)
     with Index.create(str(path), "synthetic-model", DIM, **options) as ix:
         ix.add(ids=[f"v{i}" for i in range(n)], vectors=x, texts=[f"text {i}" for i in range(n)],
                metadata=[{"i": i} for i in range(n)])
+        ix.compact()
     return x
 
 
@@ -46,32 +48,44 @@ import sys
 import numpy as np
 from pplx_embed.index import Index
 
-path, rounds = sys.argv[1], int(sys.argv[2])
+path, rounds, grow = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 ix = Index.open(path)
+if grow:  # enough new rows that the first compaction trains the inverted file again (4x the rows)
+    x = np.random.default_rng(99).standard_normal((grow, %d)).astype(np.float32) * 0.3
+    ix.add(ids=[f"grow{i}" for i in range(grow)], vectors=x)
 for r in range(rounds):
     x = np.random.default_rng(100 + r).standard_normal((300, %d)).astype(np.float32) * 0.3
     ix.add(ids=[f"churn{r}-{i}" for i in range(300)], vectors=x)
     if r:
         ix.delete([f"churn{r - 1}-{i}" for i in range(300)])
     ix.compact()
-    print(r, flush=True)
+    print(r, ix.stats()["lists"], flush=True)
 ix.close()
-""" % DIM
+""" % (DIM, DIM)
 
 
-def test_reader_in_another_process_sees_whole_generations_during_compaction(tmp_path):
+@pytest.mark.parametrize("first_stage", ["flat", "ivf"])
+def test_reader_in_another_process_sees_whole_generations_during_compaction(tmp_path, first_stage):
+    """ivf: 12,000 rows, trained; the writer adds 40,000 so that its first compaction trains a new inverted
+    file (k-means, new lists) while the reader searches, then every compaction rewrites the rows' lists."""
     path = tmp_path / "ix"
-    x = make(path, 2000)
+    n, grow, rounds = (12_000, 40_000, 10) if first_stage == "ivf" else (2000, 0, ROUNDS)
+    x = make(path, n, first_stage=first_stage)
     reader = Index.open(str(path))
+    # lists probed by exact cosine: this test asks for whole generations, not recall (on random unclustered
+    # vectors the default Hamming pick of lists misses a query's own list for ~0.3% of them)
+    reader.coarse_rescore = 0
+    lists = reader.stats()["lists"]
+    assert (lists is not None) == (first_stage == "ivf")
     assert reader.search(x[0], 1)[0].id == "v0"  # warm: the reader is searching before the writer starts
-    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(path), str(ROUNDS)], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(path), str(rounds), str(grow)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     rng = np.random.default_rng(1)
     queries = errors = wrong = 0
     deadline = time.monotonic() + 300
     try:
         while writer.poll() is None and time.monotonic() < deadline:
-            picked = rng.integers(0, 2000, 8)
+            picked = rng.integers(0, n, 8)
             try:
                 for j, hits in zip(picked, reader.search_many(x[picked], 3)):
                     wrong += hits[0].id != f"v{j}" or hits[0].text != f"text {j}" or hits[0].metadata != {"i": j}
@@ -84,12 +98,17 @@ def test_reader_in_another_process_sees_whole_generations_during_compaction(tmp_
     finally:
         out, err = writer.communicate(timeout=300)
     assert writer.returncode == 0, err
-    assert out.split() == [str(r) for r in range(ROUNDS)]
+    done = [line.split() for line in out.splitlines()]
+    assert [r for r, _ in done] == [str(r) for r in range(rounds)]
     assert errors == 0 and wrong == 0 and queries > 100
-    stats = reader.stats()  # the reader follows to the last generation (round 0 drops nothing: no compaction)
-    assert stats["generation"] == ROUNDS - 1 and stats["items"] == 2300 and stats["tombstones"] == 0
-    assert reader.check()["items"] == 2300
-    assert sorted(p.name for p in path.glob("vectors.*")) == [f"vectors.{ROUNDS - 1}.{s}" for s in ("binary", "int8")]
+    stats = reader.stats()  # the reader follows to the last generation (flat: round 0 drops nothing, no compaction;
+    assert stats["generation"] == (rounds + 1 if first_stage == "ivf" else rounds - 1)  # ivf: make() trained it)
+    assert stats["items"] == n + grow + 300 and stats["tombstones"] == 0
+    if first_stage == "ivf":  # trained again once, for the grown size, and kept since
+        assert {int(lists) for _, lists in done} == {stats["lists"]} and stats["lists"] > 2 * lists - 2
+    assert reader.check()["items"] == n + grow + 300
+    suffixes = ("binary", "int8") + (("lists",) if first_stage == "ivf" else ())
+    assert sorted(p.name for p in path.glob("vectors.*")) == [f"vectors.{stats['generation']}.{s}" for s in suffixes]
     reader.close()
 
 
@@ -154,6 +173,51 @@ def test_damage_is_one_clear_error_never_a_wrong_answer(tmp_path, capsys, case):
             continue
         code, out, err = cli(capsys, "index", command, str(path))
         assert code == 2 and message in err and err.count("\n") == 1 and not out, (command, err)
+
+
+IVF_DAMAGE = {  # an index with a trained inverted file: its rows' lists and its coarse stage are checked too
+    "lists bytes": (lambda p: overwrite(next(p.glob("vectors.*.lists")), 7 * 4, b"\x01\x02\x03\x04"),
+                    "do not match their checksum"),
+    "lists truncated": (lambda p: os.truncate(next(p.glob("vectors.*.lists")), 100), "fewer than"),
+    "coarse stage bytes": (lambda p: sql(p, "UPDATE coarse SET quantizer = CAST(zeroblob(length(quantizer)) AS BLOB)"),
+                           "coarse stage does not match its checksum"),
+    "coarse stage lost": (lambda p: sql(p, "DELETE FROM coarse"), "coarse stage is missing"),
+}
+
+
+@pytest.mark.parametrize("case", list(IVF_DAMAGE))
+def test_damage_to_the_inverted_file_is_one_clear_error(tmp_path, capsys, case):
+    path = tmp_path / "ix"
+    x = make(path, 12_000, first_stage="ivf")
+    with Index.open(str(path)) as ix:
+        assert ix.stats()["first_stage_index"] == "IndexBinaryIVF" and ix.search(x[7], 1)[0].id == "v7"
+    how, message = IVF_DAMAGE[case]
+    how(path)
+    with pytest.raises(IndexDamagedError, match=message):
+        Index.open(str(path))
+    code, out, err = cli(capsys, "index", "check", str(path))
+    assert code == 2 and err.count("\n") == 1 and not out, err
+
+
+def test_a_list_number_out_of_range_is_refused_at_every_search(tmp_path):
+    """A lists file rewritten with its block hash (past what checksums catch): the first stage refuses it
+    on every search, never answering from a half-built inverted file."""
+    import xxhash
+
+    path = tmp_path / "ix"
+    x = make(path, 12_000, first_stage="ivf")
+    lists_file = next(path.glob("vectors.*.lists"))
+    block = np.fromfile(lists_file, dtype=np.int32, count=128)
+    block[7] = 1_000_000
+    overwrite(lists_file, 0, block.tobytes())
+    digest = xxhash.xxh3_64_intdigest(block.tobytes())
+    sql(path, f"UPDATE blocks SET hash = {digest - (1 << 64) if digest >> 63 else digest} "
+              "WHERE precision = 'lists' AND block = 0")
+    ix = Index.open(str(path))
+    for _ in range(2):
+        with pytest.raises(IndexDamagedError, match="names a list outside"):
+            ix.search(x[9000], 1)
+    ix.close()
 
 
 def test_intact_index_checks_clean(tmp_path, capsys):

@@ -135,6 +135,9 @@ def cmd_add(args: argparse.Namespace) -> int:
                               truncation=args.truncation)
             bar.update(len(part))
     print(f"added {done} {'chunks' if args.documents else 'items'}; the index holds {len(index)}", file=sys.stderr)
+    if getattr(index, "needs_compaction", False):
+        print("training the first stage for the index's new size (compaction)", file=sys.stderr)
+        index.compact()
     index.close()
     return 0
 
@@ -216,9 +219,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                                       "postgresql://user@host/db#table or pgserver:DATADIR#table")
     create.add_argument("--dimensions", "-d", type=int, default=None, help="Matryoshka dimensions (default: full)")
     create.add_argument("--store-float", action="store_true", help="also keep float32 vectors (float rescoring)")
-    create.add_argument("--first-stage", choices=("flat", "ivf", "hnsw"), default=None,
-                        help="flat: exact Hamming scan (embedded and Milvus default); ivf: an inverted file for "
-                             "large indexes; hnsw: the pgvector backend's (its default)")
+    create.add_argument("--first-stage", choices=("auto", "flat", "ivf", "hnsw"), default=None,
+                        help="auto: chosen by size, re-trained by compaction as the index grows (the embedded "
+                             "default); flat: exact Hamming scan (the Milvus default); ivf: an inverted file; "
+                             "hnsw: the pgvector backend's (its default)")
     create.add_argument("--query-model", default=None,
                         help="embed queries with this model (same dimension), e.g. pplx-embed-v1-0.6b for an index "
                              "of pplx-embed-context-v1-0.6b chunks")
@@ -251,7 +255,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     search.add_argument("--candidates", type=_positive, default=None,
                         help="first-stage candidates (default max(100, 10k))")
     search.add_argument("--rescore", choices=("int8", "float", "none"), default="int8")
-    search.add_argument("--nprobe", type=_positive, default=None, help="IVF lists probed per query (default 16)")
+    search.add_argument("--nprobe", type=_positive, default=None,
+                        help="inverted lists probed per query when the first stage is an inverted file (default 32)")
     add_model_args(search)
     search.set_defaults(func=cmd_search)
 

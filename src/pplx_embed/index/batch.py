@@ -256,7 +256,8 @@ def ingest_parts(output: str, location: str, *, id_field: str = "id", text_field
 
     Each part is one atomic upsert of its int8 and binary codes (float, when the store keeps floats), so
     running it again after an interruption is safe. Ids come from ``id_field``, else ``<source stem>:<row>``;
-    the text is kept, and the other scalar columns become metadata.
+    the text is kept, and the other scalar columns become metadata. An embedded index that has outgrown its
+    first stage is compacted at the end (which trains the one its size calls for).
     """
     import pyarrow.parquet as pq
     from tqdm.auto import tqdm
@@ -296,6 +297,8 @@ def ingest_parts(output: str, location: str, *, id_field: str = "id", text_field
                 store.upsert_codes(ids, _matrix(table, "int8", np.int8), binary, texts=texts, metadata=metadata,
                                    model=meta.get("model"))
             rows += n
+        if getattr(store, "needs_compaction", False):
+            store.compact()  # the first stage the index's new size calls for
         return {"index": str(location), "indexed_rows": rows, "items": len(store)}
     finally:
         store.close()

@@ -9,7 +9,7 @@ Layout of an index directory::
     vectors.<gen>.binary  packed sign bits, dims/8 bytes per row   (first stage, Hamming)
     vectors.<gen>.int8    int8 codes, dims bytes per row           (rescoring, cosine)
     vectors.<gen>.float32 float32, 4·dims bytes per row            (only with store_float)
-    ivf.npz               IVF centroids and each row's list (a cache; only with first_stage="ivf")
+    vectors.<gen>.lists   each row's inverted list, int32          (only in a generation with a coarse stage)
 
 Crash safety: an add appends its rows to each vector file *after* the committed row count
 (truncating any tail a killed writer left), fsyncs them, and only then commits the items, the
@@ -31,8 +31,14 @@ vector; :meth:`EmbeddedIndex.check` verifies everything. Damage is an :class:`In
 The first stage is an exact Hamming search with faiss ``IndexBinaryFlat`` over the binary codes,
 restricted to live (and filter-matching) rows by a bitmap, or an inverted file: rows are partitioned
 by cosine to centroids trained on the int8 codes (spherical k-means), each list holds binary codes,
-and a query scans the codes of its ``nprobe`` nearest lists. Rescoring gathers the candidates' int8
-codes for several queries at once and takes their dot products with one int8 matrix product.
+and a query scans the codes of its ``nprobe`` nearest lists, found by Hamming distance to the centroids'
+sign bits first, then cosine. Which of the two, and how many lists, follows the
+index's size (:func:`plan_lists`); :meth:`EmbeddedIndex.compact` trains the coarse stage (centroids,
+committed in ``index.sqlite`` with their hash, per generation) when the size calls for another one, and
+writes every row's list in ``vectors.<gen>.lists``; rows added later are assigned to their lists as
+they are written. The faiss structures are built in memory on the first search (a writer that only
+adds never builds them). Rescoring gathers the candidates' int8 codes for several queries at once and
+takes their dot products with one int8 matrix product.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import json
+import math
 import os
 import sqlite3
 import threading
@@ -65,20 +72,27 @@ from pplx_embed.index.store import (
     unit_rows,
 )
 
-FORMAT = "pplx-embed-index/2"
+FORMAT = "pplx-embed-index/3"
+FORMATS = ("pplx-embed-index/2", FORMAT)  # 2: no trained coarse stages yet; the first compaction that trains upgrades
 DB = "index.sqlite"
 HEAD = "HEAD"
-PRECISIONS = {"binary": np.uint8, "int8": np.int8, "float": np.float32}
-SUFFIX = {"binary": "binary", "int8": "int8", "float": "float32"}
-FIRST_STAGES = ("flat", "ivf")
+PRECISIONS = {"binary": np.uint8, "int8": np.int8, "float": np.float32, "lists": np.int32}
+SUFFIX = {"binary": "binary", "int8": "int8", "float": "float32", "lists": "lists"}
+FIRST_STAGES = ("auto", "flat", "ivf")
 FACTS = ("format", "model", "query_model", "dimensions", "full_dimension", "store_float", "contextual",
          "first_stage", "created")
 BLOCK = 128  # rows per hashed block
-IVF_MIN_ROWS = 10_000
-IVF_FILE = "ivf.npz"
+IVF_MIN_ROWS = 10_000  # first_stage="ivf": an inverted file from this size (k-means needs rows)
+AUTO_IVF_ROWS = 50_000  # first_stage="auto": an inverted file from this size, an exact scan below (docs/index.md)
+COARSE_RESCORE = 8  # a query finds its lists by Hamming first, then orders this many times nprobe by cosine
+TRAIN_PER_LIST = 40  # k-means sample: rows per centroid
+NPROBE = 32  # inverted lists a query visits (default)
+_READ_BYTES = 32 << 20  # bytes per read of a whole-file pass (verify, index, copy, assign)
 _SQL_VARS = 900  # stay below SQLite's bound-parameter limit
 _PARALLEL_QUERIES = 16  # from this many queries on, faiss searches with its thread pool
 
+COARSE = ("CREATE TABLE IF NOT EXISTS coarse (generation INTEGER PRIMARY KEY, lists INTEGER NOT NULL, "
+          "trained_rows INTEGER NOT NULL, quantizer BLOB NOT NULL, hash INTEGER NOT NULL)")
 ITEMS = ("CREATE TABLE {name} (row INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, text TEXT, "
          "metadata TEXT NOT NULL DEFAULT '{{}}', doc_id TEXT, position INTEGER, crc INTEGER NOT NULL)")
 SCHEMA = f"""
@@ -87,6 +101,7 @@ CREATE TABLE manifest (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE INDEX items_doc ON items(doc_id);
 CREATE TABLE blocks (generation INTEGER, precision TEXT, block INTEGER, hash INTEGER NOT NULL,
                      PRIMARY KEY (generation, precision, block));
+{COARSE};
 """
 
 
@@ -135,8 +150,76 @@ def _item_checksum(id_: str, text: str | None, metadata: str, doc_id: str | None
     return zlib.crc32(int8, zlib.crc32(fields))
 
 
+def _disk_error(path: Path, exc: OSError, outcome: str) -> Exception:
+    """A full or read-only disk as a one-line :class:`InputError` (other errors as they are)."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES):
+        return InputError(f"cannot write {path}: {exc.strerror}; {outcome}")
+    return exc
+
+
 def _facts_checksum(manifest: dict[str, str]) -> str:
     return str(zlib.crc32(json.dumps({k: manifest.get(k) for k in FACTS}, sort_keys=True).encode()))
+
+
+def plan_lists(rows: int, first_stage: str) -> int:
+    """The inverted lists a first stage of ``rows`` rows should have; 0 = an exact flat Hamming scan.
+
+    ``auto`` (the default): exact below 50,000 rows, where scanning every code is as fast as probing lists
+    and loses nothing; ``ivf``: from 10,000 rows; ``flat``: never. An inverted file has ``2·√rows`` lists.
+    """
+    floor = {"auto": AUTO_IVF_ROWS, "ivf": IVF_MIN_ROWS}.get(first_stage)
+    return 0 if floor is None or rows < floor else int(2 * math.sqrt(rows))
+
+
+def retrain_due(trained: int, wanted: int) -> bool:
+    """Whether a first stage of ``trained`` lists should be trained again for ``wanted`` (0 = flat): on a change
+    of kind, or when the right number of lists has doubled or halved (the index grew or shrank 4x)."""
+    if not trained or not wanted:
+        return trained != wanted
+    return not wanted / 2 < trained < 2 * wanted
+
+
+class _Coarse:
+    """A generation's trained coarse stage: the list centroids in faiss ``IndexRefineFlat(IndexLSH)`` (the
+    centroids' sign bits in front of the float centroids), as stored (serialized, hashed) in the ``coarse`` table.
+
+    A query finds its lists either exactly (cosine to every centroid, one matrix-vector product) or the way
+    the index finds rows: Hamming distance between its sign bits and the centroids', then the best
+    ``rescore × nprobe`` of those ordered by exact cosine (``IndexRefineFlat``'s ``k_factor``).
+    """
+
+    def __init__(self, quantizer, trained_rows: int, nbytes: int = 0):
+        import faiss
+
+        self.quantizer, self.trained_rows, self.lists = quantizer, trained_rows, quantizer.ntotal
+        self.exact = faiss.downcast_index(quantizer.refine_index)
+        self.nbytes = nbytes or len(faiss.serialize_index(quantizer))  # about its size in memory
+
+    @classmethod
+    def train(cls, sample: np.ndarray, lists: int) -> _Coarse:
+        """Spherical k-means on the sample rows (int8 codes), then the quantizer over the centroids."""
+        import faiss
+
+        dims = sample.shape[1]
+        kmeans = faiss.Kmeans(dims, lists, niter=10, spherical=True, seed=0)
+        kmeans.train(unit_rows(sample))
+        quantizer = faiss.IndexRefineFlat(faiss.IndexLSH(dims, dims, False, False))  # sign bits, then floats
+        quantizer.add(kmeans.centroids)
+        return cls(quantizer, len(sample))
+
+    def probe(self, dense: np.ndarray, nprobe: int, rescore: int) -> np.ndarray:
+        """The ``nprobe`` lists nearest to each row of ``dense`` by cosine ([rows, nprobe] int64): exactly
+        (``rescore`` 0), or among the ``rescore × nprobe`` nearest by Hamming of the sign bits."""
+        import faiss
+
+        x, nprobe = unit_rows(dense), min(nprobe, self.lists)
+        if not rescore:
+            return self.exact.search(x, nprobe)[1]  # unit vectors: L2 order is cosine order
+        return self.quantizer.search(x, nprobe, params=faiss.IndexRefineSearchParameters(k_factor=rescore))[1]
+
+    def assign(self, int8: np.ndarray) -> np.ndarray:
+        """Each row's list: its nearest centroid by cosine, exactly, int32."""
+        return self.exact.search(unit_rows(int8), 1)[1][:, 0].astype(np.int32)
 
 
 class EmbeddedIndex(VectorStore):
@@ -160,10 +243,12 @@ class EmbeddedIndex(VectorStore):
             self.first_stage = manifest["first_stage"]
         except (KeyError, ValueError) as exc:
             raise IndexDamagedError(f"index {path} is damaged: bad manifest ({exc})") from None
-        self.nprobe = 16  # IVF lists visited per query (first_stage="ivf")
+        self.nprobe = NPROBE  # inverted lists visited per query (when the first stage is an inverted file)
+        self.coarse_rescore = COARSE_RESCORE  # how a query finds them (_Coarse.probe; 0: cosine to every centroid)
         self._lock = threading.RLock()
         self._readers = _lock_file(path / "READERS")  # shared while mapping a generation, exclusive to remove one
-        self._faiss = self._quantizer = None
+        self._faiss = self._coarse = None  # the in-memory first stage (built on first search); the trained coarse stage
+        self._fds: dict[str, Any] = {}  # this generation's files, held open
         self._indexed, self._generation, self._commit = 0, None, None
         self._hashes: dict[str, np.ndarray] = {}
         self._verified: dict[str, np.ndarray] = {}
@@ -184,10 +269,12 @@ class EmbeddedIndex(VectorStore):
                exist_ok: bool = False) -> EmbeddedIndex:
         """A new empty index directory at ``path`` for ``model`` vectors at ``dimensions``.
 
-        ``first_stage`` is ``flat`` (exact Hamming, the default) or ``ivf`` (faiss ``IndexBinaryIVF``,
-        trained the first time the index is opened with at least 10,000 vectors; ``nprobe`` lists per query).
+        ``first_stage``: ``auto`` (the default) picks the structure by size (:func:`plan_lists`): an exact
+        Hamming scan (faiss ``IndexBinaryFlat``) while small, an inverted file (faiss ``IndexBinaryIVF``,
+        ``nprobe`` lists per query) once :meth:`compact` finds it large enough, re-trained by compaction as it
+        grows; ``flat`` is always exact; ``ivf`` trains from 10,000 vectors.
         """
-        first_stage = first_stage or "flat"
+        first_stage = first_stage or "auto"
         if first_stage not in FIRST_STAGES:
             raise InputError(f"the embedded index's first stage is one of {', '.join(FIRST_STAGES)}, "
                              f"got {first_stage!r}")
@@ -225,7 +312,7 @@ class EmbeddedIndex(VectorStore):
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA busy_timeout=30000")
             manifest = dict(conn.execute("SELECT key, value FROM manifest"))
-            if manifest.get("format") != FORMAT:
+            if manifest.get("format") not in FORMATS:
                 raise IndexDamagedError(f"{path} has index format {manifest.get('format')!r}; expected {FORMAT} "
                                         "(re-create it)")
             return cls(path, conn, manifest, embedder)
@@ -249,8 +336,12 @@ class EmbeddedIndex(VectorStore):
     def _precisions(self) -> list[str]:
         return ["binary", "int8"] + (["float"] if self.store_float else [])
 
+    def _files(self) -> list[str]:
+        """What each row has a file for in this generation: its vectors, and its list when there is a coarse stage."""
+        return self._precisions() + (["lists"] if self._coarse is not None else [])
+
     def _width(self, precision: str) -> int:
-        return self.dimensions // 8 if precision == "binary" else self.dimensions
+        return {"binary": self.dimensions // 8, "lists": 1}.get(precision, self.dimensions)
 
     def _row_bytes(self, precision: str) -> int:
         return self._width(precision) * np.dtype(PRECISIONS[precision]).itemsize
@@ -260,6 +351,34 @@ class EmbeddedIndex(VectorStore):
         if self._count == 0:
             return np.zeros(shape, PRECISIONS[precision])
         return np.memmap(self._file(precision), dtype=PRECISIONS[precision], mode="r", shape=shape)
+
+    def _open_files(self) -> None:
+        """Hold this generation's files open (under the lock that keeps a compaction from removing them, like
+        the maps): whole-file passes read through these, so a file removed meanwhile stays readable."""
+        for precision in self._files():
+            if precision not in self._fds and self._file(precision).exists():
+                self._fds[precision] = open(self._file(precision), "rb")  # noqa: SIM115 (closed with the generation)
+
+    def _close_files(self) -> None:
+        for f in self._fds.values():
+            f.close()
+        self._fds = {}
+
+    def _read(self, precision: str, start: int, stop: int) -> np.ndarray:
+        """Rows ``start:stop`` of a vector file by plain reads: whole-file passes go through the page cache
+        without mapping (and so without holding) the file in this process's memory."""
+        rows = np.empty((stop - start, self._width(precision)), dtype=PRECISIONS[precision])
+        if len(rows) and os.preadv(self._fds[precision].fileno(), [rows], start * self._row_bytes(precision)) \
+                != rows.nbytes:
+            raise self._damaged(f"{self._file(precision).name} ends before row {stop}")
+        return rows
+
+    def _spans(self, precision: str, start: int = 0, stop: int | None = None) -> Iterator[tuple[int, int]]:
+        """``start:stop`` (default: every row) in whole blocks of about 32 MB."""
+        step = max(BLOCK, _READ_BYTES // self._row_bytes(precision) // BLOCK * BLOCK)
+        stop = self._count if stop is None else stop
+        for first in range(start, stop, step):
+            yield first, min(first + step, stop)
 
     def _damaged(self, what: str) -> IndexDamagedError:
         return IndexDamagedError(f"index {self.path} is damaged: {what} (`pplx-embed index check` verifies it all)")
@@ -275,21 +394,53 @@ class EmbeddedIndex(VectorStore):
             raise self._damaged(f"negative manifest state {values}")
         return state
 
+    def _load_coarse(self, generation: int) -> _Coarse | None:
+        """The coarse stage committed for ``generation`` (checked against its hash), or ``None``."""
+        import faiss
+
+        if not self._conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'coarse'").fetchone():
+            return None  # format 2: no coarse stage was ever trained
+        row = self._conn.execute("SELECT lists, trained_rows, quantizer, hash FROM coarse WHERE generation = ?",
+                                 (generation,)).fetchone()
+        if row is None:
+            if self._conn.execute("SELECT 1 FROM blocks WHERE generation = ? AND precision = 'lists' LIMIT 1",
+                                  (generation,)).fetchone():
+                raise self._damaged("its rows have inverted lists but the trained coarse stage is missing")
+            return None
+        lists, trained, blob, digest = row
+        data = np.frombuffer(blob, dtype=np.uint8)
+        if _hash(data) != digest:
+            raise self._damaged("the trained coarse stage does not match its checksum")
+        try:
+            quantizer = faiss.deserialize_index(data)
+        except RuntimeError as exc:
+            raise self._damaged(f"the trained coarse stage is unreadable ({str(exc).splitlines()[0][:200]})") from None
+        if not isinstance(quantizer, faiss.IndexRefine) or quantizer.ntotal != lists or quantizer.d != self.dimensions:
+            raise self._damaged(f"the coarse stage holds {quantizer.ntotal} centroids of {quantizer.d} dimensions "
+                                f"({type(quantizer).__name__}), not {lists} of {self.dimensions}")
+        return _Coarse(quantizer, trained, len(data))
+
     def _load(self) -> None:
         """(Re)read the committed state (inside a snapshot, or under the writer lock): counts, maps,
-        block hashes, live rows; check what is cheap to check; bring the first stage up to date."""
+        block hashes, live rows, the coarse stage; check what is cheap to check and the codes the first stage
+        loads in full (binary, lists). The first stage itself is brought up to date by the next search."""
         count, generation, commit = self._manifest_state()
-        rebuild = self._faiss is None or generation != self._generation
-        old_hashes, old_verified = (dict(self._hashes), dict(self._verified)) if not rebuild else ({}, {})
+        same = generation == self._generation
+        old_hashes, old_verified = (dict(self._hashes), dict(self._verified)) if same else ({}, {})
+        if not same:
+            self._faiss, self._indexed = None, 0
+            self._coarse = self._load_coarse(generation)
+            self._close_files()
         self._count, self._generation, self._commit = count, generation, commit
+        self._open_files()
         n_blocks = -(-count // BLOCK)
-        for precision in self._precisions():
+        for precision in self._files():
             f = self._file(precision)
             size = f.stat().st_size if f.exists() else 0
             if size < count * self._row_bytes(precision):
                 raise self._damaged(f"{f.name} holds {size} bytes, fewer than its {count} committed rows need")
-        self._maps = {p: self._map(p) for p in self._precisions()}
-        for precision in self._precisions():
+        self._maps = {p: self._map(p) for p in self._files()}
+        for precision in self._files():
             got = self._conn.execute("SELECT block, hash FROM blocks WHERE generation = ? AND precision = ? "
                                      "ORDER BY block", (generation, precision)).fetchall()
             hashes = np.array([h for _, h in got], dtype=np.int64)
@@ -297,40 +448,62 @@ class EmbeddedIndex(VectorStore):
                 raise self._damaged(f"{len(got)} block hashes for the {n_blocks} blocks of {precision} vectors")
             verified = np.zeros(n_blocks, dtype=bool)
             if precision in old_hashes:  # blocks already verified whose hash did not change stay verified
-                same = min(len(old_hashes[precision]), n_blocks)
-                verified[:same] = old_verified[precision][:same] & (old_hashes[precision][:same] == hashes[:same])
+                kept = min(len(old_hashes[precision]), n_blocks)
+                verified[:kept] = old_verified[precision][:kept] & (old_hashes[precision][:kept] == hashes[:kept])
             self._hashes[precision], self._verified[precision] = hashes, verified
-        if rebuild or not hasattr(self, "_inv_norm"):
+        if not same or not hasattr(self, "_inv_norm"):
             self._inv_norm = np.zeros(count, dtype=np.float32)
         else:
             self._inv_norm = np.concatenate([self._inv_norm[:count], np.zeros(count - len(self._inv_norm[:count]),
                                                                                np.float32)])
-        self._verify_blocks("binary", np.arange(n_blocks))  # all of it: the first stage loads every code
+        for precision in ("binary", "lists") if self._coarse is not None else ("binary",):
+            self._verify_all(precision)  # the first stage loads every code and list
         low, high = self._conn.execute("SELECT min(row), max(row) FROM items").fetchone()
         if low is not None and (low < 0 or high >= count):
             raise self._damaged(f"an item row ({low if low < 0 else high}) lies outside the {count} committed rows")
         self._live = np.zeros(count, dtype=bool)
         self._live[np.fromiter((r for (r,) in self._conn.execute("SELECT row FROM items")), dtype=np.int64)] = True
-        if rebuild or count < self._indexed:
-            self._build_first_stage()
-        else:
-            self._index_new_rows()
+        self._all_live = bool(self._live.all())
+        if count < self._indexed:
+            self._faiss, self._indexed = None, 0
 
-    def _verify_blocks(self, precision: str, blocks: np.ndarray) -> None:
-        """Hash the not yet verified ``blocks`` of a vector file against their recorded hashes (int8: and
-        keep the rows' inverse norms for rescoring)."""
+    def _check_blocks(self, precision: str, first_block: int, rows: np.ndarray) -> None:
+        """Hash the not yet verified blocks among ``rows`` (which start at block ``first_block``) against their
+        recorded hashes (int8: and keep the rows' inverse norms for rescoring)."""
         verified = self._verified[precision]
-        todo = blocks[~verified[blocks]] if len(blocks) else blocks
-        data = self._maps[precision]
-        for block in todo.tolist():
-            rows = data[block * BLOCK : (block + 1) * BLOCK]
-            if _hash(rows) != self._hashes[precision][block]:
-                raise self._damaged(f"rows {block * BLOCK}-{block * BLOCK + len(rows) - 1} of "
+        for i in range(0, len(rows), BLOCK):
+            block = first_block + i // BLOCK
+            if verified[block]:
+                continue
+            part = rows[i : i + BLOCK]
+            if _hash(part) != self._hashes[precision][block]:
+                raise self._damaged(f"rows {block * BLOCK}-{block * BLOCK + len(part) - 1} of "
                                     f"{self._file(precision).name} do not match their checksum")
             if precision == "int8":
-                norms = np.sqrt(np.einsum("ij,ij->i", rows, rows, dtype=np.float32))
-                self._inv_norm[block * BLOCK : block * BLOCK + len(rows)] = 1.0 / np.maximum(norms, 1e-12)
+                norms = np.sqrt(np.einsum("ij,ij->i", part, part, dtype=np.float32))
+                self._inv_norm[block * BLOCK : block * BLOCK + len(part)] = 1.0 / np.maximum(norms, 1e-12)
             verified[block] = True
+
+    def _verify_blocks(self, precision: str, blocks: np.ndarray) -> None:
+        """Verify ``blocks`` of a vector file that are not verified yet (read through its map: a search's few)."""
+        data = self._maps[precision]
+        for block in (blocks[~self._verified[precision][blocks]] if len(blocks) else blocks).tolist():
+            self._check_blocks(precision, block, data[block * BLOCK : (block + 1) * BLOCK])
+
+    def _verified_spans(self, precision: str, start: int, stop: int) -> Iterator[tuple[int, np.ndarray]]:
+        """(first row, rows) of ``start:stop`` read in spans of whole blocks, each block verified when not yet."""
+        for first, last in self._spans(precision, start // BLOCK * BLOCK, stop):
+            rows = self._read(precision, first, last)
+            self._check_blocks(precision, first // BLOCK, rows)
+            skip = max(0, start - first)
+            yield first + skip, rows[skip:]
+
+    def _verify_all(self, precision: str) -> None:
+        """Verify every not yet verified block of a vector file, read in large spans (not mapped)."""
+        todo = np.flatnonzero(~self._verified[precision])
+        if len(todo):
+            for _ in self._verified_spans(precision, int(todo[0]) * BLOCK, self._count):
+                pass
 
     def _verify_rows(self, rows: np.ndarray, precision: str) -> None:
         if len(rows):
@@ -348,78 +521,67 @@ class EmbeddedIndex(VectorStore):
             raise self._damaged(f"it acknowledged commit {head} but {DB} holds only commit {self._commit} "
                                 f"(was {DB}-wal deleted or an older {DB} restored?)")
 
-    def _build_first_stage(self) -> None:
-        """faiss over the binary codes: exact ``IndexBinaryFlat``, or an inverted file when asked and big enough.
-
-        IVF: ``nlist = 2·√n`` centroids are trained once by spherical k-means on (up to 40 per list)
-        int8 rows and kept, with each row's list, in ``ivf.npz``; later opens assign only new rows.
-        Lists are faiss ``IndexBinaryIVF`` lists of binary codes, probed by the centroids' cosine to the query.
-        """
+    # ---- the first stage ----------------------------------------------------------------------
+    def _new_first_stage(self) -> None:
+        """An empty faiss first stage of this generation: exact ``IndexBinaryFlat``, or ``IndexBinaryIVF`` over
+        the trained coarse stage's lists."""
         import faiss
 
-        cache = self.path / IVF_FILE
-        self._quantizer, self._lists, self._saved_lists = None, np.zeros(0, np.int32), 0
-        if self.first_stage == "ivf" and (cache.exists() or self._count >= IVF_MIN_ROWS):
-            centroids = None
-            try:  # a cache: when it is unreadable the centroids are trained again
-                with np.load(cache) as saved:
-                    centroids = saved["centroids"].astype(np.float32)
-                    if int(saved["generation"]) == self._generation and centroids.shape[1] == self.dimensions:
-                        self._lists = saved["lists"][: self._count].astype(np.int32)
-                        self._saved_lists = len(saved["lists"])
-            except (OSError, ValueError, KeyError, IndexError, zlib.error) as exc:
-                if not isinstance(exc, FileNotFoundError):
-                    centroids = None
-            if centroids is None or centroids.ndim != 2 or centroids.shape[1] != self.dimensions:
-                nlist = int(2 * np.sqrt(self._count))
-                sample = np.sort(np.random.default_rng(0).choice(self._count, min(self._count, 40 * nlist),
-                                                                 replace=False))
-                self._verify_rows(sample, "int8")
-                kmeans = faiss.Kmeans(self.dimensions, nlist, niter=10, spherical=True, seed=0)
-                kmeans.train(unit_rows(self._maps["int8"][sample]))
-                centroids, self._lists = kmeans.centroids, np.zeros(0, np.int32)
-            centroids = np.ascontiguousarray(centroids, dtype=np.float32)
-            self._quantizer = faiss.IndexFlatIP(self.dimensions)
-            self._quantizer.add(centroids)
-            self._faiss = faiss.IndexBinaryIVF(faiss.IndexBinaryFlat(self.dimensions), self.dimensions, len(centroids))
-            self._faiss.is_trained = True
-        else:
+        if self._coarse is None:
             self._faiss = faiss.IndexBinaryFlat(self.dimensions)
+        else:
+            self._faiss = faiss.IndexBinaryIVF(faiss.IndexBinaryFlat(self.dimensions), self.dimensions,
+                                               self._coarse.lists)
+            self._faiss.is_trained = True
         self._indexed = 0
-        self._index_new_rows()
-        self._save_lists()
 
     def _index_new_rows(self) -> None:
-        """Add the committed rows that the first stage does not hold yet (IVF: assigned to their lists)."""
+        """Bring the first stage up to the committed rows (rebuilt from nothing on the next call if this one
+        fails half-way, e.g. on a damaged block: never rows twice)."""
+        if self._faiss is None:
+            self._new_first_stage()
+        if self._indexed < self._count:
+            try:
+                self._add_rows(self._indexed, self._count)
+            except BaseException:
+                self._faiss, self._indexed = None, 0
+                raise
+            self._indexed = self._count
+
+    def _add_rows(self, start: int, stop: int) -> None:
+        """Add rows ``start:stop`` to the first stage: codes (and lists) read in spans, each block verified when
+        not yet; an inverted file built from nothing gets lists of exactly their final size."""
         import faiss
 
-        start, stop = self._indexed, self._count
-        if stop <= start:
+        if self._coarse is None:
+            for _, codes in self._verified_spans("binary", start, stop):
+                self._faiss.add(codes)
             return
-        codes = np.ascontiguousarray(self._maps["binary"][start:stop])
-        if self._quantizer is None:
-            self._faiss.add(codes)
-        else:
-            known = self._lists[start:stop]
-            fresh = []
-            for i in range(start + len(known), stop, 50_000):
-                part = slice(i, min(i + 50_000, stop))
-                self._verify_rows(np.arange(part.start, part.stop), "int8")
-                fresh.append(self._quantizer.search(unit_rows(self._maps["int8"][part]), 1)[1][:, 0])
-            lists = np.ascontiguousarray(np.concatenate([known, *fresh]), dtype=np.int64)
-            self._lists = np.concatenate([self._lists[:start], lists.astype(np.int32)])  # for the cache file
-            rows = np.arange(start, stop, dtype=np.int64)  # kept alive while faiss reads them
-            self._faiss.add_core(stop - start, faiss.swig_ptr(codes), faiss.swig_ptr(rows), faiss.swig_ptr(lists))
-        self._indexed = stop
-
-    def _save_lists(self) -> None:
-        """Keep the IVF centroids and row lists (atomically: the cache is complete or absent)."""
-        if self._quantizer is None or self._saved_lists >= len(self._lists):
-            return
-        with atomic_path(self.path / IVF_FILE) as tmp, open(tmp, "wb") as f:
-            np.savez(f, centroids=self._quantizer.reconstruct_n(0, self._quantizer.ntotal),
-                     lists=self._lists, generation=self._generation)
-        self._saved_lists = len(self._lists)
+        lists = np.concatenate([part[:, 0] for _, part in self._verified_spans("lists", start, stop)]).astype(np.int64)
+        if len(lists) and not (0 <= lists.min() and lists.max() < self._coarse.lists):
+            raise self._damaged(f"{self._file('lists').name} names a list outside 0-{self._coarse.lists - 1}")
+        invlists = faiss.downcast_InvertedLists(self._faiss.invlists)
+        if start == 0:  # lists of exactly their final size: faiss's own growth would hold up to twice the codes
+            sizes = np.bincount(lists, minlength=self._coarse.lists)
+            for number in np.flatnonzero(sizes).tolist():
+                invlists.resize(number, int(sizes[number]))
+            filled = np.zeros(self._coarse.lists, dtype=np.int64)
+        for first, codes in self._verified_spans("binary", start, stop):
+            part = lists[first - start : first - start + len(codes)]
+            ids = np.arange(first, first + len(codes), dtype=np.int64)
+            if start:
+                self._faiss.add_core(len(ids), faiss.swig_ptr(codes), faiss.swig_ptr(ids), faiss.swig_ptr(part))
+                continue
+            order = np.argsort(part, kind="stable")
+            codes, ids, part = np.ascontiguousarray(codes[order]), ids[order], part[order]
+            bounds = np.flatnonzero(np.diff(part)) + 1
+            for lo, hi in zip([0, *bounds.tolist()], [*bounds.tolist(), len(part)]):
+                number = int(part[lo])
+                invlists.update_entries(number, int(filled[number]), hi - lo, faiss.swig_ptr(ids[lo:hi]),
+                                        faiss.swig_ptr(codes[lo:hi]))
+                filled[number] += hi - lo
+        if start == 0:
+            self._faiss.ntotal = stop
 
     def _refresh(self) -> None:
         """Pick up commits made by other processes since we last looked."""
@@ -499,12 +661,14 @@ class EmbeddedIndex(VectorStore):
 
     # ---- writing ------------------------------------------------------------------------------
     def _append(self, batch: Batch) -> list[tuple[int, str, int, int]]:
-        """Write the batch's vectors after the committed rows, durably (not yet visible); → the hashes of
-        the blocks they fill, as ``blocks`` rows."""
+        """Write the batch's vectors (and, with a coarse stage, their lists) after the committed rows, durably
+        (not yet visible); → the hashes of the blocks they fill, as ``blocks`` rows."""
         arrays = {"binary": batch.binary, "int8": batch.int8, "float": batch.floats}
+        if self._coarse is not None:
+            arrays["lists"] = self._coarse.assign(batch.int8)[:, None]
         first = self._count // BLOCK
         hashes = []
-        for precision in self._precisions():
+        for precision in self._files():
             new = np.ascontiguousarray(arrays[precision], dtype=PRECISIONS[precision])
             self._verify_blocks(precision, np.arange(first, len(self._hashes[precision])))  # the partial block
             rows = np.concatenate([np.asarray(self._maps[precision][first * BLOCK :]), new])
@@ -522,9 +686,7 @@ class EmbeddedIndex(VectorStore):
                     f.flush()
                     os.fsync(f.fileno())
             except OSError as exc:
-                if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES):
-                    raise InputError(f"cannot write {path}: {exc.strerror}; the batch was not added") from None
-                raise
+                raise _disk_error(path, exc, "the batch was not added") from None
         return hashes
 
     def _write(self, batch: Batch, replace: bool) -> None:
@@ -552,18 +714,19 @@ class EmbeddedIndex(VectorStore):
             self._appended(start, len(rows), existing, hashes)
 
     def _appended(self, start: int, n: int, replaced: list[int], hashes: list[tuple[int, str, int, int]]) -> None:
-        """Take in our own committed append without rereading the index (new blocks verify on first use)."""
+        """Take in our own committed append without rereading the index (new blocks verify on first use; the
+        first stage takes the rows in at the next search)."""
         self._count, first = start + n, start // BLOCK
-        self._maps = {p: self._map(p) for p in self._precisions()}
-        for precision in self._precisions():
+        self._open_files()
+        self._maps = {p: self._map(p) for p in self._files()}
+        for precision in self._files():
             new = np.array([h for _, p, _, h in hashes if p == precision], dtype=np.int64)
             self._hashes[precision] = np.concatenate([self._hashes[precision][:first], new])
             self._verified[precision] = np.concatenate([self._verified[precision][:first], np.zeros(len(new), bool)])
         self._inv_norm = np.concatenate([self._inv_norm[:start], np.zeros(n, np.float32)])
-        self._verify_blocks("binary", np.arange(first, len(self._hashes["binary"])))
         self._live = np.concatenate([self._live, np.ones(n, dtype=bool)])
         self._live[replaced] = False
-        self._index_new_rows()
+        self._all_live = self._all_live and not replaced
         self._acknowledge(self._commit + 1)
 
     def _remove_rows(self, rows: list[int]) -> int:
@@ -574,6 +737,7 @@ class EmbeddedIndex(VectorStore):
                 conn.execute(f"DELETE FROM items WHERE row IN ({','.join('?' * len(part))})", part)
             conn.execute("UPDATE manifest SET value = ? WHERE key = 'commit'", (str(self._commit + 1),))
         self._live[rows] = False
+        self._all_live = False
         self._acknowledge(self._commit + 1)
         return len(rows)
 
@@ -586,62 +750,124 @@ class EmbeddedIndex(VectorStore):
             return self._remove_rows(self._rows_of("doc_id", doc_ids))
 
     def compact(self) -> int:
-        """Rewrite the vector files without tombstones (new generation); returns rows dropped.
+        """Rewrite the index without tombstones and with the first stage its size calls for; → rows dropped.
 
-        Every block is verified first (a compaction never launders damage into new checksums). Readers
-        keep their snapshot: the old files go only after the commit, once no reader is mapping them.
+        A new generation: the vector files without deleted rows (hard links when none were deleted) and, when
+        :func:`retrain_due` finds the coarse stage unfit for the size (:func:`plan_lists`), a new one: k-means
+        on a sample of the int8 codes, every row assigned to its list. Every block is verified first (a
+        compaction never launders damage into new checksums). Readers keep their snapshot: the old files go
+        only after the commit, once no reader is mapping them.
         """
+        import faiss
+
         with self._writing():
             live = np.flatnonzero(self._live)
             dropped = self._count - len(live)
-            if dropped == 0:
+            wanted = plan_lists(len(live), self.first_stage)
+            retrain = retrain_due(self._coarse.lists if self._coarse is not None else 0, wanted)
+            if dropped == 0 and not retrain:
                 return 0
             old, new = self._generation, self._generation + 1
-            for stale in self.path.glob("vectors.*"):  # left by a compaction that was killed
-                if not stale.name.startswith(f"vectors.{old}."):
+            for stale in [*self.path.glob("vectors.*"), self.path / "ivf.npz"]:  # a killed compaction's; format 2's
+                if stale.exists() and not stale.name.startswith(f"vectors.{old}."):
                     stale.unlink()
-            hashes = []
-            for precision in self._precisions():
-                self._verify_blocks(precision, np.arange(len(self._hashes[precision])))
-                with open(self._file(precision, new), "wb") as f:
-                    for start in range(0, len(live), 64 * BLOCK):
-                        rows = np.ascontiguousarray(self._maps[precision][live[start : start + 64 * BLOCK]])
-                        hashes += [(new, precision, (start + i) // BLOCK, _hash(rows[i : i + BLOCK]))
-                                   for i in range(0, len(rows), BLOCK)]
-                        f.write(rows.tobytes())
-                    f.flush()
-                    os.fsync(f.fileno())
+            for precision in self._files():
+                self._verify_all(precision)
+            coarse = self._coarse
+            if retrain:
+                coarse = _Coarse.train(self._sample(live, wanted), wanted) if wanted else None
+            hashes, linked = [], []
             try:
+                for precision in self._precisions():
+                    if dropped == 0:
+                        os.link(self._file(precision, old), self._file(precision, new))  # the same rows
+                        linked.append(precision)
+                    else:
+                        hashes += self._write_file(precision, new, self._live_rows(precision, live))
+                if coarse is not None:
+                    lists = ((coarse.assign(rows)[:, None] for rows in self._live_rows("int8", live)) if retrain
+                             else self._live_rows("lists", live))
+                    hashes += self._write_file("lists", new, lists)
                 with self._transaction() as conn:
-                    conn.execute(ITEMS.format(name="items_new"))
-                    conn.execute("INSERT INTO items_new SELECT ROW_NUMBER() OVER (ORDER BY row) - 1, id, text, "
-                                 "metadata, doc_id, position, crc FROM items ORDER BY row")
-                    conn.execute("DROP TABLE items")
-                    conn.execute("ALTER TABLE items_new RENAME TO items")
-                    conn.execute("CREATE INDEX items_doc ON items(doc_id)")
+                    if dropped:
+                        conn.execute(ITEMS.format(name="items_new"))
+                        conn.execute("INSERT INTO items_new SELECT ROW_NUMBER() OVER (ORDER BY row) - 1, id, text, "
+                                     "metadata, doc_id, position, crc FROM items ORDER BY row")
+                        conn.execute("DROP TABLE items")
+                        conn.execute("ALTER TABLE items_new RENAME TO items")
+                        conn.execute("CREATE INDEX items_doc ON items(doc_id)")
                     conn.executemany("INSERT INTO blocks VALUES (?, ?, ?, ?)", hashes)
+                    for precision in linked:
+                        conn.execute("INSERT INTO blocks SELECT ?, precision, block, hash FROM blocks "
+                                     "WHERE generation = ? AND precision = ?", (new, old, precision))
                     conn.execute("DELETE FROM blocks WHERE generation = ?", (old,))
-                    for key, value in (("count", len(live)), ("generation", new), ("commit", self._commit + 1)):
+                    conn.execute(COARSE)
+                    conn.execute("DELETE FROM coarse WHERE generation = ?", (old,))
+                    if coarse is not None:
+                        blob = faiss.serialize_index(coarse.quantizer)
+                        conn.execute("INSERT INTO coarse VALUES (?, ?, ?, ?, ?)",
+                                     (new, coarse.lists, coarse.trained_rows, blob.tobytes(), _hash(blob)))
+                    manifest = {**dict(conn.execute("SELECT key, value FROM manifest")), "format": FORMAT}
+                    for key, value in (("count", len(live)), ("generation", new), ("commit", self._commit + 1),
+                                       ("format", FORMAT), ("checksum", _facts_checksum(manifest))):
                         conn.execute("UPDATE manifest SET value = ? WHERE key = ?", (str(value), key))
             except BaseException:
-                for precision in self._precisions():
-                    self._file(precision, new).unlink(missing_ok=True)
+                for stale in self.path.glob(f"vectors.{new}.*"):
+                    stale.unlink()
                 raise
             self._load()
             self._acknowledge(self._commit)
             fcntl.flock(self._readers, fcntl.LOCK_EX)  # no reader is between its snapshot and its maps
             try:
-                for precision in self._precisions():
-                    self._file(precision, old).unlink(missing_ok=True)
+                for stale in self.path.glob(f"vectors.{old}.*"):
+                    stale.unlink()
             finally:
                 fcntl.flock(self._readers, fcntl.LOCK_UN)
             return dropped
+
+    def _sample(self, live: np.ndarray, lists: int) -> np.ndarray:
+        """int8 codes of ``TRAIN_PER_LIST`` live rows per list (a fixed random choice), to train k-means: read
+        row by row (a gather through the map would pull most of the file into this process by readahead)."""
+        pick = np.random.default_rng(0).choice(len(live), min(len(live), TRAIN_PER_LIST * lists), replace=False)
+        rows = live[np.sort(pick)]
+        out = np.empty((len(rows), self.dimensions), dtype=np.int8)
+        fd, size = self._fds["int8"].fileno(), self._row_bytes("int8")
+        for i, row in enumerate(rows.tolist()):
+            os.preadv(fd, [out[i]], row * size)
+        return out
+
+    def _live_rows(self, precision: str, live: np.ndarray) -> Iterator[np.ndarray]:
+        """The ``live`` rows of a vector file of this generation, in order, span by span."""
+        for first, rows in self._verified_spans(precision, 0, self._count):
+            lo, hi = np.searchsorted(live, [first, first + len(rows)])
+            yield rows[live[lo:hi] - first]
+
+    def _write_file(self, precision: str, generation: int, parts: Iterator[np.ndarray]) -> list[tuple]:
+        """Write a new vector file of ``generation`` from ``parts`` (rows in order), durably; → its blocks' hashes."""
+        path, hashes, carry = self._file(precision, generation), [], np.zeros((0, self._width(precision)))
+        try:
+            with open(path, "wb") as f:
+                for part in parts:
+                    part = np.ascontiguousarray(part, dtype=PRECISIONS[precision])
+                    f.write(part.tobytes())
+                    rows = np.concatenate([carry.astype(part.dtype), part]) if len(carry) else part
+                    whole = len(rows) // BLOCK * BLOCK
+                    hashes += [(generation, precision, len(hashes) + i // BLOCK, _hash(rows[i : i + BLOCK]))
+                               for i in range(0, whole, BLOCK)]
+                    carry = rows[whole:]
+                if len(carry):
+                    hashes.append((generation, precision, len(hashes), _hash(carry)))
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as exc:
+            raise _disk_error(path, exc, "nothing was changed") from None
+        return hashes
 
     # ---- searching ----------------------------------------------------------------------------
     def _allowed(self, where: dict[str, Any]) -> np.ndarray | None:
         """Mask of rows a search may return (live, matching ``where``); ``None`` = every row."""
         if not where:
-            return None if self._live.all() else self._live
+            return None if self._all_live else self._live
         clauses, params = [], []
         for key, value in where.items():
             path = f'$."{key}"'
@@ -724,10 +950,11 @@ class EmbeddedIndex(VectorStore):
                  where: dict[str, Any]) -> np.ndarray | list[np.ndarray]:
         import faiss
 
+        self._index_new_rows()
         allowed = self._allowed(where)
         n = min(n, self._count)
         binary = np.ascontiguousarray(binary)
-        if isinstance(self._faiss, faiss.IndexBinaryFlat):
+        if self._coarse is None:
             params = None
             if allowed is not None:
                 bitmap = np.packbits(allowed, bitorder="little")
@@ -735,8 +962,8 @@ class EmbeddedIndex(VectorStore):
             return self._faiss.search(binary, n, params=params)[1]
         # IVF: faiss has no selector for binary IVF, so over-fetch and drop disallowed rows; a query
         # left short (a selective filter) gets an exact Hamming search over the allowed rows instead
-        self._faiss.nprobe = nprobe = min(self.nprobe, self._faiss.nlist)
-        probe = self._quantizer.search(unit_rows(dense), nprobe)[1]
+        probe = self._coarse.probe(dense, self.nprobe, self.coarse_rescore)
+        self._faiss.nprobe = probe.shape[1]
         fetch = n if allowed is None else min(self._count, 2 * n)
         found = self._faiss.search_preassigned(binary, fetch, probe, None)[1]
         if allowed is None:
@@ -794,21 +1021,25 @@ class EmbeddedIndex(VectorStore):
         """Verify everything: every block of every vector file, every item against its checksum and vector,
         ``HEAD``. Raises :class:`IndexDamagedError` at the first problem; → what was verified."""
         with self._reading():
-            for precision in self._precisions():
-                self._verify_blocks(precision, np.arange(len(self._hashes[precision])))
-            codes, items = self._maps["int8"], 0
-            for row, id_, text, meta, doc, pos, crc in self._conn.execute(
-                    "SELECT row, id, text, metadata, doc_id, position, crc FROM items"):
-                if _item_checksum(id_, text, meta, doc, pos, codes[row]) != crc:
-                    raise self._damaged(f"item row {row} ({str(id_)[:80]!r}) does not match its checksum")
-                items += 1
+            self._load_coarse(self._generation)
+            for precision in self._files():
+                self._verified[precision][:] = False
+                self._verify_all(precision)
+            items = 0
+            for first, codes in self._verified_spans("int8", 0, self._count):
+                for row, id_, text, meta, doc, pos, crc in self._conn.execute(
+                        "SELECT row, id, text, metadata, doc_id, position, crc FROM items WHERE row >= ? AND row < ? "
+                        "ORDER BY row", (first, first + len(codes))):
+                    if _item_checksum(id_, text, meta, doc, pos, codes[row - first]) != crc:
+                        raise self._damaged(f"item row {row} ({str(id_)[:80]!r}) does not match its checksum")
+                    items += 1
             integrity = self._conn.execute("PRAGMA quick_check").fetchone()[0]
             if integrity != "ok":
                 raise self._damaged(f"{DB}: {integrity}")
             self._check_head()
             return {"path": str(self.path), "ok": True, "items": items, "vector_rows": self._count,
                     "generation": self._generation, "commit": self._commit,
-                    "blocks_verified": {p: len(self._hashes[p]) for p in self._precisions()}}
+                    "blocks_verified": {p: len(self._hashes[p]) for p in self._files()}}
 
     def __len__(self) -> int:
         with self._reading():
@@ -816,30 +1047,46 @@ class EmbeddedIndex(VectorStore):
 
     def stats(self) -> dict[str, Any]:
         with self._reading():
-            files = [self.path / DB] + [self._file(p) for p in self._precisions()]
+            files = [self.path / DB] + [self._file(p) for p in self._files()]
             disk = sum(f.stat().st_size for f in files if f.exists())
             docs = self._conn.execute("SELECT COUNT(DISTINCT doc_id) FROM items").fetchone()[0]
-            return {**self.info(), "backend": "embedded", "path": str(self.path), "items": int(self._live.sum()),
-                    "documents": docs, "vector_rows": self._count, "tombstones": int(self._count - self._live.sum()),
+            items = int(self._live.sum())
+            coarse = self._coarse
+            return {**self.info(), "backend": "embedded", "path": str(self.path), "items": items,
+                    "documents": docs, "vector_rows": self._count, "tombstones": self._count - items,
                     "generation": self._generation, "commit": self._commit,
                     "bytes_per_vector": {p: self._row_bytes(p) for p in self._precisions()},
                     "search_structure_bytes_per_vector": self._structure_bytes(),
-                    "first_stage": self.first_stage, "first_stage_index": type(self._faiss).__name__,
-                    "nprobe": self.nprobe if self._quantizer is not None else None, "disk_bytes": disk}
+                    "first_stage": self.first_stage,
+                    "first_stage_index": "IndexBinaryFlat" if coarse is None else "IndexBinaryIVF",
+                    "lists": coarse.lists if coarse else None, "trained_rows": coarse.trained_rows if coarse else None,
+                    "nprobe": self.nprobe if coarse else None,
+                    "coarse_rescore": self.coarse_rescore if coarse else None, "retrain_due": self._retrain_due(),
+                    "disk_bytes": disk}
+
+    @property
+    def needs_compaction(self) -> bool:
+        """Whether :meth:`compact` would train the first stage again: the index has outgrown (or shrunk below)
+        the structure it was trained for. The CLI's ``index add`` compacts then."""
+        with self._reading():
+            return self._retrain_due()
+
+    def _retrain_due(self) -> bool:
+        wanted = plan_lists(int(self._live.sum()), self.first_stage)
+        return retrain_due(self._coarse.lists if self._coarse is not None else 0, wanted)
 
     def _structure_bytes(self) -> float:
-        """In-memory bytes per vector of the search: codes and the 4-byte inverse norm kept for rescoring; IVF
-        adds faiss's 8-byte row id, the row's 4-byte list number (for the cache file) and its share of the
-        float32 centroids."""
+        """In-memory bytes per vector of the search: codes and the 4-byte inverse norm kept for rescoring; an
+        inverted file adds faiss's 8-byte row id and the row's share of the coarse quantizer (the centroids
+        and their sign bits)."""
         code = self._row_bytes("binary") + 4
-        if self._quantizer is None:
+        if self._coarse is None:
             return code
-        return round(code + 8 + 4 + 4 * self.dimensions * self._quantizer.ntotal / max(self._count, 1), 1)
+        return round(code + 8 + self._coarse.nbytes / max(self._count, 1), 1)
 
     def close(self) -> None:
         with self._lock:
-            if self._maps:
-                self._save_lists()
-            self._maps = {}
+            self._maps, self._faiss = {}, None
+            self._close_files()
             self._conn.close()
             self._readers.close()

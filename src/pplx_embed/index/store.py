@@ -94,8 +94,9 @@ def new_store_shape(model: str, dimensions: int | None, full_dimension: int | No
 
 def unit_rows(rows: np.ndarray) -> np.ndarray:
     """Rows as contiguous float32 unit vectors (zero rows stay zero): cosine becomes an inner product."""
-    rows = np.asarray(rows, dtype=np.float32)
-    return np.ascontiguousarray(rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12))
+    rows = np.array(rows, dtype=np.float32, order="C")  # one copy, normalized in place
+    rows /= np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+    return rows
 
 
 class VectorStore(ABC):
