@@ -46,9 +46,11 @@ class Clustered:
         picked = self.centers[rng.integers(0, len(self.centers), m)]
         return (picked + self.noise * rng.standard_normal((m, self.dim), dtype=np.float32)) * np.float32(0.1)
 
-    def chunks(self) -> Iterator[tuple[int, np.ndarray]]:
+    def chunks(self, skip: int = 0) -> Iterator[tuple[int, np.ndarray]]:
+        """``(first row, vectors)`` of each chunk, from the one holding row ``skip`` on."""
         for i, start in enumerate(range(0, self.n, self.chunk)):
-            yield start, self.sample(min(self.chunk, self.n - start), np.random.default_rng([self.seed, i + 1]))
+            if start + self.chunk > skip:
+                yield start, self.sample(min(self.chunk, self.n - start), np.random.default_rng([self.seed, i + 1]))
 
     def queries(self, m: int) -> np.ndarray:
         return self.sample(m, np.random.default_rng([self.seed, 0]))  # not among the indexed vectors

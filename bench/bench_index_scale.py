@@ -132,16 +132,24 @@ def build(args) -> None:
     record = {"name": name, "system": args.system, "n": args.n, "dimensions": args.dimensions,
               "first_stage": args.first_stage, "pinned": args.pin_src, "load_start": loadavg(), **environment()}
     where = location(root, record)
-    if (root / name).exists():
-        raise SystemExit(f"{root / name} exists; remove it to build again")
-    (root / name).mkdir(parents=True)
+    resume = (root / name).exists()
+    if resume and not (args.resume and args.system == "embedded"):
+        raise SystemExit(f"{root / name} exists; remove it to build again (embedded: --resume goes on)")
+    (root / name).mkdir(parents=True, exist_ok=True)
     data = data_of(record)
     options = {"first_stage": args.first_stage} if args.first_stage else {}
     marker = str(root / name)
     with PeakMemory(server_processes(marker) if args.system != "embedded" else (lambda: [])) as memory:
         start = time.perf_counter()
-        ix = Index.create(where, "synthetic", args.dimensions, full_dimension=FULL, **options)
-        for first, x in data.chunks():
+        if resume:  # the committed batches stay; chunk i is always the same vectors, so the build goes on
+            ix = Index.open(where)
+            record["resumed_from"] = ix.stats()["items"]
+            if record["resumed_from"] % CHUNK:
+                raise SystemExit(f"{name} holds {record['resumed_from']:,} rows, not whole batches of {CHUNK:,}")
+            print(f"{name}: resuming after {record['resumed_from']:,} rows (their ingest time is not counted)")
+        else:
+            ix = Index.create(where, "synthetic", args.dimensions, full_dimension=FULL, **options)
+        for first, x in data.chunks(skip=record.get("resumed_from", 0)):
             ix.add(ids=[f"v{i}" for i in range(first, first + len(x))], vectors=x)
             done = first + len(x)
             if done % (10 * CHUNK) == 0 or done == args.n:
@@ -402,7 +410,8 @@ def report(root: Path, out: str) -> None:
                                                      r["name"]))
     for r in order:
         p = r["peak"]
-        lines.append(f"| {r['name']} | {r['n']:,} | {r['dimensions']} | {r['ingest_s']:,.0f} | {r['compact_s']:,.0f} "
+        ingest = f"{r['ingest_s']:,.0f}" + (f" (rows {r['resumed_from']:,}→: resumed)" if "resumed_from" in r else "")
+        lines.append(f"| {r['name']} | {r['n']:,} | {r['dimensions']} | {ingest} | {r['compact_s']:,.0f} "
                      f"| {r['open_first_search_s']:,.1f} | {gib(p['anon'])} | {gib(p['file'])} | "
                      f"{gib(p['servers']) if p['servers'] else '–'} | {gib(r['disk'])} | "
                      f"{' '.join(r['load_start'][:1])} → {' '.join(r['load_end'][:1])} | {r['commit']} |")
@@ -455,6 +464,8 @@ def main() -> None:
     b.add_argument("--system", choices=("embedded", "pgvector", "milvus"), default="embedded")
     b.add_argument("--first-stage", default=None, help="default: the backend's (embedded: chosen by size)")
     b.add_argument("--name", default=None)
+    b.add_argument("--resume", action="store_true",
+                   help="go on with an interrupted embedded build (ingest time then counts the rows added now)")
     b.add_argument("--pin-src", action="store_true",
                    help="measure this index with the source tree it is built with (a baseline on PYTHONPATH), "
                         "not the current one")

@@ -182,7 +182,7 @@ def test_ivf_first_stage_with_filters_and_tombstones(tmp_path):
     assert ix.compact() == 0  # nothing to drop, but the inverted file is trained
     stats = ix.stats()
     lists = int(2 * np.sqrt(12_000))
-    assert (stats["first_stage_index"], stats["lists"], stats["coarse_rescore"]) == ("IndexBinaryIVF", lists, 8)
+    assert (stats["first_stage_index"], stats["lists"], stats["coarse_rescore"]) == ("IndexBinaryIVF", lists, 0)
     assert not stats["retrain_due"] and not ix.needs_compaction and ix.compact() == 0
     # codes + inverse norm + faiss's row id + the centroids (2·√n of them: floats and sign bits) shared by all rows
     share = (4 * DIM + DIM // 8) * lists / 12_000
@@ -237,10 +237,10 @@ def test_the_first_stage_follows_the_size_and_compaction_retrains_it(tmp_path):
     ix.compact()
     stats = ix.stats()
     assert (stats["first_stage_index"], stats["lists"], stats["generation"], stats["coarse_rescore"]) == (
-        "IndexBinaryIVF", plan_lists(60_000, "auto"), 1, 8)
-    assert recall(ix, 60_000) >= exact_recall - 0.05  # lists found by Hamming to the centroids' sign bits first
-    ix.coarse_rescore = 0  # or by cosine to every centroid
-    assert ix.stats()["coarse_rescore"] == 0 and recall(ix, 60_000) >= exact_recall - 0.05
+        "IndexBinaryIVF", plan_lists(60_000, "auto"), 1, 0)
+    assert recall(ix, 60_000) >= exact_recall - 0.05  # lists found by cosine to every centroid
+    ix.coarse_rescore = 8  # or by Hamming to the centroids' sign bits first
+    assert ix.stats()["coarse_rescore"] == 8 and recall(ix, 60_000) >= exact_recall - 0.05
     ix.close()
     ix = Index.open(str(tmp_path / "auto"))  # another process's view: the committed coarse stage and lists
     assert recall(ix, 60_000) >= exact_recall - 0.05 and ix.check()["items"] == 60_000

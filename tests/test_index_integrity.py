@@ -72,9 +72,6 @@ def test_reader_in_another_process_sees_whole_generations_during_compaction(tmp_
     n, grow, rounds = (12_000, 40_000, 10) if first_stage == "ivf" else (2000, 0, ROUNDS)
     x = make(path, n, first_stage=first_stage)
     reader = Index.open(str(path))
-    # lists probed by exact cosine: this test asks for whole generations, not recall (on random unclustered
-    # vectors the default Hamming pick of lists misses a query's own list for ~0.3% of them)
-    reader.coarse_rescore = 0
     lists = reader.stats()["lists"]
     assert (lists is not None) == (first_stage == "ivf")
     assert reader.search(x[0], 1)[0].id == "v0"  # warm: the reader is searching before the writer starts

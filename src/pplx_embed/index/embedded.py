@@ -84,7 +84,9 @@ FACTS = ("format", "model", "query_model", "dimensions", "full_dimension", "stor
 BLOCK = 128  # rows per hashed block
 IVF_MIN_ROWS = 10_000  # first_stage="ivf": an inverted file from this size (k-means needs rows)
 AUTO_IVF_ROWS = 50_000  # first_stage="auto": an inverted file from this size, an exact scan below (docs/index.md)
-COARSE_RESCORE = 8  # a query finds its lists by Hamming first, then orders this many times nprobe by cosine
+# how a query finds its lists: 0 = cosine to every centroid (measured best: the same recall and speed up to 1M,
+# +2.8 recall@10 at 3M); k > 0 = Hamming to the centroids' sign bits first, then cosine over k x nprobe of them
+COARSE_RESCORE = 0
 TRAIN_PER_LIST = 40  # k-means sample: rows per centroid
 NPROBE = 32  # inverted lists a query visits (default)
 _READ_BYTES = 32 << 20  # bytes per read of a whole-file pass (verify, index, copy, assign)
