@@ -8,10 +8,7 @@ step into padded batches and calls ``backend.pool``). Requests served in a step 
 line, so a big request is split into steps interleaved with every other request and a small request
 waits about one step, whatever else is queued. The token budget is ``max_step_tokens``; with
 ``step_seconds`` it follows the measured tokens/s so that a step takes about that long (on CPU a
-16K-token step takes seconds; a quarter-second step costs no throughput). While several requests
-wait, a step takes at most half of the waiting tokens: the rest stays queued behind it, so that the
-worker never idles while the clients whose requests just finished send their next ones (closed-loop
-clients otherwise left the worker idle for a round trip after every step).
+16K-token step takes seconds; a quarter-second step costs no throughput).
 
 Admission is bounded twice: ``max_concurrent_requests`` requests per model (waiting, tokenizing or
 running) and ``max_queue_tokens`` tokens waiting; beyond either :class:`Overloaded` (HTTP 429). A
@@ -167,16 +164,13 @@ class Scheduler:
         """The next step: waiting requests in turn, one sequence each per round, within the budgets."""
         step: list[tuple[_Job, int]] = []
         tokens, candidates, served = 0, list(self._jobs), []
-        budget = self.step_tokens
-        if len(self._jobs) > 1:  # keep work queued behind the step: see the module's docstring
-            budget = min(budget, max(MIN_STEP_TOKENS, self._queued_tokens // 2))
         while candidates and len(step) < self.max_batch_requests:
             again = []
             for job in candidates:
                 if len(step) >= self.max_batch_requests:
                     break
                 n = len(job.sequences[job.next].ids)
-                if step and tokens + n > budget:
+                if step and tokens + n > self.step_tokens:
                     continue  # its next sequence waits for the next step
                 step.append((job, job.next))
                 tokens += n
