@@ -334,7 +334,7 @@ def ingest(args) -> None:
     record = {"texts": len(texts), "seconds": seconds, "cpu_seconds": cpu_seconds, "texts_per_s": len(texts) / seconds,
               "texts_per_cpu_s": len(texts) / cpu_seconds, "embed_only_texts_per_s": embed_rate,
               "embed_only_texts_per_cpu_s": embed_cpu_rate,
-              "engine": {k: v for k, v in model.engine_info().items() if k in ("backend", "dtype", "streams")},
+              "engine": {k: v for k, v in model.engine_info.to_dict().items() if k in ("backend", "dtype", "streams")},
               "mean_chars": float(np.mean([len(t) for t in texts])), "load_start": load, "load_end": loadavg(),
               **environment()}
     (root / "ingest.json").write_text(json.dumps(record, indent=1))
