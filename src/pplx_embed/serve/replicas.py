@@ -196,8 +196,8 @@ def run(config: ServeConfig, plan: ReplicaPlan) -> int:
     if local:  # the common mistakes in one line before Ray starts (on a cluster, the models are the nodes')
         from pplx_embed.model.checkpoint import load_checkpoint
 
-        for _, source in config.models:
-            load_checkpoint(source or config.options.model)
+        for _, source in config.models:  # the options split BASE+ADAPTER and check the adapter
+            load_checkpoint(config.options.replace(model=source or config.options.model).model)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     stop, starting, received = threading.Event(), [True], []
 
