@@ -169,24 +169,28 @@ class VectorStore(ABC):
     def use(self, embedder) -> None:
         """Embed with ``embedder``: the index's model (documents, and queries unless a query model is
         recorded) or its query model (queries); any other model is refused."""
-        name = recorded_name(embedder.name)
-        if name not in (recorded_name(self.model), self.query_model and recorded_name(self.query_model)):
+        name, (model, query_model) = recorded_name(embedder.name), self._recorded_names()
+        if name not in (model, query_model):
             paired = f" and queries of {self.query_model!r}" if self.query_model else ""
             raise InputError(f"this index holds vectors of {self.model!r}{paired}; "
                              f"it cannot use the embedder of {embedder.name!r}")
-        if self.query_model and name == recorded_name(self.query_model):
+        if name == query_model:
             if getattr(embedder, "dimension", self.full_dimension) != self.full_dimension:
                 raise InputError(f"query model {embedder.name!r} embeds {embedder.dimension} dimensions; "
                                  f"the index's model has {self.full_dimension}")
             self._query_embedder = embedder
-        if name == recorded_name(self.model):
+        if name == model:
             self._embedder = embedder
 
+    def _recorded_names(self) -> tuple[str, str | None]:
+        """The index's model and query model (None) as recorded names: an alias counts as its hub id."""
+        return recorded_name(self.model), self.query_model and recorded_name(self.query_model)
+
     def _check_model(self, model: str | None, query: bool = False) -> None:
-        """Vectors said to be of ``model`` (an alias counts as its hub id) must be of this index's model."""
+        """Vectors said to be of ``model`` must be of this index's model (or its query model, for queries)."""
+        ours, query_model = self._recorded_names()
         model = model if model is None else recorded_name(model)
-        if model is not None and model != recorded_name(self.model) and not (
-                query and self.query_model and model == recorded_name(self.query_model)):
+        if model is not None and model != ours and not (query and query_model and model == query_model):
             what = "query" if query else "go into"
             raise InputError(f"vectors of model {model!r} cannot {what} an index of {self.model!r}"
                              + (f" (queries: {self.query_model!r})" if self.query_model else ""))
