@@ -234,9 +234,13 @@ def run(config: ServeConfig, plan: ReplicaPlan) -> int:
                  running_replicas(), cpus, scaling)
         while not stop.wait(0.5):
             pass
-        _drain(plan.drain_seconds if received[0] == signal.SIGTERM else 0.0)  # Ctrl-C: no wait
-    except _Stop:
-        log.info("stopped while starting")
+        _drain(plan, received[0])
+    except _Stop:  # the application may have come up before serve.run noticed (it polls once a second)
+        overview = serve.status().applications.get(APP) if ray.is_initialized() else None
+        if overview is not None and overview.status == ApplicationStatus.RUNNING:
+            _drain(plan, received[0])
+        else:
+            log.info("stopped while starting")
     finally:
         starting[0] = False
         signal.signal(signal.SIGTERM, lambda *_: None)  # a second signal no longer interrupts the shutdown
@@ -253,9 +257,10 @@ def run(config: ServeConfig, plan: ReplicaPlan) -> int:
     return 0
 
 
-def _drain(seconds: float) -> None:
-    """``/ready`` 503, serve on for ``seconds``, then delete the server application: Ray stops routing to its
-    replicas and lets each finish the requests it holds (up to the graceful timeout)."""
+def _drain(plan: ReplicaPlan, signum: int) -> None:
+    """``/ready`` 503, serve on for ``--drain-seconds`` (none after Ctrl-C), then delete the server application:
+    Ray stops routing to its replicas and lets each finish the requests it holds (up to the graceful timeout)."""
+    seconds = plan.drain_seconds if signum == signal.SIGTERM else 0.0
     serve.get_app_handle(READY_APP).drain.remote().result()
     log.info("draining: /ready answers 503%s", f"; stopping in {seconds:g} s" if seconds else "")
     time.sleep(seconds)
