@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from pplx_embed.index import Index, IndexNotFoundError
-from pplx_embed.index.embedded import plan_lists, retrain_due
+from pplx_embed.index.embedded import plan_lists, retrain_due, train_rows
 from pplx_embed.model.quantization import to_binary, to_int8
 
 DIM = 256
@@ -213,6 +213,11 @@ def test_the_first_stage_follows_the_size_and_compaction_retrains_it(tmp_path):
     assert plan_lists(10_000, "ivf") == 200 and plan_lists(9_999, "ivf") == 0 and plan_lists(10**8, "flat") == 0
     assert [retrain_due(t, w) for t, w in ((0, 0), (0, 447), (447, 0), (447, 800), (447, 894), (2000, 999))] == [
         False, True, True, False, True, True]
+    # k-means sees 128 rows per list, at most 3 GiB of float32: all rows of a small index, 786,432 of 10M x 1024;
+    # a stage trained on less than half of that (an earlier version's 40 per list) is trained again
+    assert [train_rows(30_000, 447, 1024), train_rows(10**7, 6324, 1024), train_rows(10**7, 6324, 512)] == [
+        30_000, 786_432, 809_472]
+    assert retrain_due(6324, 6324, 252_960, 1024) and not retrain_due(6324, 6324, 786_432, 1024)
     dim = 64
     x = clustered(60_000, seed=4, dim=dim)
 

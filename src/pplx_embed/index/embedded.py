@@ -87,7 +87,10 @@ AUTO_IVF_ROWS = 50_000  # first_stage="auto": an inverted file from this size, a
 # how a query finds its lists: 0 = cosine to every centroid (measured best: the same recall and speed up to 1M,
 # recall@10 +2.8 points at 3M, +7.7 at 10M); k > 0 = Hamming to the centroids' sign bits, then cosine over k x nprobe
 COARSE_RESCORE = 0
-TRAIN_PER_LIST = 40  # k-means sample: rows per centroid
+# k-means sample: rows per centroid, within a float32 budget. 40 rows per list left most of the n/100 groups of the
+# 10M benchmark unseen (2.5 sampled rows per group): their rows scattered over lists, recall@10 0.765 (docs/index.md)
+TRAIN_PER_LIST = 128
+TRAIN_BYTES = 3 << 30
 NPROBE = 32  # inverted lists a query visits (default)
 _READ_BYTES = 32 << 20  # bytes per read of a whole-file pass (verify, index, copy, assign)
 _SQL_VARS = 900  # stay below SQLite's bound-parameter limit
@@ -173,12 +176,21 @@ def plan_lists(rows: int, first_stage: str) -> int:
     return 0 if floor is None or rows < floor else int(2 * math.sqrt(rows))
 
 
-def retrain_due(trained: int, wanted: int) -> bool:
+def train_rows(rows: int, lists: int, dimensions: int) -> int:
+    """How many rows k-means trains ``lists`` centroids on: ``TRAIN_PER_LIST`` per list, at most ``TRAIN_BYTES``
+    of float32 and at most all ``rows``."""
+    return min(rows, TRAIN_PER_LIST * lists, TRAIN_BYTES // (4 * dimensions))
+
+
+def retrain_due(trained: int, wanted: int, trained_rows: int | None = None, dimensions: int = 0) -> bool:
     """Whether a first stage of ``trained`` lists should be trained again for ``wanted`` (0 = flat): on a change
-    of kind, or when the right number of lists has doubled or halved (the index grew or shrank 4x)."""
+    of kind, when the right number of lists has doubled or halved (the index grew or shrank 4x), or when its
+    k-means saw less than half the sample :func:`train_rows` takes for that many lists (``trained_rows`` of
+    ``dimensions``: an index trained by an earlier version)."""
     if not trained or not wanted:
         return trained != wanted
-    return not wanted / 2 < trained < 2 * wanted
+    rule = train_rows((trained // 2) ** 2, trained, dimensions) if trained_rows is not None else 0
+    return not wanted / 2 < trained < 2 * wanted or 2 * (trained_rows or 0) < rule
 
 
 class _Coarse:
@@ -766,7 +778,7 @@ class EmbeddedIndex(VectorStore):
             live = np.flatnonzero(self._live)
             dropped = self._count - len(live)
             wanted = plan_lists(len(live), self.first_stage)
-            retrain = retrain_due(self._coarse.lists if self._coarse is not None else 0, wanted)
+            retrain = self._retrain_due(len(live))
             if dropped == 0 and not retrain:
                 return 0
             old, new = self._generation, self._generation + 1
@@ -777,7 +789,8 @@ class EmbeddedIndex(VectorStore):
                 self._verify_all(precision)
             coarse = self._coarse
             if retrain:
-                coarse = _Coarse.train(self._sample(live, wanted), wanted) if wanted else None
+                coarse = _Coarse.train(self._sample(live, train_rows(len(live), wanted, self.dimensions)),
+                                       wanted) if wanted else None
             hashes, linked = [], []
             try:
                 for precision in self._precisions():
@@ -827,10 +840,10 @@ class EmbeddedIndex(VectorStore):
                 fcntl.flock(self._readers, fcntl.LOCK_UN)
             return dropped
 
-    def _sample(self, live: np.ndarray, lists: int) -> np.ndarray:
-        """int8 codes of ``TRAIN_PER_LIST`` live rows per list (a fixed random choice), to train k-means: read
-        row by row (a gather through the map would pull most of the file into this process by readahead)."""
-        pick = np.random.default_rng(0).choice(len(live), min(len(live), TRAIN_PER_LIST * lists), replace=False)
+    def _sample(self, live: np.ndarray, size: int) -> np.ndarray:
+        """int8 codes of ``size`` live rows (a fixed random choice), to train k-means: read row by row (a gather
+        through the map would pull most of the file into this process by readahead)."""
+        pick = np.random.default_rng(0).choice(len(live), size, replace=False)
         rows = live[np.sort(pick)]
         out = np.empty((len(rows), self.dimensions), dtype=np.int8)
         fd, size = self._fds["int8"].fileno(), self._row_bytes("int8")
@@ -1073,9 +1086,11 @@ class EmbeddedIndex(VectorStore):
         with self._reading():
             return self._retrain_due()
 
-    def _retrain_due(self) -> bool:
-        wanted = plan_lists(int(self._live.sum()), self.first_stage)
-        return retrain_due(self._coarse.lists if self._coarse is not None else 0, wanted)
+    def _retrain_due(self, rows: int | None = None) -> bool:
+        rows = int(self._live.sum()) if rows is None else rows
+        coarse = self._coarse
+        return retrain_due(coarse.lists if coarse else 0, plan_lists(rows, self.first_stage),
+                           coarse.trained_rows if coarse else None, self.dimensions)
 
     def _structure_bytes(self) -> float:
         """In-memory bytes per vector of the search: codes and the 4-byte inverse norm kept for rescoring; an
