@@ -94,8 +94,8 @@ def new_store_shape(model: str, dimensions: int | None, full_dimension: int | No
 
 def unit_rows(rows: np.ndarray) -> np.ndarray:
     """Rows as contiguous float32 unit vectors (zero rows stay zero): cosine becomes an inner product."""
-    rows = np.array(rows, dtype=np.float32, order="C")  # one copy, normalized in place
-    rows /= np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+    rows = np.array(rows, dtype=np.float32, order="C")  # one copy, normalized in place (norm() would square a copy)
+    rows /= np.maximum(np.sqrt(np.einsum("ij,ij->i", rows, rows)), 1e-12)[:, None]
     return rows
 
 
