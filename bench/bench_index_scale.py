@@ -158,6 +158,7 @@ def build(args) -> None:
                       f"memory {memory.sample()}", flush=True)
         record["ingest_s"] = time.perf_counter() - start
         if record.get("resumed_from") == args.n and earlier:  # nothing to add: only compaction runs (again)
+            del record["resumed_from"]
             record.update({k: earlier[k] for k in ("ingest_s", "resumed_from") if k in earlier},
                           ingest_commit=earlier.get("ingest_commit", earlier["commit"]))
         start = time.perf_counter()
