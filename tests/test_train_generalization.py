@@ -224,6 +224,17 @@ def test_serve_several_adapters_over_one_base(adapters, minilm):
     assert models["med-a"]["model"].endswith(f"+{adapters['a']}")
 
 
+def test_replicas_check_base_plus_adapter_before_ray_starts(adapters, tmp_path):
+    """`serve --replicas` checks each model before Ray starts: BASE+ADAPTER passes as its base and adapter, a
+    missing adapter is one clear error."""
+    from pplx_embed.serve.app import ServeConfig
+    from pplx_embed.serve.replicas import check_models
+
+    check_models(ServeConfig(models=[("base", "minilm"), ("med-a", f"minilm+{adapters['a']}")]))
+    with pytest.raises(InputError, match="unknown model 'minilm\\+.*missing'"):  # neither a model nor BASE+ADAPTER
+        check_models(ServeConfig(models=[("med", f"minilm+{tmp_path / 'missing'}")]))
+
+
 def test_lora_run_resumes_its_adapter(tmp_path):
     pairs = write_pairs(tmp_path / "pairs.jsonl", 24)
     options = dict(holdout=0, hard_negatives=0, lora=4, batch_size=8, max_length=32, lr=5e-3, progress=False)

@@ -187,17 +187,23 @@ class _Stop(Exception):
     """SIGTERM or Ctrl-C arrived while starting."""
 
 
+def check_models(config: ServeConfig) -> None:
+    """The common mistakes in one line before Ray starts: every model must load here, a ``BASE+ADAPTER`` as its
+    base and adapter (the options split and check them)."""
+    from pplx_embed.model.checkpoint import load_checkpoint
+
+    for _, source in config.models:
+        load_checkpoint(config.options.replace(model=source or config.options.model).model)
+
+
 def run(config: ServeConfig, plan: ReplicaPlan) -> int:
     """Serve ``config`` as Ray Serve replicas until SIGTERM / Ctrl-C, then drain and shut down."""
     for _, source in config.models:
         if source is not None and not isinstance(source, str):
             raise InputError("replicas load their models themselves: give model names or directories")
     local = plan.address is None
-    if local:  # the common mistakes in one line before Ray starts (on a cluster, the models are the nodes')
-        from pplx_embed.model.checkpoint import load_checkpoint
-
-        for _, source in config.models:  # the options split BASE+ADAPTER and check the adapter
-            load_checkpoint(config.options.replace(model=source or config.options.model).model)
+    if local:  # on a cluster, the models are the nodes'
+        check_models(config)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     stop, starting, received = threading.Event(), [True], []
 
