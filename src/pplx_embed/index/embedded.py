@@ -189,8 +189,9 @@ def retrain_due(trained: int, wanted: int, trained_rows: int | None = None, dime
     ``dimensions``: an index trained by an earlier version)."""
     if not trained or not wanted:
         return trained != wanted
-    rule = train_rows((trained // 2) ** 2, trained, dimensions) if trained_rows is not None else 0
-    return not wanted / 2 < trained < 2 * wanted or 2 * (trained_rows or 0) < rule
+    # (trained / 2)² rows: the size at which plan_lists asks for ``trained`` lists
+    undersampled = trained_rows is not None and 2 * trained_rows < train_rows((trained // 2) ** 2, trained, dimensions)
+    return not wanted / 2 < trained < 2 * wanted or undersampled
 
 
 class _Coarse:
@@ -840,10 +841,10 @@ class EmbeddedIndex(VectorStore):
                 fcntl.flock(self._readers, fcntl.LOCK_UN)
             return dropped
 
-    def _sample(self, live: np.ndarray, size: int) -> np.ndarray:
-        """int8 codes of ``size`` live rows (a fixed random choice), to train k-means: read row by row (a gather
+    def _sample(self, live: np.ndarray, count: int) -> np.ndarray:
+        """int8 codes of ``count`` live rows (a fixed random choice), to train k-means: read row by row (a gather
         through the map would pull most of the file into this process by readahead)."""
-        pick = np.random.default_rng(0).choice(len(live), size, replace=False)
+        pick = np.random.default_rng(0).choice(len(live), count, replace=False)
         rows = live[np.sort(pick)]
         out = np.empty((len(rows), self.dimensions), dtype=np.int8)
         fd, size = self._fds["int8"].fileno(), self._row_bytes("int8")
