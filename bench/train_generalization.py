@@ -5,13 +5,15 @@ same MedQuAD pairs with the same held-out slice, mined negatives and batches per
 
 * ``plain``  — the recipe of docs/training.md (held-out slice, 1 mined hard negative, lr 5e-5, 1 epoch);
 * ``default`` — ``plain``'s best merged at ``pplx-embed finetune``'s default T (what it writes to OUT/merged);
-* ``merge``  — ``plain``'s best checkpoint SLERPed toward the start, ``slerp(start, best, T)``, with T
-  chosen per seed from ``--merge-grid`` on *selection* checks only (never on a reported figure): the
-  held-out training slice with its questions rephrased by the rules below, and STS-B en **dev**; the
-  rule: the best rephrased held-out nDCG@10 among the T that lose ≤ 0.5 STS-B dev points (else the smallest T);
+* ``auto``   — ``plain``'s best merged the way ``pplx-embed finetune --merge-start auto --check …`` merges:
+  the largest T of ``MERGE_GRID`` whose every check loses at most ``FORGET_LIMIT`` points, the checks
+  being *selection* sets only (never a reported figure): ``--select-queries`` xquad/en and covidqa-ctx
+  questions that are not among the reported ones, and STS-B en **dev**;
 * ``replay`` — ``plain`` with general pairs mixed in (25% as many as the domain pairs): (summary line,
   body) of the Python standard library's docstrings, extracted by rule at run time — the only
   general-domain pairs that exist offline here (title → body pairs, like much of MiniLM's training data);
+* ``len256`` — ``plain`` with documents of 256 tokens (finetune's default, MiniLM's own limit) instead of
+  ``--max-length``; also reported merged both ways (``len256-default``, ``len256-auto``);
 * ``lowlr``  — lr 2e-5 and half the steps;
 * ``lora``   — a rank-16 LoRA adapter (peft, every linear layer) at lr 5e-4, same data and steps.
 
@@ -23,13 +25,15 @@ Reported for every model (each evaluated once; the start model once for all):
   **rewritten** ("What are the symptoms of X ?" → "How do I know if I have X, what signs should I watch
   for?") or **removed** (→ "X warning signs"), by the fixed rules of ``REWRITES`` below;
 * forgetting (general sets, not trained on): ``xquad/en`` nDCG@10 (``--xquad-queries``), ``covidqa-ctx`` nDCG@10 (chunks
-  alone; ``--covid-queries`` queries, corpus subset ``--covid-corpus``), ``stsb/en-test`` Spearman.
+  alone; ``--covid-queries`` queries, corpus subset ``--covid-corpus``), ``stsb/en-test`` Spearman. The
+  reported queries are drawn first (seed 0); the selection slices come from the rest.
 
 Resumable: finished steps are skipped. Writes docs/benchmarks/train_generalization.json and .md.
 
     .venv/bin/python bench/train_generalization.py                      # the comparison (hours on 2 CPU cores)
     .venv/bin/python bench/train_generalization.py --pairs 300 --holdout 40 --dev-corpus 300 \
-        --covid-queries 50 --covid-corpus 100 --max-steps 2 --batch-size 8 --work /tmp/gen-smoke   # smoke test
+        --covid-queries 50 --covid-corpus 100 --select-queries 40 --max-steps 2 --batch-size 8 \
+        --work /tmp/gen-smoke                                                                    # smoke test
 """
 
 from __future__ import annotations
@@ -58,7 +62,8 @@ from pplx_embed.engine.threads import cpu_description  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 log = logging.getLogger("train_generalization")
-VARIANTS = ("plain", "replay", "lowlr", "lora")
+VARIANTS = ("plain", "len256", "replay", "lowlr", "lora")
+MERGED = ("plain", "len256")  # trained variants also reported merged: at finetune's T without checks, and T auto
 SEEDS = (0, 1)
 
 # MedQuAD's question templates → (rewritten question, template removed: entity + a plain intent word).
@@ -150,7 +155,8 @@ def train(work: Path, variant: str, seed: int, args: argparse.Namespace) -> Path
     if (out / "summary.json").is_file():
         return out
     plain = work / f"plain-s{seed}"
-    if variant in ("lowlr", "lora") and (plain / "mined-0.json").is_file() and not (out / "mined-0.json").exists():
+    reuse = variant in ("len256", "lowlr", "lora") and (plain / "mined-0.json").is_file()
+    if reuse and not (out / "mined-0.json").exists():
         out.mkdir(parents=True, exist_ok=True)  # same start model, data and mining: reuse plain's negatives
         for name in ("mined-0.jsonl", "mined-0.json"):
             shutil.copy2(plain / name, out / name)
@@ -161,6 +167,8 @@ def train(work: Path, variant: str, seed: int, args: argparse.Namespace) -> Path
         options |= {"lr": args.lr * 0.4, "max_steps": max(1, steps // 2)}
     elif variant == "lora":
         options |= {"lr": args.lora_lr, "lora": args.lora}
+    elif variant == "len256":
+        options |= {"max_length": 256}
     replay = str(stdlib_pairs(work)) if variant == "replay" else None
     started = time.time()
     summary = finetune("minilm", str(subset_pairs(work, args.pairs)), str(out), holdout=args.holdout,
@@ -242,60 +250,131 @@ def sts_dev(work: Path, pairs: int) -> Path:
     return out
 
 
-def selection_scores(work: Path, name: str, model: str, holdout: Path, args: argparse.Namespace) -> dict:
-    """The selection checks of one model: rephrased held-out training slice and STS-B en dev (never reported
-    as results)."""
-    from pplx_embed.train.checks import run_check
+def selection_slice(work: Path, name: str, source: Path, reported: int, count: int, corpus: int) -> Path:
+    """A BEIR folder of ``count`` questions of ``source`` not among the ``reported`` ones (drawn as the reported
+    evaluation draws them), with their relevant rows plus random others up to ``corpus`` rows (0: all), each row
+    alone (no document fields)."""
     from pplx_embed.train.evaluation import load_eval_set
 
-    out = work / f"select-{name}.json"
-    if out.is_file():
-        return json.loads(out.read_text())
-    embedder = embedder_of(model)
-    held = load_eval_set(str(holdout))
-    scores = score_queries(embedder, held, phrasings(held.query_texts))
-    record = {"held-out": scores["original"], "held-out rewritten": scores["rewritten"],
-              "held-out removed": scores["removed"],
-              "stsb/en-dev": round(run_check(embedder, sts_dev(work, args.sts_dev_pairs)), 2)}
-    out.write_text(json.dumps(record, indent=2))
-    log.info("select %s: %s", name, record)
-    return record
+    out = work / "select" / name
+    if (out / "qrels" / "test.tsv").is_file():
+        return out
+    shown = set(load_eval_set(str(source), reported or None, None, 0).query_ids)
+    full = load_eval_set(str(source))
+    rest = [q for q in full.query_ids if q not in shown]
+    if len(rest) < count:
+        sys.exit(f"{name}: {len(rest)} questions are left beside the {len(shown)} reported ones, "
+                 f"--select-queries {count} needs fewer reported questions")
+    picked = set(random.Random(1).sample(rest, count))
+    relevant = {d for q in picked for d, g in full.qrels[q].items() if g > 0}
+    others = [c for c in full.corpus_ids if c not in relevant]
+    keep = relevant | set(random.Random(1).sample(others, max(0, min(len(others), corpus - len(relevant))))
+                          if corpus else others)
+    rows = map(json.loads, (source / "corpus.jsonl").read_text(encoding="utf-8").splitlines())
+    lines = {"corpus.jsonl": [json.dumps({k: row[k] for k in ("_id", "title", "text")}, ensure_ascii=False)
+                              for row in rows if row["_id"] in keep],  # chunks alone, as the checks embed them
+             "queries.jsonl": [line for line in (source / "queries.jsonl").read_text(encoding="utf-8").splitlines()
+                               if json.loads(line)["_id"] in picked],
+             "qrels/test.tsv": ["query-id\tcorpus-id\tscore"] + [f"{q}\t{d}\t{g}" for q in sorted(picked)
+                                                                 for d, g in full.qrels[q].items()]}
+    for rel, rows in lines.items():
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        (out / rel).write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return out
 
 
-def default_merge(work: Path, seed: int) -> str:
-    """``plain``'s best merged at finetune's default T (what `pplx-embed finetune` writes to OUT/merged)."""
+def selection_checks(work: Path, args: argparse.Namespace) -> list[str]:
+    """The check sets ``auto`` chooses T on: never a reported question or pair."""
+    return [str(selection_slice(work, "xquad-en", DATA / "xquad" / "en", args.xquad_queries, args.select_queries, 0)),
+            str(selection_slice(work, "covidqa-ctx", DATA / "covidqa-ctx", args.covid_queries, args.select_queries,
+                                args.covid_corpus * args.select_queries // max(1, args.covid_queries))),  # same mix
+            str(sts_dev(work, args.sts_dev_pairs))]
+
+
+def prefix(variant: str) -> str:
+    return "" if variant == "plain" else f"{variant}-"
+
+
+def default_merge(work: Path, variant: str, seed: int) -> str:
+    """A variant's best merged at finetune's T without checks (what `pplx-embed finetune` writes to OUT/merged)."""
     from pplx_embed.train.config import MERGE_START
     from pplx_embed.train.merge import merge_checkpoints
 
-    path = work / f"merge-s{seed}-t{MERGE_START}"
+    path = work / f"{prefix(variant)}merge-s{seed}-t{MERGE_START}"
     if not (path / "merge.json").is_file():
-        merge_checkpoints("minilm", work / f"plain-s{seed}" / "best", path, MERGE_START, overwrite=True)
+        merge_checkpoints("minilm", work / f"{variant}-s{seed}" / "best", path, MERGE_START, overwrite=True)
     return str(path)
 
 
-def merge_variant(work: Path, seed: int, args: argparse.Namespace) -> tuple[str, float, dict]:
-    """The merged model of one seed: T chosen on the selection checks; returns (path, T, per-T selection scores)."""
-    from pplx_embed.train.merge import merge_checkpoints
+def auto_merge(work: Path, variant: str, seed: int, args: argparse.Namespace) -> dict:
+    """A variant's best merged with T chosen on the selection checks (cached in ``[variant-]auto-s<seed>.json``)."""
+    from pplx_embed.train.finetune import merge_toward_start
 
-    plain = work / f"plain-s{seed}"
-    holdout = plain / "holdout"
-    start = selection_scores(work, f"start-s{seed}", "minilm", holdout, args)
-    table = {"start": start}
-    for t in args.merge_grid:
-        path = work / f"merge-s{seed}-t{t}"
-        if not (path / "merge.json").is_file():
-            merge_checkpoints("minilm", plain / "best", path, t, overwrite=True)
-        table[str(t)] = selection_scores(work, f"merge-s{seed}-t{t}", str(path), holdout, args)
-    keep = [t for t in args.merge_grid if table[str(t)]["stsb/en-dev"] >= start["stsb/en-dev"] - 0.5]
-    chosen = max(keep, key=lambda t: table[str(t)]["held-out rewritten"]) if keep else min(args.merge_grid)
-    return str(work / f"merge-s{seed}-t{chosen}"), chosen, table
+    name = f"{prefix(variant)}auto-s{seed}"
+    record = work / f"{name}.json"
+    if record.is_file():
+        return json.loads(record.read_text())
+    merged = merge_toward_start("minilm", work / f"{variant}-s{seed}" / "best", work / name, "auto",
+                                selection_checks(work, args), progress=False)
+    record.write_text(json.dumps(merged, indent=2))
+    log.info("%s: t=%s, selection checks %s", name, merged["t"], merged["checks"])
+    return merged
+
+
+FULL_SETS = {"xquad/en": DATA / "xquad" / "en", "covidqa-ctx": DATA / "covidqa-ctx"}
+
+
+def full_general(work: Path, name: str, model: str) -> dict[str, dict[str, float]]:
+    """Per-question nDCG@10 of one model on every question of xquad/en and covidqa-ctx against their whole
+    corpora (cached in ``full-<name>.json``): the forgetting figures with the least sampling noise."""
+    import pytrec_eval
+
+    from pplx_embed.model.quantization import cosine_similarity
+    from pplx_embed.train.evaluation import load_eval_set, pooled
+
+    out = work / f"full-{name}.json"
+    if out.is_file():
+        return json.loads(out.read_text())
+    embedder, record = embedder_of(model), {}
+    for set_name, path in FULL_SETS.items():
+        data = load_eval_set(str(path))
+        scores = cosine_similarity(pooled(embedder, data.query_texts), pooled(embedder, data.corpus_texts))
+        top = np.argpartition(-scores, 99, axis=1)[:, :100]
+        run = {q: {data.corpus_ids[j]: float(scores[i, j]) for j in top[i]} for i, q in enumerate(data.query_ids)}
+        qrels = {q: {d: int(g) for d, g in docs.items()} for q, docs in data.qrels.items()}
+        per = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10"}).evaluate(run)
+        record[set_name] = {q: 100 * per.get(q, {}).get("ndcg_cut_10", 0.0) for q in data.query_ids}
+    out.write_text(json.dumps(record))
+    return record
+
+
+def full_report(work: Path, models: dict[str, str]) -> tuple[list[str], dict]:
+    """Δ to the start on the full general sets with a paired bootstrap 95% interval (2,000 resamples)."""
+    start = full_general(work, "start", "minilm")
+    rng = np.random.default_rng(0)
+    lines = ["| model | " + " | ".join(f"{s} Δ [95% CI]" for s in FULL_SETS) + " |", "|---|" + "---:|" * len(FULL_SETS),
+             "| start (all-MiniLM-L6-v2) | " + " | ".join(f"{np.mean(list(start[s].values())):.2f}" for s in FULL_SETS)
+             + " |"]
+    record = {}
+    for name, model in models.items():
+        scores, cells = full_general(work, name, model), []
+        for set_name in FULL_SETS:
+            delta = np.array([scores[set_name][q] - start[set_name][q] for q in start[set_name]])
+            boot = [delta[rng.integers(0, len(delta), len(delta))].mean() for _ in range(2000)]
+            low, high = np.percentile(boot, [2.5, 97.5])
+            record.setdefault(name, {})[set_name] = {"delta": round(float(delta.mean()), 2), "ci95": [
+                round(float(low), 2), round(float(high), 2)], "questions": len(delta)}
+            cells.append(f"{delta.mean():+.2f} [{low:+.2f}, {high:+.2f}]")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines, record
 
 
 # ---- report ----------------------------------------------------------------------------------------
 COLUMNS = ("medquad/dev", "medquad/dev rewritten", "medquad/dev removed", "xquad/en", "covidqa-ctx", "stsb/en-test")
 
 
-def report(work: Path, args: argparse.Namespace, runs: dict, evals: dict, merges: dict) -> None:
+def report(work: Path, args: argparse.Namespace, runs: dict, evals: dict, merges: dict,
+           full: tuple[list[str], dict] = ([], {})) -> None:
     from pplx_embed.train.config import MERGE_START
 
     start = evals.get("start")
@@ -305,12 +384,15 @@ def report(work: Path, args: argparse.Namespace, runs: dict, evals: dict, merges
              "|---|---|" + "---:|" * (len(COLUMNS) + 1)]
     lines.append("| start (all-MiniLM-L6-v2) | – | " + " | ".join(f"{start[c]:.1f}" for c in COLUMNS) + " | – |")
     means = {}
-    for variant in ("plain", "default", "merge", "replay", "lowlr", "lora"):
+    for variant in ("plain", "default", "auto", "len256", "len256-default", "len256-auto", "replay", "lowlr", "lora"):
         rows = [(s, evals[f"{variant}-s{s}"]) for s in SEEDS if f"{variant}-s{s}" in evals]
         for seed, e in rows:
             loss = min(e[c] - start[c] for c in ("xquad/en", "covidqa-ctx", "stsb/en-test"))
-            label = {"default": f"merge, default T={MERGE_START}", "merge": "merge, T chosen"}.get(variant, variant)
-            label += f" (T={merges[seed]['t']})" if variant == "merge" and seed in merges else ""
+            kind = variant.rpartition("-")[2]
+            label = (variant.rpartition("-")[0] or "plain") + {"default": f" merged, T={MERGE_START} (no checks)",
+                                                               "auto": " merged, T auto"}[kind] \
+                if kind in ("default", "auto") else variant
+            label += f" (T={merges[f'{variant}-s{seed}']['t']})" if kind == "auto" else ""
             lines.append(f"| {label} | {seed} | " + " | ".join(f"{e[c]:.1f} ({e[c] - start[c]:+.1f})" for c in COLUMNS)
                          + f" | {loss:+.1f} |")
         if len(rows) == len(SEEDS):
@@ -319,13 +401,17 @@ def report(work: Path, args: argparse.Namespace, runs: dict, evals: dict, merges
               "| variant | " + " | ".join(COLUMNS) + " |", "|---|" + "---:|" * len(COLUMNS)]
     for variant, m in means.items():
         lines.append(f"| {variant} | " + " | ".join(f"{m[c]:.1f} ({m[c] - start[c]:+.1f})" for c in COLUMNS) + " |")
+    if full[0]:
+        lines += ["", "Forgetting on the **whole** general sets (every question, whole corpus), models chosen on "
+                  "nothing (trained and no-check merges; the auto merges chose T on part of these questions):", "",
+                  *full[0]]
     record = {
         "benchmark": "train_generalization", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "device": cpu_description(),
         "versions": {"python": sys.version.split()[0], "torch": torch.__version__,
                      "transformers": transformers.__version__},
         "settings": {k: v for k, v in vars(args).items() if k not in ("work", "out", "fresh")},
-        "start": start, "evals": evals, "means": means, "merges": merges, "runs": runs,
+        "start": start, "evals": evals, "means": means, "merges": merges, "runs": runs, "full_general": full[1],
     }
     out = Path(args.out)
     out.write_text(json.dumps(record, indent=2))
@@ -346,13 +432,14 @@ def main() -> int:
     ap.add_argument("--max-length", type=int, default=128, help="document tokens in training (queries: 64)")
     ap.add_argument("--warmup-steps", type=int, default=None, help="default: 5%% of the steps")
     ap.add_argument("--max-steps", type=int, default=None)
-    ap.add_argument("--merge-grid", type=lambda s: [float(x) for x in s.split(",")], default=[0.3, 0.5, 0.7])
     ap.add_argument("--dev-queries", type=int, default=0, help="medquad/dev queries (0: all 1,000)")
     ap.add_argument("--dev-corpus", type=int, default=0, help="medquad/dev corpus rows (0: all 15,809)")
-    ap.add_argument("--xquad-queries", type=int, default=0, help="xquad/en queries (0: all 1,190; corpus: all)")
-    ap.add_argument("--covid-queries", type=int, default=0, help="covidqa-ctx queries (0: all 1,380)")
+    ap.add_argument("--xquad-queries", type=int, default=890, help="xquad/en queries reported (of 1,190; corpus: all)")
+    ap.add_argument("--covid-queries", type=int, default=1080, help="covidqa-ctx queries reported (of 1,380)")
     ap.add_argument("--covid-corpus", type=int, default=0, help="covidqa-ctx chunks (0: all 1,909)")
     ap.add_argument("--sts-dev-pairs", type=int, default=0, help="STS-B en dev pairs for selecting T (0: all 1,500)")
+    ap.add_argument("--select-queries", type=int, default=300,
+                    help="xquad/en and covidqa-ctx questions, none of them reported, for selecting T")
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--seeds", default="0,1")
     add_run_args(ap, "/tmp/pplx-train-bench/generalization",
@@ -372,14 +459,19 @@ def main() -> int:
             runs[f"{variant}-s{seed}"] = summary
             model = f"minilm+{out / 'best'}" if variant == "lora" else str(out / "best")
             evals[f"{variant}-s{seed}"] = evaluate_model(work, f"{variant}-s{seed}", model, args)
-            if variant == "plain":
-                path = default_merge(work, seed)  # cached by T: a changed default is evaluated anew
-                evals[f"default-s{seed}"] = evaluate_model(work, Path(path).name, path, args)
-                path, t, table = merge_variant(work, seed, args)
-                merges[seed] = {"t": t, "selection": table}
-                evals[f"merge-s{seed}"] = evaluate_model(work, f"merge-s{seed}", path, args)
+            if variant in MERGED:
+                path = default_merge(work, variant, seed)  # cached by T: a changed default is evaluated anew
+                evals[f"{prefix(variant)}default-s{seed}"] = evaluate_model(work, Path(path).name, path, args)
+                name = f"{prefix(variant)}auto-s{seed}"
+                merges[name] = auto_merge(work, variant, seed, args)
+                evals[name] = evaluate_model(work, name, merges[name]["output"], args)
             report(work, args, runs, evals, merges)
-    report(work, args, runs, evals, merges)
+    chosen_on_nothing = {}
+    for variant in (v for v in variants if v in MERGED):
+        for seed in SEEDS:
+            chosen_on_nothing[f"{variant}-s{seed}"] = str(work / f"{variant}-s{seed}" / "best")
+            chosen_on_nothing[f"{prefix(variant)}default-s{seed}"] = default_merge(work, variant, seed)
+    report(work, args, runs, evals, merges, full_report(work, chosen_on_nothing))
     return 0
 
 

@@ -177,7 +177,7 @@ def test_finetune_help_explains_every_option_with_its_default(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "sampled at random" in text and "drops the last partial batch" in text
     assert "--batch-size BATCH_SIZE pairs per step" in text and "(default: 32)" in text
-    assert "default 5e-5, with --lora 5e-4" in text and "--merge-start T" in text and "(default: 0.5)" in text
+    assert "default 5e-5, with --lora 5e-4" in text and "--merge-start T" in text and "(default: auto)" in text
     from pplx_embed.cli import build_parser
 
     finetune = build_parser()._subparsers._group_actions[0].choices["finetune"]

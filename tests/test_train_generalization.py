@@ -112,17 +112,53 @@ def test_finetune_defaults_hold_out_mine_merge_check_and_print_one_line(tmp_path
     assert len(held) == 8  # 10% of 80 pairs
     mined = [json.loads(line) for line in (out / "mined-0.jsonl").read_text().splitlines()]
     assert mined and all(len(p["negative"]) == 1 for p in mined)
-    assert summary["output"] == str(out / "merged") and summary["merged"]["t"] == 0.5
-    assert "ndcg@10" in summary["merged"]["eval"] and set(summary["checks"]) == {f"{tmp_path.name}/en-test"}
+    merged = summary["merged"]
+    assert summary["output"] == str(out / "merged") and merged["t"] == float(list(merged["tried"])[-1])
+    assert json.loads((out / "merged" / "merge.json").read_text())["t"] == merged["t"]  # T chosen on the check
+    assert "ndcg@10" in merged["eval"] and set(summary["checks"]) == {f"{tmp_path.name}/en-test"}
     line = captured.err.strip().splitlines()[-1]
     assert line == summary["line"] and line.startswith("finetune: held-out ndcg@10 ")
-    assert "(merged, t=0.5)" in line and "en-test" in line and line.endswith(f"model: {out / 'merged'}")
+    assert f"(merged, t={merged['t']} chosen on the checks)" in line and "en-test" in line
+    assert line.endswith(f"model: {out / 'merged'}")
     assert Embedder(summary["output"]).encode(["x"]).shape == (1, 64)
+
+
+def test_auto_merge_keeps_the_largest_t_whose_checks_lose_at_most_the_limit(tmp_path, shared_data):
+    """A "fine-tune" that forgot (MiniLM's weights under heavy noise): auto tries T from the largest down and
+    keeps the first within FORGET_LIMIT of the start on every check; without checks it merges at MERGE_START."""
+    from pplx_embed.options import EmbedderOptions
+    from pplx_embed.train.checks import check_name
+    from pplx_embed.train.config import FORGET_LIMIT, MERGE_GRID, MERGE_START
+    from pplx_embed.train.encoder import TrainableEncoder
+    from pplx_embed.train.finetune import merge_toward_start
+
+    sts = tmp_path / "en-dev.tsv"
+    sts.write_text("\n".join((shared_data / "stsb" / "en-dev.tsv").read_text().splitlines()[:201]) + "\n")
+    torch.manual_seed(0)
+    encoder = TrainableEncoder(EmbedderOptions(model="minilm", device="cpu"))
+    with torch.no_grad():
+        for p in encoder.model.parameters():
+            if p.numel() > 1:
+                p.add_(0.5 * p.std() * torch.randn_like(p))
+    tuned = encoder.save(tmp_path / "tuned")
+    merged = merge_toward_start("minilm", tuned, tmp_path / "auto", "auto", [str(sts)], progress=False)
+    name = check_name(sts)
+    before = merged["checks"][name]["before"]
+    tried = [(float(t), scores[name]) for t, scores in merged["tried"].items()]
+    assert [t for t, _ in tried] == list(MERGE_GRID[: len(tried)]) and len(tried) > 1  # 0.7 forgot too much
+    assert all(before - score > FORGET_LIMIT for _, score in tried[:-1])
+    assert before - tried[-1][1] <= FORGET_LIMIT and merged["t"] == tried[-1][0]
+    assert merged["checks"][name]["after"] == tried[-1][1]
+    assert json.loads((tmp_path / "auto" / "merge.json").read_text())["t"] == merged["t"]
+    assert merge_toward_start("minilm", tuned, tmp_path / "plain", "auto", progress=False) == {
+        "t": MERGE_START, "output": str(tmp_path / "plain")}
+    assert json.loads((tmp_path / "plain" / "merge.json").read_text())["t"] == MERGE_START
 
 
 def test_finetune_bad_options_are_one_line(tmp_path, tiny_pplx_dir, capsys):
     pairs = write_pairs(tmp_path / "pairs.jsonl", 16)
-    for extra, message in ((["--merge-start", "1.5"], "--merge-start must be between 0"),
+    for extra, message in ((["--merge-start", "1.5"], "--merge-start must be auto or between 0"),
+                           (["--merge-start", "half"], "--merge-start must be auto or between 0"),
                            (["--lora", "0"], "lora must be a positive rank"),
                            (["--check", str(tmp_path / "nope")], "not a BEIR directory"),
                            (["--replay", str(pairs), "--replay-fraction", "0"], "--replay-fraction must be in")):

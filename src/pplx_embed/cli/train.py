@@ -78,7 +78,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     _log_lines(args.quiet)
     summary = finetune(
         args.model, args.train, args.output, args.eval, resume=args.resume, progress=not args.quiet,
-        merge_start=None if args.merge_start == 1 else args.merge_start, checks=args.check, replay=args.replay,
+        merge_start=args.merge_start, checks=args.check, replay=args.replay,
         replay_fraction=args.replay_fraction, lora=args.lora,
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, max_examples=args.max_examples,
         max_length=args.max_length, temperature=args.temperature, micro_batch=args.micro_batch,
@@ -170,11 +170,13 @@ def register(sub) -> None:
     ft.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                     help="bf16 autocast; weights and losses stay fp32 (default: on GPU and on CPUs with AMX / "
                          "avx512_bf16, where it is fast; off where it would be emulated)")
-    from pplx_embed.train.config import MERGE_START
+    from pplx_embed.train.config import FORGET_LIMIT, MERGE_GRID, MERGE_START
 
-    ft.add_argument("--merge-start", type=float, default=MERGE_START, metavar="T",
+    ft.add_argument("--merge-start", default="auto", metavar="T",
                     help="write slerp(start, best, T) to OUT/merged, the result: T is the weight kept of the "
-                         "fine-tune (1: no merge, the result is OUT/best)")
+                         "fine-tune (1: no merge, the result is OUT/best); auto: the largest T of "
+                         f"{', '.join(map(str, MERGE_GRID))} whose every --check loses at most {FORGET_LIMIT} "
+                         f"points, {MERGE_START} without --check")
     ft.add_argument("--check", action="append", default=None, metavar="SET",
                     help="general set scored before and after (forgetting): a BEIR directory (nDCG@10) or an STS "
                          ".tsv (Spearman), e.g. ../shared/data/xquad/en; repeatable")

@@ -11,7 +11,12 @@ from pathlib import Path
 from pplx_embed.errors import InputError
 
 STAGES = ("pairs", "contextual", "triplets")
-MERGE_START = 0.5  # finetune's default weight of the fine-tune in slerp(start, fine-tune): measured, docs/training.md
+# finetune's merge toward the start, slerp(start, fine-tune, T) (docs/training.md, "The default recipe"): "auto" tries
+# MERGE_GRID from the largest T and keeps the first whose every --check set loses at most FORGET_LIMIT points;
+# without check sets it merges at MERGE_START (measured)
+MERGE_START = 0.5
+MERGE_GRID = (0.7, 0.5, 0.3, 0.2, 0.1)
+FORGET_LIMIT = 0.5
 
 
 PARALLEL_MODES = ("ddp", "fsdp")  # under torchrun: replicated weights, or sharded weights / gradients / optimizer state

@@ -8,9 +8,11 @@
 2. mine one hard negative per pair with the starting model (``hard_negatives``);
 3. in-batch InfoNCE with false-negative masking, bf16 autocast where the device computes it
    natively, one epoch at lr 5e-5 with 5% warm-up;
-4. SLERP the best checkpoint back toward the starting model (``merge_start``: the weight kept of the
+4. SLERP the best checkpoint back toward the starting model (``merge_start``: the weight T kept of the
    fine-tune): the fine-tune alone learns the training set's phrasing and forgets general skills,
-   the merge keeps most of the in-domain gain and loses neither;
+   the merge keeps most of the in-domain gain and loses less. ``"auto"`` (the default) picks T on the
+   ``checks``: the largest T of ``MERGE_GRID`` whose every check loses at most ``FORGET_LIMIT`` points
+   (without checks: ``MERGE_START``);
 5. score ``checks`` (general sets: forgetting) before and after, and print one summary line.
 
 Optional: ``replay`` mixes general pairs into training, ``lora`` trains a LoRA adapter instead of
@@ -26,7 +28,7 @@ from pathlib import Path
 
 from pplx_embed.atomic import write_text
 from pplx_embed.errors import InputError
-from pplx_embed.train.config import MERGE_START, StageConfig, stage_config
+from pplx_embed.train.config import FORGET_LIMIT, MERGE_GRID, MERGE_START, StageConfig, stage_config
 from pplx_embed.train.contrastive import train_stage
 from pplx_embed.train.data import load_pairs, write_pairs
 
@@ -143,22 +145,21 @@ def add_replay(train: str, replay: str, fraction: float, out_dir: Path, seed: in
 
 
 def finetune(model: str, train: str, output: str, eval_dir: str | None = None, resume: bool = False,
-             progress: bool = True, holdout: int | None = None, *, merge_start: float | None = MERGE_START,
+             progress: bool = True, holdout: int | None = None, *, merge_start: float | str | None = "auto",
              checks: list[str] | None = None, replay: str | None = None, replay_fraction: float = 0.25,
              **options) -> dict:
     """Fine-tune ``model`` on pairs JSONL ``train``; returns the summary (before/best/merged metrics, output dir).
 
     ``holdout``: evaluate (keep the best checkpoint, stop early) on that many held-out training pairs
     (default: 10% up to 1,000 when no ``eval_dir`` is given; 0: none). ``merge_start``: write
-    ``slerp(start, best, t)`` to ``OUT/merged`` (``None`` or 1: no merge). ``checks``: general sets
-    scored before and after (see :mod:`pplx_embed.train.checks`). ``replay``: pairs JSONL of general
-    pairs, ``replay_fraction`` × the training pairs of them mixed in. Other options: :func:`finetune_config`.
+    ``slerp(start, best, t)`` to ``OUT/merged`` (``"auto"``: see :func:`merge_toward_start`; ``None`` or 1: no
+    merge). ``checks``: general sets scored before and after (see :mod:`pplx_embed.train.checks`). ``replay``:
+    pairs JSONL of general pairs, ``replay_fraction`` × the training pairs of them mixed in. Other options:
+    :func:`finetune_config`.
     """
     from pplx_embed.train.checks import validate_checks
 
-    checks = validate_checks(checks)
-    if merge_start is not None and not 0 <= merge_start <= 1:
-        raise InputError(f"--merge-start must be between 0 (the start model) and 1 (no merge), not {merge_start}")
+    checks, merge_start = validate_checks(checks), merge_weight(merge_start)
     out = Path(output)
     if holdout is None:
         size = min(HOLDOUT_MAX, max(1, round(HOLDOUT_SHARE * _count_pairs(train, None))))
@@ -173,25 +174,74 @@ def finetune(model: str, train: str, output: str, eval_dir: str | None = None, r
     config = finetune_config(model, train, output, eval_dir, **options)
     summary = train_stage(config, resume=resume, progress=progress)
     best = summary["output"]
-    if merge_start is not None and merge_start < 1 and config.lora:
+    if merge_start is not None and config.lora:
         log.info("merge: skipped for a LoRA adapter (it is kept separate from the base weights)")
-    elif merge_start is not None and merge_start < 1:
-        from pplx_embed.train.merge import merge_checkpoints
-
-        merged = out / "merged"
-        log.info("merge: slerp(start, %s, t=%s) -> %s", best, merge_start, merged)
-        merge_checkpoints(model, best, merged, merge_start, overwrite=True, progress=progress)
-        summary["merged"] = {"t": merge_start, "output": str(merged)}
+    elif merge_start is not None:
+        merged = merge_toward_start(model, best, out / "merged", merge_start, checks, progress)
+        if "checks" in merged:
+            summary["checks"] = merged.pop("checks")
         if config.eval is not None:
-            summary["merged"]["eval"] = _evaluate(str(merged), config, progress)
-        summary["output"] = str(merged)
-    if checks:
+            merged["eval"] = _evaluate(merged["output"], config, progress)
+        summary["merged"], summary["output"] = merged, merged["output"]
+    if checks and "checks" not in summary:
         summary["checks"] = _run_checks(model, summary, config, checks, progress)
     if config.lora:
         summary["adapter_of"] = model
     summary["line"] = summary_line(summary)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def merge_weight(value: float | str | None) -> float | str | None:
+    """``--merge-start`` as :func:`finetune` uses it: ``"auto"``, a weight in [0, 1), or None (1: no merge)."""
+    if value is None or value == "auto":
+        return value
+    try:
+        t = float(value)
+    except (TypeError, ValueError):
+        t = float("nan")
+    if not 0 <= t <= 1:
+        raise InputError(f"--merge-start must be auto or between 0 (the start model) and 1 (no merge), "
+                         f"not {str(value)[:40]!r}")
+    return None if t == 1 else t
+
+
+def merge_toward_start(model: str, best: str | Path, output: str | Path, t: float | str,
+                       checks: list[str] | None = None, progress: bool = True) -> dict:
+    """``slerp(model, best, T)`` → ``output``; returns ``{"t", "output"}``, with ``checks`` also their scores
+    ``{"checks": {name: {"before", "after"}}}``.
+
+    ``t="auto"`` with checks: T is the largest of ``MERGE_GRID`` whose every check loses at most
+    ``FORGET_LIMIT`` points against the start (tried largest first; none: the smallest), and ``"tried"`` holds
+    each tried T's scores; without checks, ``MERGE_START``.
+    """
+    from pplx_embed.train.checks import check_embedder, run_checks
+    from pplx_embed.train.merge import merge_checkpoints
+
+    grid = (t,) if t != "auto" else MERGE_GRID if checks else (MERGE_START,)
+    before = run_checks(check_embedder(model), checks, progress) if checks else {}
+    tried = {}
+    for weight in grid:
+        log.info("merge: slerp(start, %s, t=%s) -> %s", best, weight, output)
+        merge_checkpoints(model, best, output, weight, overwrite=True, progress=progress)
+        if not checks:
+            break
+        after = tried[weight] = run_checks(check_embedder(str(output)), checks, progress)
+        loss = max(before[name] - after[name] for name in before)
+        if len(grid) == 1 or loss <= FORGET_LIMIT + 1e-9:
+            break
+        if weight != grid[-1]:
+            log.info("merge: t=%s loses %.2f points on a check (at most %s kept); trying a smaller t", weight, loss,
+                     FORGET_LIMIT)
+        else:
+            log.warning("merge: every t loses more than %s points on a check; kept the smallest, t=%s",
+                        FORGET_LIMIT, weight)
+    out = {"t": weight, "output": str(output)}
+    if checks:
+        out["checks"] = {name: {"before": before[name], "after": after[name]} for name in before}
+    if len(grid) > 1:
+        out["tried"] = {str(w): scores for w, scores in tried.items()}
+    return out
 
 
 def _evaluate(model: str, config: StageConfig, progress: bool) -> dict:
@@ -222,7 +272,8 @@ def summary_line(summary: dict) -> str:
     if metric and summary.get("before") is not None:
         text = f"held-out {metric} {100 * summary['before'][metric]:.1f} → {100 * summary['best']:.1f} (best)"
         if "eval" in summary.get("merged", {}):
-            text += f" → {100 * summary['merged']['eval'][metric]:.1f} (merged, t={summary['merged']['t']})"
+            how = " chosen on the checks" if "tried" in summary["merged"] else ""
+            text += f" → {100 * summary['merged']['eval'][metric]:.1f} (merged, t={summary['merged']['t']}{how})"
         parts.append(text)
     for name, s in summary.get("checks", {}).items():
         parts.append(f"{name} {s['before']:.1f} → {s['after']:.1f} ({s['after'] - s['before']:+.1f})")
