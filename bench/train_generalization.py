@@ -200,12 +200,16 @@ def score_queries(embedder, data, variants: dict[str, list[str]]) -> dict[str, f
     corpus = pooled(embedder, data.corpus_texts)
     out = {}
     for name, texts in variants.items():
-        scores = cosine_similarity(pooled(embedder, texts), corpus)
-        k = min(100, scores.shape[1])
-        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-        run = {q: {data.corpus_ids[j]: float(scores[i, j]) for j in top[i]} for i, q in enumerate(data.query_ids)}
+        run = top_run(data, cosine_similarity(pooled(embedder, texts), corpus))
         out[name] = round(100 * evaluate(data.qrels, run)["ndcg@10"], 2)
     return out
+
+
+def top_run(data, scores: np.ndarray, k: int = 100) -> dict[str, dict[str, float]]:
+    """Each query's ``k`` best corpus rows with their scores, as a TREC run."""
+    k = min(k, scores.shape[1])
+    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    return {q: {data.corpus_ids[j]: float(scores[i, j]) for j in top[i]} for i, q in enumerate(data.query_ids)}
 
 
 def phrasings(texts: list[str]) -> dict[str, list[str]]:
@@ -338,9 +342,7 @@ def full_general(work: Path, name: str, model: str) -> dict[str, dict[str, float
     embedder, record = embedder_of(model), {}
     for set_name, path in FULL_SETS.items():
         data = load_eval_set(str(path))
-        scores = cosine_similarity(pooled(embedder, data.query_texts), pooled(embedder, data.corpus_texts))
-        top = np.argpartition(-scores, 99, axis=1)[:, :100]
-        run = {q: {data.corpus_ids[j]: float(scores[i, j]) for j in top[i]} for i, q in enumerate(data.query_ids)}
+        run = top_run(data, cosine_similarity(pooled(embedder, data.query_texts), pooled(embedder, data.corpus_texts)))
         qrels = {q: {d: int(g) for d, g in docs.items()} for q, docs in data.qrels.items()}
         per = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10"}).evaluate(run)
         record[set_name] = {q: 100 * per.get(q, {}).get("ndcg_cut_10", 0.0) for q in data.query_ids}
