@@ -6,7 +6,16 @@ import numpy as np
 import pytest
 
 from pplx_embed.index import Index, IndexNotFoundError
-from pplx_embed.index.embedded import plan_lists, retrain_due, train_rows
+from pplx_embed.index.embedded import (
+    COARSE_RESCORE,
+    NPROBE,
+    PROBE_NPROBES,
+    PROBE_RESCORES,
+    PROBE_SHARE,
+    plan_lists,
+    retrain_due,
+    train_rows,
+)
 from pplx_embed.model.quantization import to_binary, to_int8
 
 DIM = 256
@@ -182,7 +191,8 @@ def test_ivf_first_stage_with_filters_and_tombstones(tmp_path):
     assert ix.compact() == 0  # nothing to drop, but the inverted file is trained
     stats = ix.stats()
     lists = int(2 * np.sqrt(12_000))
-    assert (stats["first_stage_index"], stats["lists"], stats["coarse_rescore"]) == ("IndexBinaryIVF", lists, 0)
+    assert (stats["first_stage_index"], stats["lists"]) == ("IndexBinaryIVF", lists)
+    assert stats["nprobe"] in PROBE_NPROBES and stats["coarse_rescore"] in PROBE_RESCORES  # calibrated on its rows
     assert not stats["retrain_due"] and not ix.needs_compaction and ix.compact() == 0
     # codes + inverse norm + faiss's row id + the centroids (2·√n of them: floats and sign bits) shared by all rows
     share = (4 * DIM + DIM // 8) * lists / 12_000
@@ -241,11 +251,12 @@ def test_the_first_stage_follows_the_size_and_compaction_retrains_it(tmp_path):
     assert ix.stats()["first_stage_index"] == "IndexBinaryFlat" and ix.needs_compaction
     ix.compact()
     stats = ix.stats()
-    assert (stats["first_stage_index"], stats["lists"], stats["generation"], stats["coarse_rescore"]) == (
-        "IndexBinaryIVF", plan_lists(60_000, "auto"), 1, 0)
-    assert recall(ix, 60_000) >= exact_recall - 0.05  # lists found by cosine to every centroid
-    ix.coarse_rescore = 8  # or by Hamming to the centroids' sign bits first
-    assert ix.stats()["coarse_rescore"] == 8 and recall(ix, 60_000) >= exact_recall - 0.05
+    assert (stats["first_stage_index"], stats["lists"], stats["generation"]) == (
+        "IndexBinaryIVF", plan_lists(60_000, "auto"), 1)
+    assert recall(ix, 60_000) >= exact_recall - 0.05  # lists found as calibrated
+    ix.nprobe, ix.coarse_rescore = 32, 0  # or as set on the handle: cosine to every centroid
+    assert (ix.stats()["nprobe"], ix.stats()["coarse_rescore"]) == (32, 0)
+    assert recall(ix, 60_000) >= exact_recall - 0.05
     ix.close()
     ix = Index.open(str(tmp_path / "auto"))  # another process's view: the committed coarse stage and lists
     assert recall(ix, 60_000) >= exact_recall - 0.05 and ix.check()["items"] == 60_000
@@ -267,3 +278,54 @@ def test_the_first_stage_follows_the_size_and_compaction_retrains_it(tmp_path):
     assert ix.needs_compaction and ix.compact() == 0
     assert ix.stats()["lists"] == plan_lists(50_000, "ivf") and recall(ix, 50_000) >= exact_recall - 0.05
     ix.close()
+
+
+def test_compaction_calibrates_the_probe_on_the_index_rows(tmp_path):
+    """Compaction picks the cheapest probe (nprobe, coarse_rescore) whose lists hold PROBE_SHARE of sample rows'
+    true top 10; it holds for other rows, loses at most a point of recall to probing every list, is stored with
+    the stage, and an index without one (trained by an earlier version) is calibrated by its next compaction."""
+    import sqlite3
+
+    dim, n = 64, 60_000
+    x = clustered(n, seed=4, dim=dim)
+    path = tmp_path / "ix"
+    ix = Index.create(str(path), "synthetic-model", dim, first_stage="ivf")
+    ix.add(ids=ids("v", n), vectors=x)
+    ix.compact()
+    stats = ix.stats()
+    probe = (stats["nprobe"], stats["coarse_rescore"])
+    assert probe[0] in PROBE_NPROBES and probe[1] in PROBE_RESCORES and stats["probe_share"] >= PROBE_SHARE
+    assert probe != (max(PROBE_NPROBES), 0) and not ix.needs_compaction  # this data needs far from every list
+
+    q = x[7::150]  # 400 rows, other than the calibration's random sample for the most part: their int8 top 10
+    codes = to_int8(x).astype(np.float32)
+    unit = codes / np.linalg.norm(codes, axis=1, keepdims=True)
+    truth = np.argsort(-(unit[7::150] @ unit.T), axis=1)[:, :10]
+    lists = np.fromfile(next(path.glob("vectors.*.lists")), dtype=np.int32)
+    found = ix._coarse.probe(unit[7::150], *probe)
+    assert np.mean([np.isin(lists[t], f).mean() for t, f in zip(truth, found)]) >= PROBE_SHARE - 0.02
+
+    def recall() -> float:
+        rows, _ = ix.search_rows(q, 10)
+        return np.mean([len(set(r.tolist()) & set(t.tolist())) / 10 for r, t in zip(rows, truth)])
+
+    calibrated = recall()
+    ix.nprobe, ix.coarse_rescore = stats["lists"], 0  # every list: what probing cannot lose
+    assert calibrated >= recall() - 0.01
+    ix.close()
+
+    sql = sqlite3.connect(path / "index.sqlite")
+    with sql:
+        sql.execute("DELETE FROM probe")  # as an earlier version left its trained stage
+    sql.close()
+    ix = Index.open(str(path))
+    stats = ix.stats()
+    assert (stats["nprobe"], stats["coarse_rescore"], stats["probe_share"]) == (NPROBE, COARSE_RESCORE, None)
+    assert ix.needs_compaction and not stats["retrain_due"]
+    assert ix.compact() == 0  # nothing dropped, nothing trained: calibrated
+    after = ix.stats()
+    assert (after["nprobe"], after["coarse_rescore"]) == probe and after["generation"] == stats["generation"] + 1
+    assert after["trained_rows"] == stats["trained_rows"] and not ix.needs_compaction and ix.compact() == 0
+    ix.close()
+    with Index.open(str(path)) as ix:  # stored: another process probes the same way
+        assert (ix.stats()["nprobe"], ix.stats()["coarse_rescore"]) == probe and recall() == calibrated

@@ -179,6 +179,8 @@ IVF_DAMAGE = {  # an index with a trained inverted file: its rows' lists and its
     "coarse stage bytes": (lambda p: sql(p, "UPDATE coarse SET quantizer = CAST(zeroblob(length(quantizer)) AS BLOB)"),
                            "coarse stage does not match its checksum"),
     "coarse stage lost": (lambda p: sql(p, "DELETE FROM coarse"), "coarse stage is missing"),
+    "calibrated probe": (lambda p: sql(p, "UPDATE probe SET nprobe = nprobe + 1"),
+                         "calibrated probe does not match its checksum"),
 }
 
 

@@ -31,11 +31,13 @@ vector; :meth:`EmbeddedIndex.check` verifies everything. Damage is an :class:`In
 The first stage is an exact Hamming search with faiss ``IndexBinaryFlat`` over the binary codes,
 restricted to live (and filter-matching) rows by a bitmap, or an inverted file: rows are partitioned
 by cosine to centroids trained on the int8 codes (spherical k-means), each list holds binary codes,
-and a query scans the codes of its ``nprobe`` nearest lists, found by Hamming distance to the centroids'
-sign bits first, then cosine. Which of the two, and how many lists, follows the
-index's size (:func:`plan_lists`); :meth:`EmbeddedIndex.compact` trains the coarse stage (centroids,
-committed in ``index.sqlite`` with their hash, per generation) when the size calls for another one, and
-writes every row's list in ``vectors.<gen>.lists``; rows added later are assigned to their lists as
+and a query scans the codes of its ``nprobe`` nearest lists, found by cosine to every centroid or by
+Hamming distance to the centroids' sign bits first, then cosine. Which of the two first stages, and how many
+lists, follows the index's size (:func:`plan_lists`); :meth:`EmbeddedIndex.compact` trains the coarse stage (centroids,
+committed in ``index.sqlite`` with their hash, per generation) when the size calls for another one,
+writes every row's list in ``vectors.<gen>.lists`` and calibrates the probe on the index's own rows (the
+cheapest ``nprobe`` and way of finding lists that keeps :data:`PROBE_SHARE` of sample rows' true top 10 in the
+lists probed, committed with the coarse stage); rows added later are assigned to their lists as
 they are written. The faiss structures are built in memory on the first search (a writer that only
 adds never builds them). Rescoring gathers the candidates' int8 codes for several queries at once and
 takes their dot products with one int8 matrix product.
@@ -54,6 +56,7 @@ import time
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -84,20 +87,29 @@ FACTS = ("format", "model", "query_model", "dimensions", "full_dimension", "stor
 BLOCK = 128  # rows per hashed block
 IVF_MIN_ROWS = 10_000  # first_stage="ivf": an inverted file from this size (k-means needs rows)
 AUTO_IVF_ROWS = 50_000  # first_stage="auto": an inverted file from this size, an exact scan below (docs/index.md)
-# how a query finds its lists: 0 = cosine to every centroid (measured best: the same recall and speed up to 1M,
-# recall@10 +2.8 points at 3M, +7.7 at 10M); k > 0 = Hamming to the centroids' sign bits, then cosine over k x nprobe
+# how a query finds its lists (_Coarse.probe): 0 = cosine to every centroid; k > 0 = Hamming to the centroids' sign
+# bits, then cosine over k x nprobe. Compaction calibrates both on the index's own rows (_Coarse.calibrate); these
+# are for a stage trained by an earlier version, until its next compaction
 COARSE_RESCORE = 0
+NPROBE = 32
 # k-means sample: rows per centroid, within a float32 budget. 40 rows per list left most of the n/100 groups of the
 # 10M benchmark unseen (2.5 sampled rows per group): their rows scattered over lists, recall@10 0.765 (docs/index.md)
 TRAIN_PER_LIST = 128
 TRAIN_BYTES = 3 << 30
-NPROBE = 32  # inverted lists a query visits (default)
+# the calibration (docs/index.md, "The probe"): exact top 10 of PROBE_QUERIES sample rows among all rows, and the
+# cheapest probe whose lists hold PROBE_SHARE of them (bytes a query reads), else the one that holds the most
+PROBE_QUERIES = 1000
+PROBE_SHARE = 0.99
+PROBE_NPROBES = (8, 16, 32, 64, 128)
+PROBE_RESCORES = (0, 4, 8)
 _READ_BYTES = 32 << 20  # bytes per read of a whole-file pass (verify, index, copy, assign)
 _SQL_VARS = 900  # stay below SQLite's bound-parameter limit
 _PARALLEL_QUERIES = 16  # from this many queries on, faiss searches with its thread pool
 
 COARSE = ("CREATE TABLE IF NOT EXISTS coarse (generation INTEGER PRIMARY KEY, lists INTEGER NOT NULL, "
           "trained_rows INTEGER NOT NULL, quantizer BLOB NOT NULL, hash INTEGER NOT NULL)")
+PROBE = ("CREATE TABLE IF NOT EXISTS probe (generation INTEGER PRIMARY KEY, nprobe INTEGER NOT NULL, "
+         "coarse_rescore INTEGER NOT NULL, share REAL NOT NULL, hash INTEGER NOT NULL)")
 ITEMS = ("CREATE TABLE {name} (row INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, text TEXT, "
          "metadata TEXT NOT NULL DEFAULT '{{}}', doc_id TEXT, position INTEGER, crc INTEGER NOT NULL)")
 SCHEMA = f"""
@@ -107,6 +119,7 @@ CREATE INDEX items_doc ON items(doc_id);
 CREATE TABLE blocks (generation INTEGER, precision TEXT, block INTEGER, hash INTEGER NOT NULL,
                      PRIMARY KEY (generation, precision, block));
 {COARSE};
+{PROBE};
 """
 
 
@@ -194,21 +207,36 @@ def retrain_due(trained: int, wanted: int, trained_rows: int | None = None, dime
     return not wanted / 2 < trained < 2 * wanted or undersampled
 
 
+@dataclass(frozen=True)
+class Probe:
+    """How a query visits an inverted file: ``nprobe`` lists, found by ``coarse_rescore`` (:meth:`_Coarse.probe`);
+    ``share``: of the calibration rows' true top 10, the share inside the lists so probed."""
+
+    nprobe: int
+    coarse_rescore: int
+    share: float
+
+    def digest(self) -> int:
+        return _hash(np.array([self.nprobe, self.coarse_rescore, self.share], dtype=np.float64))
+
+
 class _Coarse:
     """A generation's trained coarse stage: the list centroids in faiss ``IndexRefineFlat(IndexLSH)`` (the
-    centroids' sign bits in front of the float centroids), as stored (serialized, hashed) in the ``coarse`` table.
+    centroids' sign bits in front of the float centroids), as stored (serialized, hashed) in the ``coarse`` table,
+    and the probe calibrated for it (``probe`` table; ``None`` for a stage an earlier version trained).
 
     A query finds its lists either exactly (cosine to every centroid, one matrix-vector product) or the way
     the index finds rows: Hamming distance between its sign bits and the centroids', then the best
     ``rescore × nprobe`` of those ordered by exact cosine (``IndexRefineFlat``'s ``k_factor``).
     """
 
-    def __init__(self, quantizer, trained_rows: int, nbytes: int = 0):
+    def __init__(self, quantizer, trained_rows: int, nbytes: int = 0, probe: Probe | None = None):
         import faiss
 
         self.quantizer, self.trained_rows, self.lists = quantizer, trained_rows, quantizer.ntotal
         self.exact = faiss.downcast_index(quantizer.refine_index)
         self.nbytes = nbytes or len(faiss.serialize_index(quantizer))  # about its size in memory
+        self.probe_setting = probe
 
     @classmethod
     def train(cls, sample: np.ndarray, lists: int) -> _Coarse:
@@ -236,6 +264,51 @@ class _Coarse:
         """Each row's list: its nearest centroid by cosine, exactly, int32."""
         return self.exact.search(unit_rows(int8), 1)[1][:, 0].astype(np.int32)
 
+    def calibrate(self, queries: np.ndarray, true_lists: np.ndarray, rows: int) -> Probe:
+        """The probe for an index of ``rows`` rows: of :data:`PROBE_NPROBES` × :data:`PROBE_RESCORES`, the one
+        reading the fewest bytes per query (centroids, then codes) whose lists hold :data:`PROBE_SHARE` of the
+        ``queries``' true top 10 (``true_lists``: the lists those rows are in), else the one holding the most."""
+        dims = self.exact.d
+        options = []
+        for rescore in PROBE_RESCORES:
+            for nprobe in sorted({min(n, self.lists) for n in PROBE_NPROBES}):
+                found = self.probe(queries, nprobe, rescore)
+                share = float(np.mean([np.isin(t, f).mean() for t, f in zip(true_lists, found)]))
+                centroids = rescore * nprobe * dims * 4 + self.lists * dims / 8 if rescore else self.lists * dims * 4
+                read = centroids + nprobe * rows / self.lists * dims / 8
+                options.append((share >= PROBE_SHARE, share, -read, nprobe, rescore))
+        enough = [o for o in options if o[0]]
+        _, share, _, nprobe, rescore = (max(enough, key=lambda o: o[2]) if enough
+                                        else max(options, key=lambda o: o[1:3]))
+        return Probe(nprobe, rescore, round(share, 4))
+
+
+class _TrueNeighbours:
+    """The exact top 10 by cosine of a few rows (the calibration's queries) among all rows, themselves excluded,
+    found as the rows stream past in order (:meth:`see`)."""
+
+    K = 10
+
+    def __init__(self, positions: np.ndarray, codes: np.ndarray):
+        self.positions, self.queries = positions, unit_rows(codes)
+        self.scores = np.full((len(positions), self.K), -np.inf, dtype=np.float32)
+        self.rows = np.full((len(positions), self.K), -1, dtype=np.int64)
+        self.seen = 0
+
+    def see(self, rows: np.ndarray) -> np.ndarray:
+        """Take the next ``rows`` (int8 codes, in order) into account; → ``rows``."""
+        scores = self.queries @ unit_rows(rows).T
+        mine = np.flatnonzero((self.positions >= self.seen) & (self.positions < self.seen + len(rows)))
+        scores[mine, self.positions[mine] - self.seen] = -np.inf
+        take = min(self.K, len(rows))
+        top = np.argpartition(-scores, take - 1, axis=1)[:, :take]
+        merged = np.concatenate([self.scores, np.take_along_axis(scores, top, 1)], 1)
+        order = np.argsort(-merged, axis=1, kind="stable")[:, : self.K]
+        self.scores = np.take_along_axis(merged, order, 1)
+        self.rows = np.take_along_axis(np.concatenate([self.rows, top + self.seen], 1), order, 1)
+        self.seen += len(rows)
+        return rows
+
 
 class EmbeddedIndex(VectorStore):
     """A persistent index in a directory: crash-safe, snapshot reads, verified; one writer at a time."""
@@ -258,8 +331,9 @@ class EmbeddedIndex(VectorStore):
             self.first_stage = manifest["first_stage"]
         except (KeyError, ValueError) as exc:
             raise IndexDamagedError(f"index {path} is damaged: bad manifest ({exc})") from None
-        self.nprobe = NPROBE  # inverted lists visited per query (when the first stage is an inverted file)
-        self.coarse_rescore = COARSE_RESCORE  # how a query finds them (_Coarse.probe; 0: cosine to every centroid)
+        # inverted lists a query visits and how it finds them (_Coarse.probe); None: as compaction calibrated them
+        self.nprobe: int | None = None
+        self.coarse_rescore: int | None = None
         self._lock = threading.RLock()
         self._readers = _lock_file(path / "READERS")  # shared while mapping a generation, exclusive to remove one
         self._faiss = self._coarse = None  # the in-memory first stage (built on first search); the trained coarse stage
@@ -433,7 +507,20 @@ class EmbeddedIndex(VectorStore):
         if not isinstance(quantizer, faiss.IndexRefine) or quantizer.ntotal != lists or quantizer.d != self.dimensions:
             raise self._damaged(f"the coarse stage holds {quantizer.ntotal} centroids of {quantizer.d} dimensions "
                                 f"({type(quantizer).__name__}), not {lists} of {self.dimensions}")
-        return _Coarse(quantizer, trained, len(data))
+        return _Coarse(quantizer, trained, len(data), self._load_probe(generation))
+
+    def _load_probe(self, generation: int) -> Probe | None:
+        """The probe calibrated for ``generation`` (checked against its hash), or ``None`` (an earlier version's)."""
+        if not self._conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'probe'").fetchone():
+            return None
+        row = self._conn.execute("SELECT nprobe, coarse_rescore, share, hash FROM probe WHERE generation = ?",
+                                 (generation,)).fetchone()
+        if row is None:
+            return None
+        probe = Probe(*row[:3])
+        if probe.digest() != row[3]:
+            raise self._damaged("the calibrated probe does not match its checksum")
+        return probe
 
     def _load(self) -> None:
         """(Re)read the committed state (inside a snapshot, or under the writer lock): counts, maps,
@@ -769,9 +856,11 @@ class EmbeddedIndex(VectorStore):
 
         A new generation: the vector files without deleted rows (hard links when none were deleted) and, when
         :func:`retrain_due` finds the coarse stage unfit for the size (:func:`plan_lists`), a new one: k-means
-        on a sample of the int8 codes, every row assigned to its list. Every block is verified first (a
-        compaction never launders damage into new checksums). Readers keep their snapshot: the old files go
-        only after the commit, once no reader is mapping them.
+        on a sample of the int8 codes, every row assigned to its list. A generation with a coarse stage gets its
+        probe calibrated (:meth:`_Coarse.calibrate`) on the exact neighbours of sample rows, found in the same
+        pass over the int8 codes; an index whose stage has no calibration yet is compacted for it alone. Every
+        block is verified first (a compaction never launders damage into new checksums). Readers keep their
+        snapshot: the old files go only after the commit, once no reader is mapping them.
         """
         import faiss
 
@@ -780,7 +869,7 @@ class EmbeddedIndex(VectorStore):
             dropped = self._count - len(live)
             wanted = plan_lists(len(live), self.first_stage)
             retrain = self._retrain_due(len(live))
-            if dropped == 0 and not retrain:
+            if dropped == 0 and not retrain and not self._compaction_due():
                 return 0
             old, new = self._generation, self._generation + 1
             for stale in [*self.path.glob("vectors.*"), self.path / "ivf.npz"]:  # a killed compaction's; format 2's
@@ -790,7 +879,7 @@ class EmbeddedIndex(VectorStore):
                 self._verify_all(precision)
             coarse = self._coarse
             if retrain:
-                coarse = _Coarse.train(self._sample(live, train_rows(len(live), wanted, self.dimensions)),
+                coarse = _Coarse.train(self._sample(live, train_rows(len(live), wanted, self.dimensions))[1],
                                        wanted) if wanted else None
             hashes, linked = [], []
             try:
@@ -801,9 +890,17 @@ class EmbeddedIndex(VectorStore):
                     else:
                         hashes += self._write_file(precision, new, self._live_rows(precision, live))
                 if coarse is not None:
-                    lists = ((coarse.assign(rows)[:, None] for rows in self._live_rows("int8", live)) if retrain
-                             else self._live_rows("lists", live))
+                    truth = _TrueNeighbours(*self._sample(live, min(PROBE_QUERIES, len(live)), seed=1))
+                    int8 = (truth.see(rows) for rows in self._live_rows("int8", live))
+                    if retrain:
+                        lists = (coarse.assign(rows)[:, None] for rows in int8)
+                    else:
+                        for _ in int8:
+                            pass
+                        lists = self._live_rows("lists", live)
                     hashes += self._write_file("lists", new, lists)
+                    true_lists = np.fromfile(self._file("lists", new), dtype=np.int32)[truth.rows]
+                    probe = coarse.calibrate(truth.queries, true_lists, len(live))
                 with self._transaction() as conn:
                     if dropped:
                         conn.execute(ITEMS.format(name="items_new"))
@@ -819,10 +916,14 @@ class EmbeddedIndex(VectorStore):
                     conn.execute("DELETE FROM blocks WHERE generation = ?", (old,))
                     conn.execute(COARSE)
                     conn.execute("DELETE FROM coarse WHERE generation = ?", (old,))
+                    conn.execute(PROBE)
+                    conn.execute("DELETE FROM probe WHERE generation = ?", (old,))
                     if coarse is not None:
                         blob = faiss.serialize_index(coarse.quantizer)
                         conn.execute("INSERT INTO coarse VALUES (?, ?, ?, ?, ?)",
                                      (new, coarse.lists, coarse.trained_rows, blob.tobytes(), _hash(blob)))
+                        conn.execute("INSERT INTO probe VALUES (?, ?, ?, ?, ?)",
+                                     (new, probe.nprobe, probe.coarse_rescore, probe.share, probe.digest()))
                     manifest = {**dict(conn.execute("SELECT key, value FROM manifest")), "format": FORMAT}
                     for key, value in (("count", len(live)), ("generation", new), ("commit", self._commit + 1),
                                        ("format", FORMAT), ("checksum", _facts_checksum(manifest))):
@@ -841,16 +942,15 @@ class EmbeddedIndex(VectorStore):
                 fcntl.flock(self._readers, fcntl.LOCK_UN)
             return dropped
 
-    def _sample(self, live: np.ndarray, count: int) -> np.ndarray:
-        """int8 codes of ``count`` live rows (a fixed random choice), to train k-means: read row by row (a gather
-        through the map would pull most of the file into this process by readahead)."""
-        pick = np.random.default_rng(0).choice(len(live), count, replace=False)
-        rows = live[np.sort(pick)]
-        out = np.empty((len(rows), self.dimensions), dtype=np.int8)
+    def _sample(self, live: np.ndarray, count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """``count`` live rows (a fixed random choice): (their positions among the live rows, their int8 codes),
+        read row by row (a gather through the map would pull most of the file into this process by readahead)."""
+        pick = np.sort(np.random.default_rng(seed).choice(len(live), count, replace=False))
+        out = np.empty((count, self.dimensions), dtype=np.int8)
         fd, size = self._fds["int8"].fileno(), self._row_bytes("int8")
-        for i, row in enumerate(rows.tolist()):
+        for i, row in enumerate(live[pick].tolist()):
             os.preadv(fd, [out[i]], row * size)
-        return out
+        return pick, out
 
     def _live_rows(self, precision: str, live: np.ndarray) -> Iterator[np.ndarray]:
         """The ``live`` rows of a vector file of this generation, in order, span by span."""
@@ -978,7 +1078,7 @@ class EmbeddedIndex(VectorStore):
             return self._faiss.search(binary, n, params=params)[1]
         # IVF: faiss has no selector for binary IVF, so over-fetch and drop disallowed rows; a query
         # left short (a selective filter) gets an exact Hamming search over the allowed rows instead
-        probe = self._coarse.probe(dense, self.nprobe, self.coarse_rescore)
+        probe = self._coarse.probe(dense, *self._probe_setting())
         self._faiss.nprobe = probe.shape[1]
         fetch = n if allowed is None else min(self._count, 2 * n)
         found = self._faiss.search_preassigned(binary, fetch, probe, None)[1]
@@ -995,6 +1095,13 @@ class EmbeddedIndex(VectorStore):
                 rows = subset[nearest[0]]
             out.append(rows)
         return out
+
+    def _probe_setting(self) -> tuple[int, int]:
+        """(nprobe, coarse_rescore) of a search: as set on this handle, else as calibrated (else the defaults)."""
+        calibrated = self._coarse.probe_setting
+        nprobe = self.nprobe or (calibrated.nprobe if calibrated else NPROBE)
+        rescore = calibrated.coarse_rescore if calibrated else COARSE_RESCORE
+        return nprobe, rescore if self.coarse_rescore is None else self.coarse_rescore
 
     def _codes(self, rows: np.ndarray, precision: str) -> np.ndarray:
         rows = np.asarray(rows)
@@ -1016,7 +1123,7 @@ class EmbeddedIndex(VectorStore):
                     f"({','.join('?' * len(part))})", part):
                 if _item_checksum(id_, text, meta, doc, pos, codes[row]) != crc:
                     raise self._damaged(f"item row {row} ({str(id_)[:80]!r}) does not match its checksum")
-                found[row] = (id_, text, json.loads(meta), doc, pos)
+                found[row] = (id_, text, json.loads(meta) if meta != "{}" else {}, doc, pos)
         return [[Hit(found[r][0], float(s), found[r][1], found[r][2], *found[r][3:])
                  for r, s in zip(map(int, part), sc) if r in found] for part, sc in zip(rows, scores)]
 
@@ -1076,16 +1183,21 @@ class EmbeddedIndex(VectorStore):
                     "first_stage": self.first_stage,
                     "first_stage_index": "IndexBinaryFlat" if coarse is None else "IndexBinaryIVF",
                     "lists": coarse.lists if coarse else None, "trained_rows": coarse.trained_rows if coarse else None,
-                    "nprobe": self.nprobe if coarse else None,
-                    "coarse_rescore": self.coarse_rescore if coarse else None, "retrain_due": self._retrain_due(),
-                    "disk_bytes": disk}
+                    "nprobe": self._probe_setting()[0] if coarse else None,
+                    "coarse_rescore": self._probe_setting()[1] if coarse else None,
+                    "probe_share": coarse.probe_setting.share if coarse and coarse.probe_setting else None,
+                    "retrain_due": self._retrain_due(), "needs_compaction": self._compaction_due(), "disk_bytes": disk}
 
     @property
     def needs_compaction(self) -> bool:
-        """Whether :meth:`compact` would train the first stage again: the index has outgrown (or shrunk below)
-        the structure it was trained for. The CLI's ``index add`` compacts then."""
+        """Whether :meth:`compact` would train the first stage again (the index has outgrown, or shrunk below,
+        the structure it was trained for) or calibrate its probe (a stage an earlier version trained). The CLI's
+        ``index add`` compacts then."""
         with self._reading():
-            return self._retrain_due()
+            return self._compaction_due()
+
+    def _compaction_due(self) -> bool:
+        return self._retrain_due() or (self._coarse is not None and self._coarse.probe_setting is None)
 
     def _retrain_due(self, rows: int | None = None) -> bool:
         rows = int(self._live.sum()) if rows is None else rows

@@ -52,17 +52,22 @@ def rescore(query: SearchQuery, rows: np.ndarray, gather: Gather,
     query is as wide as the stored rows; else norms are computed from the gathered codes).
     """
     valid = rows >= 0
+    whole = bool(valid.all())  # the usual case: every slot a candidate
     nq, n = rows.shape
     scores = np.full((nq, n), -np.inf, dtype=np.float32)
-    if valid.any():
-        safe = np.where(valid, rows, rows[valid][0])  # empty slots read a candidate's row: only candidates are read
+    if whole or valid.any():
+        safe = rows if whole else np.where(valid, rows, rows[valid][0])  # empty slots read a candidate's row
         step = max(1, BLOCK_VALUES // (n * query.width))
         for start in range(0, nq, step):
             part = slice(start, start + step)
             scores[part] = _scores(query, part, safe[part], gather, inv_norms)
-        scores[~valid] = -np.inf
+        if not whole:
+            scores[~valid] = -np.inf
     order = np.argsort(-scores, axis=1, kind="stable")[:, : query.k]
-    top, top_scores = np.take_along_axis(rows, order, 1), np.take_along_axis(scores, order, 1)
+    at = np.arange(nq)[:, None]
+    top, top_scores = rows[at, order], scores[at, order]
+    if whole:
+        return list(top), list(top_scores)
     keep = top >= 0
     return [r[m] for r, m in zip(top, keep)], [s[m] for s, m in zip(top_scores, keep)]
 
@@ -86,4 +91,4 @@ def _scores(query: SearchQuery, part: slice, rows: np.ndarray, gather: Gather,
         scores *= inv_norms(rows)
     else:
         scores /= np.maximum(np.linalg.norm(codes, axis=2), 1e-12)
-    return scores / np.maximum(np.linalg.norm(q, axis=1), 1e-12)[:, None]
+    return scores / np.maximum(np.sqrt(np.einsum("ij,ij->i", q, q)), 1e-12)[:, None]
