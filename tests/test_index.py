@@ -329,3 +329,12 @@ def test_compaction_calibrates_the_probe_on_the_index_rows(tmp_path):
     ix.close()
     with Index.open(str(path)) as ix:  # stored: another process probes the same way
         assert (ix.stats()["nprobe"], ix.stats()["coarse_rescore"]) == probe and recall() == calibrated
+
+    # rows without clusters: no probe as cheap as the default holds 99% of the neighbours, so the default stays
+    noise = np.random.default_rng(5).standard_normal((12_000, dim)).astype(np.float32)
+    with Index.create(str(tmp_path / "noise"), "synthetic-model", dim, first_stage="ivf") as ix:
+        ix.add(ids=ids("n", 12_000), vectors=noise)
+        ix.compact()
+        stats = ix.stats()
+        assert (stats["nprobe"], stats["coarse_rescore"]) == (NPROBE, COARSE_RESCORE)
+        assert 0 < stats["probe_share"] < PROBE_SHARE

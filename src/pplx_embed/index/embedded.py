@@ -28,19 +28,19 @@ database (a lost ``index.sqlite-wal``). The larger int8 / float files are verifi
 128-row block when a search first touches it, and each hit's stored fields are checked against its
 vector; :meth:`EmbeddedIndex.check` verifies everything. Damage is an :class:`IndexDamagedError`.
 
-The first stage is an exact Hamming search with faiss ``IndexBinaryFlat`` over the binary codes,
-restricted to live (and filter-matching) rows by a bitmap, or an inverted file: rows are partitioned
-by cosine to centroids trained on the int8 codes (spherical k-means), each list holds binary codes,
-and a query scans the codes of its ``nprobe`` nearest lists, found by cosine to every centroid or by
-Hamming distance to the centroids' sign bits first, then cosine. Which of the two first stages, and how many
-lists, follows the index's size (:func:`plan_lists`); :meth:`EmbeddedIndex.compact` trains the coarse stage (centroids,
-committed in ``index.sqlite`` with their hash, per generation) when the size calls for another one,
-writes every row's list in ``vectors.<gen>.lists`` and calibrates the probe on the index's own rows (the
-cheapest ``nprobe`` and way of finding lists that keeps :data:`PROBE_SHARE` of sample rows' true top 10 in the
-lists probed, committed with the coarse stage); rows added later are assigned to their lists as
-they are written. The faiss structures are built in memory on the first search (a writer that only
-adds never builds them). Rescoring gathers the candidates' int8 codes for several queries at once and
-takes their dot products with one int8 matrix product.
+The first stage is an exact Hamming search with faiss ``IndexBinaryFlat`` over the binary codes, restricted to
+live (and filter-matching) rows by a bitmap, or an inverted file: rows are partitioned by cosine to centroids
+trained on the int8 codes (spherical k-means), each list holds binary codes, and a query scans the codes of
+its ``nprobe`` nearest lists, found by cosine to every centroid or by Hamming distance to the centroids' sign
+bits first, then cosine. Which of the two first stages, and how many lists, follows the index's size
+(:func:`plan_lists`); :meth:`EmbeddedIndex.compact` trains the coarse stage (centroids, committed in
+``index.sqlite`` with their hash, per generation) when the size calls for another one, writes every row's list
+in ``vectors.<gen>.lists`` and calibrates the probe on the index's own rows (the cheapest ``nprobe`` and way
+of finding lists that keeps :data:`PROBE_SHARE` of sample rows' true top 10 in the lists probed, if one is no
+costlier than the default; committed with the coarse stage); rows added later are assigned to their lists as
+they are written. The faiss structures are built in memory on the first search (a writer that only adds never
+builds them). Rescoring gathers the candidates' int8 codes for several queries at once and takes their dot
+products with one int8 matrix product.
 """
 
 from __future__ import annotations
@@ -88,8 +88,8 @@ BLOCK = 128  # rows per hashed block
 IVF_MIN_ROWS = 10_000  # first_stage="ivf": an inverted file from this size (k-means needs rows)
 AUTO_IVF_ROWS = 50_000  # first_stage="auto": an inverted file from this size, an exact scan below (docs/index.md)
 # how a query finds its lists (_Coarse.probe): 0 = cosine to every centroid; k > 0 = Hamming to the centroids' sign
-# bits, then cosine over k x nprobe. Compaction calibrates both on the index's own rows (_Coarse.calibrate); these
-# are for a stage trained by an earlier version, until its next compaction
+# bits, then cosine over k x nprobe. Compaction calibrates both on the index's own rows (_Coarse.calibrate), never
+# costlier than these defaults, which also serve a stage trained by an earlier version until its next compaction
 COARSE_RESCORE = 0
 NPROBE = 32
 # k-means sample: rows per centroid, within a float32 budget. 40 rows per list left most of the n/100 groups of the
@@ -97,7 +97,7 @@ NPROBE = 32
 TRAIN_PER_LIST = 128
 TRAIN_BYTES = 3 << 30
 # the calibration (docs/index.md, "The probe"): exact top 10 of PROBE_QUERIES sample rows among all rows, and the
-# cheapest probe whose lists hold PROBE_SHARE of them (bytes a query reads), else the one that holds the most
+# cheapest probe (bytes a query reads) whose lists hold PROBE_SHARE of them, if one costs no more than the default
 PROBE_QUERIES = 1000
 PROBE_SHARE = 0.99
 PROBE_NPROBES = (8, 16, 32, 64, 128)
@@ -265,21 +265,23 @@ class _Coarse:
         return self.exact.search(unit_rows(int8), 1)[1][:, 0].astype(np.int32)
 
     def calibrate(self, queries: np.ndarray, true_lists: np.ndarray, rows: int) -> Probe:
-        """The probe for an index of ``rows`` rows: of :data:`PROBE_NPROBES` × :data:`PROBE_RESCORES`, the one
-        reading the fewest bytes per query (centroids, then codes) whose lists hold :data:`PROBE_SHARE` of the
-        ``queries``' true top 10 (``true_lists``: the lists those rows are in), else the one holding the most."""
+        """The probe for an index of ``rows`` rows: of :data:`PROBE_NPROBES` × :data:`PROBE_RESCORES`, among those
+        reading no more bytes per query (centroids, then codes) than the default (:data:`NPROBE` lists by cosine),
+        the one reading the fewest whose lists hold :data:`PROBE_SHARE` of the ``queries``' true top 10
+        (``true_lists``: the lists those rows are in); the default where none does."""
         dims = self.exact.d
-        options = []
-        for rescore in PROBE_RESCORES:
-            for nprobe in sorted({min(n, self.lists) for n in PROBE_NPROBES}):
-                found = self.probe(queries, nprobe, rescore)
-                share = float(np.mean([np.isin(t, f).mean() for t, f in zip(true_lists, found)]))
-                centroids = rescore * nprobe * dims * 4 + self.lists * dims / 8 if rescore else self.lists * dims * 4
-                read = centroids + nprobe * rows / self.lists * dims / 8
-                options.append((share >= PROBE_SHARE, share, -read, nprobe, rescore))
-        enough = [o for o in options if o[0]]
-        _, share, _, nprobe, rescore = (max(enough, key=lambda o: o[2]) if enough
-                                        else max(options, key=lambda o: o[1:3]))
+
+        def option(nprobe: int, rescore: int) -> tuple[float, float, int, int]:
+            found = self.probe(queries, nprobe, rescore)
+            share = float(np.mean([np.isin(t, f).mean() for t, f in zip(true_lists, found)]))
+            centroids = rescore * nprobe * dims * 4 + self.lists * dims / 8 if rescore else self.lists * dims * 4
+            return centroids + nprobe * rows / self.lists * dims / 8, share, nprobe, rescore
+
+        default = option(min(NPROBE, self.lists), COARSE_RESCORE)
+        options = [option(nprobe, rescore) for rescore in PROBE_RESCORES
+                   for nprobe in sorted({min(n, self.lists) for n in PROBE_NPROBES})]
+        _, share, nprobe, rescore = min((o for o in options if o[0] <= default[0] and o[1] >= PROBE_SHARE),
+                                        key=lambda o: (o[0], -o[1]), default=default)
         return Probe(nprobe, rescore, round(share, 4))
 
 
