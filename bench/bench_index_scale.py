@@ -106,6 +106,9 @@ def environment() -> dict:
     try:
         commit = subprocess.run(["git", "-C", str(src), "rev-parse", "--short", "HEAD"], capture_output=True,
                                 text=True, check=True).stdout.strip()
+        if subprocess.run(["git", "-C", str(src), "status", "--porcelain", "--", "."], capture_output=True,
+                          text=True).stdout.strip():
+            commit += "+changes"  # the source differs from the commit: figures are not that commit's
     except (subprocess.CalledProcessError, FileNotFoundError):  # an exported tree: its COMMIT file, if any
         commit = (src.parent / "COMMIT").read_text().strip() if (src.parent / "COMMIT").exists() else "?"
     return {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "device": cpu_description(),

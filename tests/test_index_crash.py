@@ -150,6 +150,7 @@ def test_sigkill_mid_compaction_leaves_the_old_or_the_new_generation_whole(tmp_p
         ix.compact()  # finishes (or has nothing left to do)
         stats = ix.stats()
         assert (stats["first_stage_index"], stats["tombstones"], stats["items"]) == ("IndexBinaryIVF", 0, 19 * BATCH)
+        assert stats["probe_share"] is not None and not ix.needs_compaction  # calibrated in the same commit
         assert ix.check()["items"] == 19 * BATCH
         check_batches(ix, acked[1:])
         assert sorted(p.name.split(".")[1] for p in ix.path.glob("vectors.*")) == [str(stats["generation"])] * 4
