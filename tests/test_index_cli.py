@@ -56,6 +56,13 @@ def test_index_cli_end_to_end(tmp_path, tiny_pplx_dir, capsys):
     assert code == 0 and json.loads(out)["hits"][0]["id"] == "b"
     code, out, _ = run(capsys, "index", "stats", str(tmp_path / "ivf"))
     assert json.loads(out)["first_stage"] == "ivf"
+    many = tmp_path / "many.jsonl"  # enough to train it: the add compacts, and says how the probe was calibrated
+    many.write_text("".join(json.dumps({"id": f"m{i}", "text": f"note {i} about topic {i % 97}"}) + "\n"
+                            for i in range(10_000)), encoding="utf-8")
+    code, _, err = run(capsys, "index", "add", str(tmp_path / "ivf"), str(many), "--quiet")
+    stats = json.loads(run(capsys, "index", "stats", str(tmp_path / "ivf"))[1])
+    assert code == 0 and stats["first_stage_index"] == "IndexBinaryIVF" and stats["probe_share"] is not None
+    assert f"{stats['lists']} inverted lists; a query probes {stats['nprobe']}, which hold " in err, err
 
     docs = tmp_path / "docs.jsonl"
     docs.write_text(json.dumps({"id": "d1", "chunks": ["First part.", "Second part."], "src": "x"}) + "\n")

@@ -136,8 +136,17 @@ def cmd_add(args: argparse.Namespace) -> int:
             bar.update(len(part))
     print(f"added {done} {'chunks' if args.documents else 'items'}; the index holds {len(index)}", file=sys.stderr)
     if getattr(index, "needs_compaction", False):
-        print("training the first stage for the index's new size (compaction)", file=sys.stderr)
+        print("training the first stage for the index's new size and calibrating its probe (compaction)",
+              file=sys.stderr)
         index.compact()
+        from pplx_embed.index.embedded import PROBE_SHARE
+
+        stats = index.stats()
+        if stats.get("probe_share") is not None:
+            print(f"first stage: {stats['lists']} inverted lists; a query probes {stats['nprobe']}, which hold "
+                  f"{stats['probe_share']:.1%} of sample rows' true top 10"
+                  + ("" if stats["probe_share"] >= PROBE_SHARE else
+                     " (below 99%: `index search --nprobe N` probes more lists for more recall)"), file=sys.stderr)
     index.close()
     return 0
 
@@ -256,7 +265,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="first-stage candidates (default max(100, 10k))")
     search.add_argument("--rescore", choices=("int8", "float", "none"), default="int8")
     search.add_argument("--nprobe", type=_positive, default=None,
-                        help="inverted lists probed per query when the first stage is an inverted file (default 32)")
+                        help="inverted lists probed per query when the first stage is an inverted file (default: as "
+                             "compaction calibrated it, see `index stats`)")
     add_model_args(search)
     search.set_defaults(func=cmd_search)
 
