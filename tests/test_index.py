@@ -338,3 +338,20 @@ def test_compaction_calibrates_the_probe_on_the_index_rows(tmp_path):
         stats = ix.stats()
         assert (stats["nprobe"], stats["coarse_rescore"]) == (NPROBE, COARSE_RESCORE)
         assert 0 < stats["probe_share"] < PROBE_SHARE
+
+
+def test_the_calibration_finds_the_exact_neighbours_as_rows_stream_past():
+    """The true top 10 of the calibration's rows (themselves excluded) over rows seen span by span, spans with
+    no live rows among them, are those of a brute-force search."""
+    from pplx_embed.index.embedded import _TrueNeighbours
+
+    codes = to_int8(clustered(5_000, seed=6, dim=32))
+    picked = np.array([3, 100, 2_500, 4_999])
+    truth = _TrueNeighbours(picked, codes[picked])
+    for start in range(0, 5_000, 700):
+        truth.see(codes[start : start + 700])
+        truth.see(codes[:0])  # a span whose rows were all deleted
+    unit = codes.astype(np.float32) / np.linalg.norm(codes.astype(np.float32), axis=1, keepdims=True)
+    scores = unit[picked] @ unit.T
+    scores[np.arange(len(picked)), picked] = -np.inf
+    assert np.array_equal(np.sort(truth.rows, 1), np.sort(np.argsort(-scores, axis=1)[:, :10], 1))

@@ -299,6 +299,8 @@ class _TrueNeighbours:
 
     def see(self, rows: np.ndarray) -> np.ndarray:
         """Take the next ``rows`` (int8 codes, in order) into account; → ``rows``."""
+        if not len(rows):  # a span whose rows were all deleted
+            return rows
         scores = self.queries @ unit_rows(rows).T
         mine = np.flatnonzero((self.positions >= self.seen) & (self.positions < self.seen + len(rows)))
         scores[mine, self.positions[mine] - self.seen] = -np.inf
