@@ -117,6 +117,11 @@ def environment() -> dict:
                         f"Python {platform.python_version()}"}
 
 
+def plain_stats(ix) -> dict:
+    """An index's ``stats()`` without its nested values, as a record keeps them."""
+    return {k: v for k, v in ix.stats().items() if isinstance(v, (int, float, str, type(None)))}
+
+
 def location(root: Path, record: dict) -> str:
     name = record["name"]
     return {"embedded": str(root / name), "pgvector": f"pgserver:{root / name}#bench",
@@ -175,7 +180,7 @@ def build(args) -> None:
         ix = Index.open(where)  # the code before compaction trained at open: counted here
         ix.search(data.queries(1)[0], 10)
         record["open_first_search_s"] = time.perf_counter() - start
-        record["stats"] = {k: v for k, v in ix.stats().items() if isinstance(v, (int, float, str, type(None)))}
+        record["stats"] = plain_stats(ix)
         ix.close()
     record.update(build_s=record["ingest_s"] + record["compact_s"] + record["open_first_search_s"],
                   peak=memory.peak, disk=disk_bytes(root / name), load_end=loadavg())
@@ -198,7 +203,7 @@ def compact(args) -> None:
         start = time.perf_counter()
         ix.compact()
         record.update(recompact_s=time.perf_counter() - start, recompact_commit=environment()["commit"],
-                      stats={k: v for k, v in ix.stats().items() if isinstance(v, (int, float, str, type(None)))})
+                      stats=plain_stats(ix))
     (root / f"{args.name}.json").write_text(json.dumps(record, indent=1))
     print(f"{args.name}: compacted in {record['recompact_s']:,.1f} s: nprobe {record['stats']['nprobe']}, "
           f"coarse_rescore {record['stats']['coarse_rescore']}, probe share {record['stats']['probe_share']}")

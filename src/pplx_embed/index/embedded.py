@@ -873,7 +873,7 @@ class EmbeddedIndex(VectorStore):
             dropped = self._count - len(live)
             wanted = plan_lists(len(live), self.first_stage)
             retrain = self._retrain_due(len(live))
-            if dropped == 0 and not retrain and not self._compaction_due():
+            if dropped == 0 and not retrain and not self._calibration_due():
                 return 0
             old, new = self._generation, self._generation + 1
             for stale in [*self.path.glob("vectors.*"), self.path / "ivf.npz"]:  # a killed compaction's; format 2's
@@ -1179,6 +1179,8 @@ class EmbeddedIndex(VectorStore):
             docs = self._conn.execute("SELECT COUNT(DISTINCT doc_id) FROM items").fetchone()[0]
             items = int(self._live.sum())
             coarse = self._coarse
+            nprobe, coarse_rescore = self._probe_setting() if coarse else (None, None)
+            retrain = self._retrain_due()
             return {**self.info(), "backend": "embedded", "path": str(self.path), "items": items,
                     "documents": docs, "vector_rows": self._count, "tombstones": self._count - items,
                     "generation": self._generation, "commit": self._commit,
@@ -1187,10 +1189,9 @@ class EmbeddedIndex(VectorStore):
                     "first_stage": self.first_stage,
                     "first_stage_index": "IndexBinaryFlat" if coarse is None else "IndexBinaryIVF",
                     "lists": coarse.lists if coarse else None, "trained_rows": coarse.trained_rows if coarse else None,
-                    "nprobe": self._probe_setting()[0] if coarse else None,
-                    "coarse_rescore": self._probe_setting()[1] if coarse else None,
+                    "nprobe": nprobe, "coarse_rescore": coarse_rescore,
                     "probe_share": coarse.probe_setting.share if coarse and coarse.probe_setting else None,
-                    "retrain_due": self._retrain_due(), "needs_compaction": self._compaction_due(), "disk_bytes": disk}
+                    "retrain_due": retrain, "needs_compaction": retrain or self._calibration_due(), "disk_bytes": disk}
 
     @property
     def needs_compaction(self) -> bool:
@@ -1201,7 +1202,11 @@ class EmbeddedIndex(VectorStore):
             return self._compaction_due()
 
     def _compaction_due(self) -> bool:
-        return self._retrain_due() or (self._coarse is not None and self._coarse.probe_setting is None)
+        return self._retrain_due() or self._calibration_due()
+
+    def _calibration_due(self) -> bool:
+        """A trained stage without a calibrated probe (an earlier version trained it)."""
+        return self._coarse is not None and self._coarse.probe_setting is None
 
     def _retrain_due(self, rows: int | None = None) -> bool:
         rows = int(self._live.sum()) if rows is None else rows
