@@ -191,8 +191,8 @@ def build(args) -> None:
 
 def compact(args) -> None:
     """Compact a built embedded index again with this code, where it is due: an inverted file trained by an
-    earlier version is re-trained (if its training falls short of this code's) and its probe calibrated; the
-    time is recorded."""
+    earlier version is re-trained (if its training falls short of this code's), its probe calibrated and its
+    spilling decided; the time is recorded."""
     from pplx_embed.index import Index
 
     root = Path(args.dir)
@@ -206,7 +206,8 @@ def compact(args) -> None:
                       stats=plain_stats(ix))
     (root / f"{args.name}.json").write_text(json.dumps(record, indent=1))
     print(f"{args.name}: compacted in {record['recompact_s']:,.1f} s: nprobe {record['stats']['nprobe']}, "
-          f"coarse_rescore {record['stats']['coarse_rescore']}, probe share {record['stats']['probe_share']}")
+          f"coarse_rescore {record['stats']['coarse_rescore']}, probe share {record['stats']['probe_share']}, "
+          f"spilled {record['stats']['spilled']}")
 
 
 def truth(root: Path, record: dict, queries: int | None = None) -> dict[str, np.ndarray]:
@@ -276,6 +277,7 @@ def measure_one(args) -> None:
            "resident_anon": after["anon"] - before["anon"], "resident_file": after["file"],
            "structure_bytes_per_vector": stats.get("search_structure_bytes_per_vector"),
            "first_stage_index": stats.get("first_stage_index"), "lists": stats.get("lists"),
+           "spilled": stats.get("spilled"),
            "load_start": loadavg(), "runs": []}
     defaults = {"nprobe": getattr(ix, "nprobe", None), "coarse_rescore": getattr(ix, "coarse_rescore", None)}
     ivf = stats.get("nprobe") is not None  # an inverted file (the code before this change: no "lists" in stats)

@@ -12,6 +12,7 @@ from pplx_embed.index.embedded import (
     PROBE_NPROBES,
     PROBE_RESCORES,
     PROBE_SHARE,
+    SPILL_ROWS,
     plan_lists,
     retrain_due,
     train_rows,
@@ -329,15 +330,67 @@ def test_compaction_calibrates_the_probe_on_the_index_rows(tmp_path):
     ix.close()
     with Index.open(str(path)) as ix:  # stored: another process probes the same way
         assert (ix.stats()["nprobe"], ix.stats()["coarse_rescore"]) == probe and recall() == calibrated
+        assert ix.stats()["spilled"] == 0  # the cheapest probe needs no spilling
 
-    # rows without clusters: no probe as cheap as the default holds 99% of the neighbours, so the default stays
-    noise = np.random.default_rng(5).standard_normal((12_000, dim)).astype(np.float32)
-    with Index.create(str(tmp_path / "noise"), "synthetic-model", dim, first_stage="ivf") as ix:
-        ix.add(ids=ids("n", 12_000), vectors=noise)
-        ix.compact()
-        stats = ix.stats()
-        assert (stats["nprobe"], stats["coarse_rescore"]) == (NPROBE, COARSE_RESCORE)
-        assert 0 < stats["probe_share"] < PROBE_SHARE
+
+def test_a_partition_that_loses_neighbours_spills_the_ambiguous_rows(tmp_path):
+    """Rows without clusters: no probe as cheap as the default holds 99% of the neighbours, so the default
+    stays and the partition spills: the SPILL_ROWS most ambiguous rows are in their second-nearest list too.
+    Queries find true neighbours through those lists, never a row twice; rows added later spill by the same
+    threshold; a stage trained before spilling decides at its next compaction without re-training."""
+    import sqlite3
+
+    dim, n = 64, 12_000
+    x = np.random.default_rng(5).standard_normal((n + 3_000, dim)).astype(np.float32)
+    path = tmp_path / "noise"
+    ix = Index.create(str(path), "synthetic-model", dim, first_stage="ivf")
+    ix.add(ids=ids("n", n), vectors=x[:n])
+    ix.compact()
+    stats = ix.stats()
+    assert (stats["nprobe"], stats["coarse_rescore"]) == (NPROBE, COARSE_RESCORE)
+    assert 0 < stats["probe_share"] < PROBE_SHARE and abs(stats["spilled"] - SPILL_ROWS) < 0.001
+
+    codes = to_int8(x[:n]).astype(np.float32)
+    unit = codes / np.linalg.norm(codes, axis=1, keepdims=True)
+    q = unit[7::30]  # 400 rows: their int8 top 10 (themselves included)
+    truth = np.argsort(-(q @ unit.T), axis=1)[:, :10]
+    lists = np.fromfile(next(path.glob("vectors.*.lists")), dtype=np.int32)
+    spills = np.fromfile(next(path.glob("vectors.*.spill")), dtype=np.int32)
+    found = ix._coarse.probe(q, NPROBE, COARSE_RESCORE)
+    first_only = np.mean([np.isin(lists[t], f).mean() for t, f in zip(truth, found)])
+    either = np.mean([(np.isin(lists[t], f) | np.isin(spills[t], f)).mean() for t, f in zip(truth, found)])
+    assert either > first_only + 0.02 and abs(either - stats["probe_share"]) < 0.05
+
+    rows, _ = ix.search_rows(x[7:n:30], 10)
+    assert all(len(set(r.tolist())) == len(r) == 10 for r in rows)  # a row in two probed lists comes once
+    ix.nprobe = 1  # a query at a list's centroid finds the list's rows and the rows spilled into it, each once
+    target = int(spills[spills >= 0][0])
+    members = np.flatnonzero((lists == target) | (spills == target))
+    rows, _ = ix.search_rows(ix._coarse.exact.reconstruct(target)[None, :], len(members) + 50)
+    assert sorted(rows[0].tolist()) == members.tolist() and np.any(lists[members] != target)
+    ix.nprobe = None
+
+    ix.add(ids=ids("m", 3_000), vectors=x[n:])  # assigned as written, spilled by the stored threshold
+    pairs, ratios = ix._coarse.nearest(to_int8(x[n:]))
+    spills = np.fromfile(next(path.glob("vectors.*.spill")), dtype=np.int32)
+    assert np.array_equal(spills[n:], np.where(ratios >= ix._coarse.spill, pairs[:, 1], -1))
+    assert np.any(spills[n:] >= 0) and np.any(spills[n:] < 0)
+    assert [h.id for h in ix.search(x[n + 5], 1)] == ["m5"]
+    ix.close()
+
+    sql = sqlite3.connect(path / "index.sqlite")
+    with sql:  # as an earlier version left its trained stage: no spill table, no spill lists
+        sql.execute("DROP TABLE spill")
+        sql.execute("DELETE FROM blocks WHERE precision = 'spill'")
+    sql.close()
+    next(path.glob("vectors.*.spill")).unlink()
+    with Index.open(str(path)) as ix:
+        before = ix.stats()
+        assert before["spilled"] == 0 and ix.needs_compaction and not before["retrain_due"]
+        assert ix.compact() == 0  # nothing dropped, nothing trained: spilled again
+        after = ix.stats()
+        assert after["trained_rows"] == before["trained_rows"] and abs(after["spilled"] - SPILL_ROWS) < 0.001
+        assert not ix.needs_compaction
 
 
 def test_the_calibration_finds_the_exact_neighbours_as_rows_stream_past():

@@ -104,7 +104,8 @@ def test_reader_in_another_process_sees_whole_generations_during_compaction(tmp_
     if first_stage == "ivf":  # trained again once, for the grown size, and kept since
         assert {int(lists) for _, lists in done} == {stats["lists"]} and stats["lists"] > 2 * lists - 2
     assert reader.check()["items"] == n + grow + 300
-    suffixes = ("binary", "int8") + (("lists",) if first_stage == "ivf" else ())
+    suffixes = ("binary", "int8") + (("lists", "spill") if first_stage == "ivf" else ())  # no clusters: spilled
+    assert (stats["spilled"] or 0) > 0 if first_stage == "ivf" else stats["spilled"] is None
     assert sorted(p.name for p in path.glob("vectors.*")) == [f"vectors.{stats['generation']}.{s}" for s in suffixes]
     reader.close()
 
@@ -181,6 +182,11 @@ IVF_DAMAGE = {  # an index with a trained inverted file: its rows' lists and its
     "coarse stage lost": (lambda p: sql(p, "DELETE FROM coarse"), "coarse stage is missing"),
     "calibrated probe": (lambda p: sql(p, "UPDATE probe SET nprobe = nprobe + 1"),
                          "calibrated probe does not match its checksum"),
+    "spill bytes": (lambda p: overwrite(next(p.glob("vectors.*.spill")), 9 * 4, b"\x01\x02\x03\x04"),
+                    "do not match their checksum"),
+    "spill threshold": (lambda p: sql(p, "UPDATE spill SET threshold = threshold - 0.1"),
+                        "spill threshold does not match its checksum"),
+    "spill threshold lost": (lambda p: sql(p, "DELETE FROM spill"), "spill threshold is missing"),
 }
 
 
@@ -198,20 +204,21 @@ def test_damage_to_the_inverted_file_is_one_clear_error(tmp_path, capsys, case):
     assert code == 2 and err.count("\n") == 1 and not out, err
 
 
-def test_a_list_number_out_of_range_is_refused_at_every_search(tmp_path):
-    """A lists file rewritten with its block hash (past what checksums catch): the first stage refuses it
-    on every search, never answering from a half-built inverted file."""
+@pytest.mark.parametrize("kind", ["lists", "spill"])
+def test_a_list_number_out_of_range_is_refused_at_every_search(tmp_path, kind):
+    """A lists (or spill lists) file rewritten with its block hash (past what checksums catch): the first stage
+    refuses it on every search, never answering from a half-built inverted file."""
     import xxhash
 
     path = tmp_path / "ix"
-    x = make(path, 12_000, first_stage="ivf")
-    lists_file = next(path.glob("vectors.*.lists"))
+    x = make(path, 12_000, first_stage="ivf")  # rows without clusters: the partition spills
+    lists_file = next(path.glob(f"vectors.*.{kind}"))
     block = np.fromfile(lists_file, dtype=np.int32, count=128)
     block[7] = 1_000_000
     overwrite(lists_file, 0, block.tobytes())
     digest = xxhash.xxh3_64_intdigest(block.tobytes())
     sql(path, f"UPDATE blocks SET hash = {digest - (1 << 64) if digest >> 63 else digest} "
-              "WHERE precision = 'lists' AND block = 0")
+              f"WHERE precision = '{kind}' AND block = 0")
     ix = Index.open(str(path))
     for _ in range(2):
         with pytest.raises(IndexDamagedError, match="names a list outside"):

@@ -10,6 +10,7 @@ Layout of an index directory::
     vectors.<gen>.int8    int8 codes, dims bytes per row           (rescoring, cosine)
     vectors.<gen>.float32 float32, 4·dims bytes per row            (only with store_float)
     vectors.<gen>.lists   each row's inverted list, int32          (only in a generation with a coarse stage)
+    vectors.<gen>.spill   each row's second list, int32, -1 = none (only in a generation whose partition spills)
 
 Crash safety: an add appends its rows to each vector file *after* the committed row count
 (truncating any tail a killed writer left), fsyncs them, and only then commits the items, the
@@ -75,12 +76,14 @@ from pplx_embed.index.store import (
     unit_rows,
 )
 
-FORMAT = "pplx-embed-index/3"
-FORMATS = ("pplx-embed-index/2", FORMAT)  # 2: no trained coarse stages yet; the first compaction that trains upgrades
+FORMAT = "pplx-embed-index/4"
+# 2: no trained coarse stages yet, 3: no spill lists yet; the next compaction upgrades (4: earlier versions
+# would append rows without their spill lists)
+FORMATS = ("pplx-embed-index/2", "pplx-embed-index/3", FORMAT)
 DB = "index.sqlite"
 HEAD = "HEAD"
-PRECISIONS = {"binary": np.uint8, "int8": np.int8, "float": np.float32, "lists": np.int32}
-SUFFIX = {"binary": "binary", "int8": "int8", "float": "float32", "lists": "lists"}
+PRECISIONS = {"binary": np.uint8, "int8": np.int8, "float": np.float32, "lists": np.int32, "spill": np.int32}
+SUFFIX = {"binary": "binary", "int8": "int8", "float": "float32", "lists": "lists", "spill": "spill"}
 FIRST_STAGES = ("auto", "flat", "ivf")
 FACTS = ("format", "model", "query_model", "dimensions", "full_dimension", "store_float", "contextual",
          "first_stage", "created")
@@ -102,6 +105,7 @@ PROBE_QUERIES = 1000
 PROBE_SHARE = 0.99
 PROBE_NPROBES = (8, 16, 32, 64, 128)
 PROBE_RESCORES = (0, 4, 8)
+SPILL_ROWS = 0.2  # a spilling partition also lists this share of rows, the most ambiguous, in their second list
 _READ_BYTES = 32 << 20  # bytes per read of a whole-file pass (verify, index, copy, assign)
 _SQL_VARS = 900  # stay below SQLite's bound-parameter limit
 _PARALLEL_QUERIES = 16  # from this many queries on, faiss searches with its thread pool
@@ -110,6 +114,7 @@ COARSE = ("CREATE TABLE IF NOT EXISTS coarse (generation INTEGER PRIMARY KEY, li
           "trained_rows INTEGER NOT NULL, quantizer BLOB NOT NULL, hash INTEGER NOT NULL)")
 PROBE = ("CREATE TABLE IF NOT EXISTS probe (generation INTEGER PRIMARY KEY, nprobe INTEGER NOT NULL, "
          "coarse_rescore INTEGER NOT NULL, share REAL NOT NULL, hash INTEGER NOT NULL)")
+SPILL = "CREATE TABLE IF NOT EXISTS spill (generation INTEGER PRIMARY KEY, threshold REAL, hash INTEGER NOT NULL)"
 ITEMS = ("CREATE TABLE {name} (row INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, text TEXT, "
          "metadata TEXT NOT NULL DEFAULT '{{}}', doc_id TEXT, position INTEGER, crc INTEGER NOT NULL)")
 SCHEMA = f"""
@@ -120,6 +125,7 @@ CREATE TABLE blocks (generation INTEGER, precision TEXT, block INTEGER, hash INT
                      PRIMARY KEY (generation, precision, block));
 {COARSE};
 {PROBE};
+{SPILL};
 """
 
 
@@ -222,21 +228,26 @@ class Probe:
 
 class _Coarse:
     """A generation's trained coarse stage: the list centroids in faiss ``IndexRefineFlat(IndexLSH)`` (the
-    centroids' sign bits in front of the float centroids), as stored (serialized, hashed) in the ``coarse`` table,
-    and the probe calibrated for it (``probe`` table; ``None`` for a stage an earlier version trained).
+    centroids' sign bits in front of the float centroids), as stored (serialized, hashed) in the ``coarse`` table;
+    the probe calibrated for it (``probe`` table; ``None`` for a stage an earlier version trained) and whether
+    its partition spills (``spill`` table: the ``threshold``, ``None`` = no spilling; ``spill_decided`` false
+    for a stage an earlier version trained).
 
     A query finds its lists either exactly (cosine to every centroid, one matrix-vector product) or the way
     the index finds rows: Hamming distance between its sign bits and the centroids', then the best
-    ``rescore × nprobe`` of those ordered by exact cosine (``IndexRefineFlat``'s ``k_factor``).
+    ``rescore × nprobe`` of those ordered by exact cosine (``IndexRefineFlat``'s ``k_factor``). A spilling
+    partition lists a row also in its second-nearest list when that centroid's cosine is at least ``threshold``
+    times the nearest's: a cluster that k-means split keeps its border rows on both sides.
     """
 
-    def __init__(self, quantizer, trained_rows: int, nbytes: int = 0, probe: Probe | None = None):
+    def __init__(self, quantizer, trained_rows: int, nbytes: int = 0, probe: Probe | None = None,
+                 spill: float | None = None, spill_decided: bool = False):
         import faiss
 
         self.quantizer, self.trained_rows, self.lists = quantizer, trained_rows, quantizer.ntotal
         self.exact = faiss.downcast_index(quantizer.refine_index)
         self.nbytes = nbytes or len(faiss.serialize_index(quantizer))  # about its size in memory
-        self.probe_setting = probe
+        self.probe_setting, self.spill, self.spill_decided = probe, spill, spill_decided
 
     @classmethod
     def train(cls, sample: np.ndarray, lists: int) -> _Coarse:
@@ -260,29 +271,68 @@ class _Coarse:
             return self.exact.search(x, nprobe)[1]  # unit vectors: L2 order is cosine order
         return self.quantizer.search(x, nprobe, params=faiss.IndexRefineSearchParameters(k_factor=rescore))[1]
 
-    def assign(self, int8: np.ndarray) -> np.ndarray:
-        """Each row's list: its nearest centroid by cosine, exactly, int32."""
-        return self.exact.search(unit_rows(int8), 1)[1][:, 0].astype(np.int32)
+    def nearest(self, int8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each row's two nearest lists by cosine, exactly ([rows, 2] int32), and the second's cosine over the
+        first's (float32)."""
+        distances, lists = self.exact.search(unit_rows(int8), 2)
+        cosines = 1 - distances / 2  # unit vectors
+        return lists.astype(np.int32), cosines[:, 1] / np.maximum(cosines[:, 0], 1e-6)
 
-    def calibrate(self, queries: np.ndarray, true_lists: np.ndarray, rows: int) -> Probe:
-        """The probe for an index of ``rows`` rows: of :data:`PROBE_NPROBES` × :data:`PROBE_RESCORES`, among those
-        reading no more bytes per query (centroids, then codes) than the default (:data:`NPROBE` lists by cosine),
-        the one reading the fewest whose lists hold :data:`PROBE_SHARE` of the ``queries``' true top 10
-        (``true_lists``: the lists those rows are in); the default where none does."""
+    def assign(self, int8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each row's list and its spill list (-1: none), int32."""
+        lists, ratios = self.nearest(int8)
+        return lists[:, 0], spill_lists(lists[:, 1], ratios, self.spill)
+
+    def calibrate(self, queries: np.ndarray, true_lists: np.ndarray, rows: int,
+                  spills: tuple[float, ...]) -> tuple[Probe, float]:
+        """The probe for an index of ``rows`` rows, and the share of rows it spills (one of ``spills``; 0: the
+        spill lists are not used). ``true_lists``: the lists of the ``queries``' true top 10 ([queries, 10, 2]:
+        each row's list and spill list, -1 = none).
+
+        Of :data:`PROBE_NPROBES` × :data:`PROBE_RESCORES` × ``spills``, among those reading no more bytes per
+        query (centroids, then codes) than the default (:data:`NPROBE` lists by cosine) with the same spill,
+        the one reading the fewest whose lists hold :data:`PROBE_SHARE` of the true top 10; where none does,
+        the default with the most spilled rows."""
         dims = self.exact.d
 
-        def option(nprobe: int, rescore: int) -> tuple[float, float, int, int]:
+        def option(nprobe: int, rescore: int, spilled: float) -> tuple[float, float, int, int, float]:
             found = self.probe(queries, nprobe, rescore)
-            share = float(np.mean([np.isin(t, f).mean() for t, f in zip(true_lists, found)]))
+            inside = [np.isin(t[:, 0], f) | (spilled > 0) & np.isin(t[:, 1], f) for t, f in zip(true_lists, found)]
             centroids = rescore * nprobe * dims * 4 + self.lists * dims / 8 if rescore else self.lists * dims * 4
-            return centroids + nprobe * rows / self.lists * dims / 8, share, nprobe, rescore
+            codes = nprobe * rows * (1 + spilled) / self.lists * dims / 8
+            return centroids + codes, float(np.mean(inside)), nprobe, rescore, spilled
 
-        default = option(min(NPROBE, self.lists), COARSE_RESCORE)
-        options = [option(nprobe, rescore) for rescore in PROBE_RESCORES
-                   for nprobe in sorted({min(n, self.lists) for n in PROBE_NPROBES})]
-        _, share, nprobe, rescore = min((o for o in options if o[0] <= default[0] and o[1] >= PROBE_SHARE),
-                                        key=lambda o: (o[0], -o[1]), default=default)
-        return Probe(nprobe, rescore, round(share, 4))
+        options, nprobes = [], sorted({min(n, self.lists) for n in PROBE_NPROBES})
+        for spilled in spills:
+            budget = option(min(NPROBE, self.lists), COARSE_RESCORE, spilled)[0]
+            options += [o for rescore in PROBE_RESCORES for nprobe in nprobes
+                        if (o := option(nprobe, rescore, spilled))[0] <= budget]
+        default = option(min(NPROBE, self.lists), COARSE_RESCORE, max(spills))
+        _, share, nprobe, rescore, spilled = min((o for o in options if o[1] >= PROBE_SHARE),
+                                                 key=lambda o: (o[0], -o[1]), default=default)
+        return Probe(nprobe, rescore, round(share, 4)), spilled
+
+
+def spill_lists(second: np.ndarray, ratios: np.ndarray, threshold: float | None) -> np.ndarray:
+    """The spill lists of rows whose second-nearest lists are ``second`` at cosine ``ratios`` of their nearest:
+    the second list where the ratio reaches ``threshold``, else -1 (all -1 without a threshold)."""
+    if threshold is None:
+        return np.full(len(second), -1, dtype=np.int32)
+    return np.where(ratios >= threshold, second, -1).astype(np.int32)
+
+
+def first_unique(found: np.ndarray) -> np.ndarray:
+    """Each row of ``found`` (row numbers, -1 = none) with repeats dropped, order kept, padded with -1."""
+    order = np.argsort(found, axis=1, kind="stable")  # a repeat sorts after its first occurrence
+    ordered = np.take_along_axis(found, order, 1)
+    repeat = np.zeros(found.shape, dtype=bool)
+    np.put_along_axis(repeat, order[:, 1:], (ordered[:, 1:] == ordered[:, :-1]) & (ordered[:, 1:] >= 0), 1)
+    keep = np.argsort(repeat, axis=1, kind="stable")
+    return np.where(np.take_along_axis(repeat, keep, 1), -1, np.take_along_axis(found, keep, 1))
+
+
+def spill_digest(threshold: float | None) -> int:
+    return _hash(np.array([np.nan if threshold is None else threshold], dtype=np.float64))
 
 
 class _TrueNeighbours:
@@ -430,11 +480,13 @@ class EmbeddedIndex(VectorStore):
         return ["binary", "int8"] + (["float"] if self.store_float else [])
 
     def _files(self) -> list[str]:
-        """What each row has a file for in this generation: its vectors, and its list when there is a coarse stage."""
-        return self._precisions() + (["lists"] if self._coarse is not None else [])
+        """What each row has a file for in this generation: its vectors, its list when there is a coarse stage and
+        its spill list when the partition spills."""
+        coarse = self._coarse
+        return self._precisions() + (["lists"] if coarse else []) + (["spill"] if coarse and coarse.spill else [])
 
     def _width(self, precision: str) -> int:
-        return {"binary": self.dimensions // 8, "lists": 1}.get(precision, self.dimensions)
+        return {"binary": self.dimensions // 8, "lists": 1, "spill": 1}.get(precision, self.dimensions)
 
     def _row_bytes(self, precision: str) -> int:
         return self._width(precision) * np.dtype(PRECISIONS[precision]).itemsize
@@ -511,7 +563,7 @@ class EmbeddedIndex(VectorStore):
         if not isinstance(quantizer, faiss.IndexRefine) or quantizer.ntotal != lists or quantizer.d != self.dimensions:
             raise self._damaged(f"the coarse stage holds {quantizer.ntotal} centroids of {quantizer.d} dimensions "
                                 f"({type(quantizer).__name__}), not {lists} of {self.dimensions}")
-        return _Coarse(quantizer, trained, len(data), self._load_probe(generation))
+        return _Coarse(quantizer, trained, len(data), self._load_probe(generation), *self._load_spill(generation))
 
     def _load_probe(self, generation: int) -> Probe | None:
         """The probe calibrated for ``generation`` (checked against its hash), or ``None`` (an earlier version's)."""
@@ -525,6 +577,20 @@ class EmbeddedIndex(VectorStore):
         if probe.digest() != row[3]:
             raise self._damaged("the calibrated probe does not match its checksum")
         return probe
+
+    def _load_spill(self, generation: int) -> tuple[float | None, bool]:
+        """(threshold, decided) of ``generation``'s spilling (checked against its hash): (``None``, false) for a
+        stage an earlier version trained."""
+        row = None
+        if self._conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'spill'").fetchone():
+            row = self._conn.execute("SELECT threshold, hash FROM spill WHERE generation = ?",
+                                     (generation,)).fetchone()
+        if row is not None and spill_digest(row[0]) != row[1]:
+            raise self._damaged("the spill threshold does not match its checksum")
+        if (row is None or row[0] is None) and self._conn.execute(
+                "SELECT 1 FROM blocks WHERE generation = ? AND precision = 'spill' LIMIT 1", (generation,)).fetchone():
+            raise self._damaged("its rows have spill lists but the spill threshold is missing")
+        return (None, False) if row is None else (row[0], True)
 
     def _load(self) -> None:
         """(Re)read the committed state (inside a snapshot, or under the writer lock): counts, maps,
@@ -562,8 +628,9 @@ class EmbeddedIndex(VectorStore):
         else:
             self._inv_norm = np.concatenate([self._inv_norm[:count], np.zeros(count - len(self._inv_norm[:count]),
                                                                                np.float32)])
-        for precision in ("binary", "lists") if self._coarse is not None else ("binary",):
-            self._verify_all(precision)  # the first stage loads every code and list
+        for precision in ("binary", "lists", "spill"):
+            if precision in self._files():
+                self._verify_all(precision)  # the first stage loads every code and list
         low, high = self._conn.execute("SELECT min(row), max(row) FROM items").fetchone()
         if low is not None and (low < 0 or high >= count):
             raise self._damaged(f"an item row ({low if low < 0 else high}) lies outside the {count} committed rows")
@@ -663,18 +730,29 @@ class EmbeddedIndex(VectorStore):
             for _, codes in self._verified_spans("binary", start, stop):
                 self._faiss.add(codes)
             return
-        lists = np.concatenate([part[:, 0] for _, part in self._verified_spans("lists", start, stop)]).astype(np.int64)
+        lists, spills = (self._list_column(name, start, stop) for name in ("lists", "spill"))
+        if spills is None:
+            spills = np.zeros(0, dtype=np.int64)
+        if len(spills) and not (-1 <= spills.min() and spills.max() < self._coarse.lists):
+            raise self._damaged(f"{self._file('spill').name} names a list outside 0-{self._coarse.lists - 1}")
         if len(lists) and not (0 <= lists.min() and lists.max() < self._coarse.lists):
             raise self._damaged(f"{self._file('lists').name} names a list outside 0-{self._coarse.lists - 1}")
         invlists = faiss.downcast_InvertedLists(self._faiss.invlists)
         if start == 0:  # lists of exactly their final size: faiss's own growth would hold up to twice the codes
-            sizes = np.bincount(lists, minlength=self._coarse.lists)
+            sizes = np.bincount(np.concatenate([lists, spills[spills >= 0]]), minlength=self._coarse.lists)
             for number in np.flatnonzero(sizes).tolist():
                 invlists.resize(number, int(sizes[number]))
             filled = np.zeros(self._coarse.lists, dtype=np.int64)
+        entries = 0
         for first, codes in self._verified_spans("binary", start, stop):
             part = lists[first - start : first - start + len(codes)]
             ids = np.arange(first, first + len(codes), dtype=np.int64)
+            if len(spills):  # a spilled row is in its second list too
+                second = spills[first - start : first - start + len(codes)]
+                twice = second >= 0
+                codes, ids, part = (np.concatenate([a, b[twice]]) for a, b in ((codes, codes), (ids, ids),
+                                                                              (part, second)))
+            entries += len(ids)
             if start:
                 self._faiss.add_core(len(ids), faiss.swig_ptr(codes), faiss.swig_ptr(ids), faiss.swig_ptr(part))
                 continue
@@ -687,7 +765,13 @@ class EmbeddedIndex(VectorStore):
                                         faiss.swig_ptr(codes[lo:hi]))
                 filled[number] += hi - lo
         if start == 0:
-            self._faiss.ntotal = stop
+            self._faiss.ntotal = entries
+
+    def _list_column(self, precision: str, start: int, stop: int) -> np.ndarray | None:
+        """Rows ``start:stop`` of the ``lists`` or ``spill`` file (int64), verified; ``None`` without the file."""
+        if precision not in self._files():
+            return None
+        return np.concatenate([part[:, 0] for _, part in self._verified_spans(precision, start, stop)]).astype(np.int64)
 
     def _refresh(self) -> None:
         """Pick up commits made by other processes since we last looked."""
@@ -771,7 +855,8 @@ class EmbeddedIndex(VectorStore):
         (not yet visible); → the hashes of the blocks they fill, as ``blocks`` rows."""
         arrays = {"binary": batch.binary, "int8": batch.int8, "float": batch.floats}
         if self._coarse is not None:
-            arrays["lists"] = self._coarse.assign(batch.int8)[:, None]
+            lists, spills = self._coarse.assign(batch.int8)
+            arrays["lists"], arrays["spill"] = lists[:, None], spills[:, None]
         first = self._count // BLOCK
         hashes = []
         for precision in self._files():
@@ -894,17 +979,7 @@ class EmbeddedIndex(VectorStore):
                     else:
                         hashes += self._write_file(precision, new, self._live_rows(precision, live))
                 if coarse is not None:
-                    truth = _TrueNeighbours(*self._sample(live, min(PROBE_QUERIES, len(live)), seed=1))
-                    int8 = (truth.see(rows) for rows in self._live_rows("int8", live))
-                    if retrain:
-                        lists = (coarse.assign(rows)[:, None] for rows in int8)
-                    else:
-                        for _ in int8:
-                            pass
-                        lists = self._live_rows("lists", live)
-                    hashes += self._write_file("lists", new, lists)
-                    true_lists = np.fromfile(self._file("lists", new), dtype=np.int32)[truth.rows]
-                    probe = coarse.calibrate(truth.queries, true_lists, len(live))
+                    probe, spill = self._partition(coarse, live, retrain or not coarse.spill_decided, new, hashes)
                 with self._transaction() as conn:
                     if dropped:
                         conn.execute(ITEMS.format(name="items_new"))
@@ -922,12 +997,15 @@ class EmbeddedIndex(VectorStore):
                     conn.execute("DELETE FROM coarse WHERE generation = ?", (old,))
                     conn.execute(PROBE)
                     conn.execute("DELETE FROM probe WHERE generation = ?", (old,))
+                    conn.execute(SPILL)
+                    conn.execute("DELETE FROM spill WHERE generation = ?", (old,))
                     if coarse is not None:
                         blob = faiss.serialize_index(coarse.quantizer)
                         conn.execute("INSERT INTO coarse VALUES (?, ?, ?, ?, ?)",
                                      (new, coarse.lists, coarse.trained_rows, blob.tobytes(), _hash(blob)))
                         conn.execute("INSERT INTO probe VALUES (?, ?, ?, ?, ?)",
                                      (new, probe.nprobe, probe.coarse_rescore, probe.share, probe.digest()))
+                        conn.execute("INSERT INTO spill VALUES (?, ?, ?)", (new, spill, spill_digest(spill)))
                     manifest = {**dict(conn.execute("SELECT key, value FROM manifest")), "format": FORMAT}
                     for key, value in (("count", len(live)), ("generation", new), ("commit", self._commit + 1),
                                        ("format", FORMAT), ("checksum", _facts_checksum(manifest))):
@@ -945,6 +1023,42 @@ class EmbeddedIndex(VectorStore):
             finally:
                 fcntl.flock(self._readers, fcntl.LOCK_UN)
             return dropped
+
+    def _partition(self, coarse: _Coarse, live: np.ndarray, assign: bool, new: int,
+                   hashes: list[tuple]) -> tuple[Probe, float | None]:
+        """Write generation ``new``'s lists (and spill lists) of the ``live`` rows, adding their blocks' hashes
+        to ``hashes``, and calibrate the probe; → (probe, spill threshold).
+
+        The true top 10 of :data:`PROBE_QUERIES` sample rows are found in one pass over the int8 codes. With
+        ``assign`` (a new stage, or one trained before spilling), that pass also finds each row's two nearest
+        lists, and the calibration decides whether the partition spills the :data:`SPILL_ROWS` most ambiguous
+        rows (by the second list's cosine over the first's); otherwise the stored lists are copied and the
+        stage keeps its decision."""
+        truth = _TrueNeighbours(*self._sample(live, min(PROBE_QUERIES, len(live)), seed=1))
+        int8 = (truth.see(rows) for rows in self._live_rows("int8", live))
+        if assign:
+            pairs, ratios = np.empty((len(live), 2), np.int32), np.empty(len(live), np.float32)
+            done = 0
+            for rows in int8:
+                pairs[done : done + len(rows)], ratios[done : done + len(rows)] = coarse.nearest(rows)
+                done += len(rows)
+            threshold = float(np.quantile(ratios, 1 - SPILL_ROWS))
+            lists, spills = pairs[:, 0], spill_lists(pairs[:, 1], ratios, threshold)
+            choices = (0.0, float(np.mean(spills >= 0)))
+        else:
+            for _ in int8:
+                pass
+            lists = np.concatenate([part[:, 0] for part in self._live_rows("lists", live)])
+            threshold = coarse.spill
+            spills = (np.concatenate([part[:, 0] for part in self._live_rows("spill", live)]) if threshold is not None
+                      else np.full(len(lists), -1, np.int32))
+            choices = (float(np.mean(spills >= 0)),)
+        probe, spilled = coarse.calibrate(truth.queries, np.stack([lists[truth.rows], spills[truth.rows]], -1),
+                                          len(live), choices)
+        hashes += self._write_file("lists", new, [lists[:, None]])
+        if spilled:
+            hashes += self._write_file("spill", new, [spills[:, None]])
+        return probe, threshold if spilled else None
 
     def _sample(self, live: np.ndarray, count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """``count`` live rows (a fixed random choice): (their positions among the live rows, their int8 codes),
@@ -1082,10 +1196,14 @@ class EmbeddedIndex(VectorStore):
             return self._faiss.search(binary, n, params=params)[1]
         # IVF: faiss has no selector for binary IVF, so over-fetch and drop disallowed rows; a query
         # left short (a selective filter) gets an exact Hamming search over the allowed rows instead
+        # a spilled row can be found in two of the lists probed: fetch twice as many and keep each row's first
         probe = self._coarse.probe(dense, *self._probe_setting())
         self._faiss.nprobe = probe.shape[1]
         fetch = n if allowed is None else min(self._count, 2 * n)
-        found = self._faiss.search_preassigned(binary, fetch, probe, None)[1]
+        spills = self._coarse.spill is not None
+        found = self._faiss.search_preassigned(binary, fetch * (2 if spills else 1), probe, None)[1]
+        if spills:
+            found = first_unique(found)[:, :fetch]
         if allowed is None:
             return found
         subset = np.flatnonzero(allowed)
@@ -1191,6 +1309,7 @@ class EmbeddedIndex(VectorStore):
                     "lists": coarse.lists if coarse else None, "trained_rows": coarse.trained_rows if coarse else None,
                     "nprobe": nprobe, "coarse_rescore": coarse_rescore,
                     "probe_share": coarse.probe_setting.share if coarse and coarse.probe_setting else None,
+                    "spilled": self._spilled() if coarse else None,
                     "retrain_due": retrain, "needs_compaction": retrain or self._calibration_due(), "disk_bytes": disk}
 
     @property
@@ -1205,8 +1324,13 @@ class EmbeddedIndex(VectorStore):
         return self._retrain_due() or self._calibration_due()
 
     def _calibration_due(self) -> bool:
-        """A trained stage without a calibrated probe (an earlier version trained it)."""
-        return self._coarse is not None and self._coarse.probe_setting is None
+        """A trained stage without a calibrated probe or spill decision (an earlier version trained it)."""
+        coarse = self._coarse
+        return coarse is not None and (coarse.probe_setting is None or not coarse.spill_decided)
+
+    def _spilled(self) -> float:
+        """The share of rows also in their second list."""
+        return float(np.mean(self._maps["spill"] >= 0)) if "spill" in self._maps and self._count else 0.0
 
     def _retrain_due(self, rows: int | None = None) -> bool:
         rows = int(self._live.sum()) if rows is None else rows
@@ -1216,12 +1340,13 @@ class EmbeddedIndex(VectorStore):
 
     def _structure_bytes(self) -> float:
         """In-memory bytes per vector of the search: codes and the 4-byte inverse norm kept for rescoring; an
-        inverted file adds faiss's 8-byte row id and the row's share of the coarse quantizer (the centroids
-        and their sign bits)."""
+        inverted file adds faiss's 8-byte row id (code and id again for a spilled row) and the row's share of
+        the coarse quantizer (the centroids and their sign bits)."""
         code = self._row_bytes("binary") + 4
         if self._coarse is None:
             return code
-        return round(code + 8 + self._coarse.nbytes / max(self._count, 1), 1)
+        entry = (self._row_bytes("binary") + 8) * (1 + self._spilled())
+        return round(4 + entry + self._coarse.nbytes / max(self._count, 1), 1)
 
     def close(self) -> None:
         with self._lock:
