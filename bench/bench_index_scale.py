@@ -463,10 +463,10 @@ def report(root: Path, out: str) -> None:
                      f"{gib(p['servers']) if p['servers'] else '–'} | {gib(r['disk'])} | "
                      f"{' '.join(r['load_start'][:1])} → {' '.join(r['load_end'][:1])} | {r['commit']} |")
     lines += ["", "## Search", "",
-              ("| index | first stage | lists | nprobe | coarse rescore | candidates | structure B/vector | resident "
-               "after open MiB | QPS (batch) | p50 ms | p99 ms | CPU p50 ms | CPU p99 ms | recall@10 float | "
-               "recall@10 int8 | load | code |"),
-              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+              ("| index | first stage | lists | rows spilled | nprobe | coarse rescore | candidates | structure "
+               "B/vector | resident after open MiB | QPS (batch) | p50 ms | p99 ms | CPU p50 ms | CPU p99 ms | "
+               "recall@10 float | recall@10 int8 | load | code |"),
+              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
     for r in order:
         m = measured.get(r["name"])
         if not m:
@@ -474,7 +474,8 @@ def report(root: Path, out: str) -> None:
         for run in m["runs"]:
             mark = "" if not run["setting"] else " (sweep)"
             coarse = "–" if run["coarse_rescore"] is None else run["coarse_rescore"]
-            lines.append(f"| {r['name']}{mark} | {m['first_stage_index']} | {m.get('lists') or '–'} | "
+            spilled = "–" if m.get("spilled") is None else f"{m['spilled']:.0%}"
+            lines.append(f"| {r['name']}{mark} | {m['first_stage_index']} | {m.get('lists') or '–'} | {spilled} | "
                          f"{run['nprobe'] or '–'} | {coarse} | "
                          f"{run['candidates']} | {m['structure_bytes_per_vector'] or '–'} | "
                          f"{m['resident_anon'] / 2**20:,.0f} | {run['qps']:,.0f} | {run['p50_ms']:.2f} | "

@@ -143,8 +143,9 @@ def cmd_add(args: argparse.Namespace) -> int:
 
         stats = index.stats()
         if stats.get("probe_share") is not None:
-            print(f"first stage: {stats['lists']} inverted lists; a query probes {stats['nprobe']}, which hold "
-                  f"{stats['probe_share']:.1%} of sample rows' true top 10"
+            spilled = f" ({stats['spilled']:.0%} of rows also in their second-nearest list)" if stats["spilled"] else ""
+            print(f"first stage: {stats['lists']} inverted lists{spilled}; a query probes {stats['nprobe']}, which "
+                  f"hold {stats['probe_share']:.1%} of sample rows' true top 10"
                   + ("" if stats["probe_share"] >= PROBE_SHARE else
                      " (below 99%: `index search --nprobe N` probes more lists for more recall)"), file=sys.stderr)
     index.close()

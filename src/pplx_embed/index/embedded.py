@@ -38,10 +38,12 @@ bits first, then cosine. Which of the two first stages, and how many lists, foll
 ``index.sqlite`` with their hash, per generation) when the size calls for another one, writes every row's list
 in ``vectors.<gen>.lists`` and calibrates the probe on the index's own rows (the cheapest ``nprobe`` and way
 of finding lists that keeps :data:`PROBE_SHARE` of sample rows' true top 10 in the lists probed, if one is no
-costlier than the default; committed with the coarse stage); rows added later are assigned to their lists as
-they are written. The faiss structures are built in memory on the first search (a writer that only adds never
-builds them). Rescoring gathers the candidates' int8 codes for several queries at once and takes their dot
-products with one int8 matrix product.
+costlier than the default; committed with the coarse stage). Where no probe as cheap reaches that share, the
+partition spills: the :data:`SPILL_ROWS` rows whose second-nearest centroid is most nearly as close as the
+nearest are listed in both (``vectors.<gen>.spill``; a query keeps each row once). Rows added later are
+assigned to their lists (and spilled by the stored threshold) as they are written. The faiss structures are
+built in memory on the first search (a writer that only adds never builds them). Rescoring gathers the
+candidates' int8 codes for several queries at once and takes their dot products with one int8 matrix product.
 """
 
 from __future__ import annotations
