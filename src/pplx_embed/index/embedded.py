@@ -248,7 +248,11 @@ class _Coarse:
 
         self.quantizer, self.trained_rows, self.lists = quantizer, trained_rows, quantizer.ntotal
         self.exact = faiss.downcast_index(quantizer.refine_index)
-        self.nbytes = nbytes or len(faiss.serialize_index(quantizer))  # about its size in memory
+        # a few queries' lists by cosine: the centroids in float16, half the bytes to read for the same lists (a
+        # batch's: one BLAS product over the float32 centroids, faster than any per-query scan; docs/index.md)
+        self.half = faiss.IndexScalarQuantizer(self.exact.d, faiss.ScalarQuantizer.QT_fp16)
+        self.half.add(self.exact.reconstruct_n(0, self.lists))
+        self.nbytes = (nbytes or len(faiss.serialize_index(quantizer))) + self.half.sa_code_size() * self.lists
         self.probe_setting, self.spill, self.spill_decided = probe, spill, spill_decided
 
     @classmethod
@@ -264,13 +268,14 @@ class _Coarse:
         return cls(quantizer, len(sample))
 
     def probe(self, dense: np.ndarray, nprobe: int, rescore: int) -> np.ndarray:
-        """The ``nprobe`` lists nearest to each row of ``dense`` by cosine ([rows, nprobe] int64): exactly
-        (``rescore`` 0), or among the ``rescore × nprobe`` nearest by Hamming of the sign bits."""
+        """The ``nprobe`` lists nearest to each row of ``dense`` by cosine ([rows, nprobe] int64): to every
+        centroid (``rescore`` 0; in float16 for a few queries), or among the ``rescore × nprobe`` nearest by
+        Hamming of the sign bits."""
         import faiss
 
         x, nprobe = unit_rows(dense), min(nprobe, self.lists)
-        if not rescore:
-            return self.exact.search(x, nprobe)[1]  # unit vectors: L2 order is cosine order
+        if not rescore:  # unit vectors: L2 order is cosine order
+            return (self.half if len(x) < _PARALLEL_QUERIES else self.exact).search(x, nprobe)[1]
         return self.quantizer.search(x, nprobe, params=faiss.IndexRefineSearchParameters(k_factor=rescore))[1]
 
     def nearest(self, int8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
