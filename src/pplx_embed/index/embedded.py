@@ -490,7 +490,8 @@ class EmbeddedIndex(VectorStore):
         """What each row has a file for in this generation: its vectors, its list when there is a coarse stage and
         its spill list when the partition spills."""
         coarse = self._coarse
-        return self._precisions() + (["lists"] if coarse else []) + (["spill"] if coarse and coarse.spill else [])
+        spills = coarse is not None and coarse.spill is not None
+        return self._precisions() + (["lists"] if coarse else []) + (["spill"] if spills else [])
 
     def _width(self, precision: str) -> int:
         return {"binary": self.dimensions // 8, "lists": 1, "spill": 1}.get(precision, self.dimensions)
