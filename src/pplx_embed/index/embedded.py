@@ -300,16 +300,18 @@ class _Coarse:
         query (centroids, then codes) than the default (:data:`NPROBE` lists by cosine) with the same spill,
         the one reading the fewest whose lists hold :data:`PROBE_SHARE` of the true top 10; where none does,
         the default with the most spilled rows."""
-        dims = self.exact.d
+        dims, nprobes = self.exact.d, sorted({min(n, self.lists) for n in PROBE_NPROBES})
+        probed = {(nprobe, rescore): self.probe(queries, nprobe, rescore)
+                  for rescore in PROBE_RESCORES for nprobe in nprobes}  # the default (NPROBE, 0) among them
 
         def option(nprobe: int, rescore: int, spilled: float) -> tuple[float, float, int, int, float]:
-            found = self.probe(queries, nprobe, rescore)
+            found = probed[nprobe, rescore]
             inside = [np.isin(t[:, 0], f) | (spilled > 0) & np.isin(t[:, 1], f) for t, f in zip(true_lists, found)]
             centroids = rescore * nprobe * dims * 4 + self.lists * dims / 8 if rescore else self.lists * dims * 4
             codes = nprobe * rows * (1 + spilled) / self.lists * dims / 8
             return centroids + codes, float(np.mean(inside)), nprobe, rescore, spilled
 
-        options, nprobes = [], sorted({min(n, self.lists) for n in PROBE_NPROBES})
+        options = []
         for spilled in spills:
             budget = option(min(NPROBE, self.lists), COARSE_RESCORE, spilled)[0]
             options += [o for rescore in PROBE_RESCORES for nprobe in nprobes
@@ -547,17 +549,23 @@ class EmbeddedIndex(VectorStore):
             raise self._damaged(f"negative manifest state {values}")
         return state
 
+    def _generation_row(self, table: str, columns: str, generation: int) -> tuple | None:
+        """``generation``'s row of ``columns`` in ``table`` (``None``: no row, or no such table: an earlier format)."""
+        if not self._conn.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (table,)).fetchone():
+            return None
+        return self._conn.execute(f"SELECT {columns} FROM {table} WHERE generation = ?", (generation,)).fetchone()
+
+    def _has_blocks(self, generation: int, precision: str) -> bool:
+        return self._conn.execute("SELECT 1 FROM blocks WHERE generation = ? AND precision = ? LIMIT 1",
+                                  (generation, precision)).fetchone() is not None
+
     def _load_coarse(self, generation: int) -> _Coarse | None:
         """The coarse stage committed for ``generation`` (checked against its hash), or ``None``."""
         import faiss
 
-        if not self._conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'coarse'").fetchone():
-            return None  # format 2: no coarse stage was ever trained
-        row = self._conn.execute("SELECT lists, trained_rows, quantizer, hash FROM coarse WHERE generation = ?",
-                                 (generation,)).fetchone()
+        row = self._generation_row("coarse", "lists, trained_rows, quantizer, hash", generation)  # format 2: no table
         if row is None:
-            if self._conn.execute("SELECT 1 FROM blocks WHERE generation = ? AND precision = 'lists' LIMIT 1",
-                                  (generation,)).fetchone():
+            if self._has_blocks(generation, "lists"):
                 raise self._damaged("its rows have inverted lists but the trained coarse stage is missing")
             return None
         lists, trained, blob, digest = row
@@ -575,10 +583,7 @@ class EmbeddedIndex(VectorStore):
 
     def _load_probe(self, generation: int) -> Probe | None:
         """The probe calibrated for ``generation`` (checked against its hash), or ``None`` (an earlier version's)."""
-        if not self._conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'probe'").fetchone():
-            return None
-        row = self._conn.execute("SELECT nprobe, coarse_rescore, share, hash FROM probe WHERE generation = ?",
-                                 (generation,)).fetchone()
+        row = self._generation_row("probe", "nprobe, coarse_rescore, share, hash", generation)
         if row is None:
             return None
         probe = Probe(*row[:3])
@@ -589,14 +594,10 @@ class EmbeddedIndex(VectorStore):
     def _load_spill(self, generation: int) -> tuple[float | None, bool]:
         """(threshold, decided) of ``generation``'s spilling (checked against its hash): (``None``, false) for a
         stage an earlier version trained."""
-        row = None
-        if self._conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'spill'").fetchone():
-            row = self._conn.execute("SELECT threshold, hash FROM spill WHERE generation = ?",
-                                     (generation,)).fetchone()
+        row = self._generation_row("spill", "threshold, hash", generation)
         if row is not None and spill_digest(row[0]) != row[1]:
             raise self._damaged("the spill threshold does not match its checksum")
-        if (row is None or row[0] is None) and self._conn.execute(
-                "SELECT 1 FROM blocks WHERE generation = ? AND precision = 'spill' LIMIT 1", (generation,)).fetchone():
+        if (row is None or row[0] is None) and self._has_blocks(generation, "spill"):
             raise self._damaged("its rows have spill lists but the spill threshold is missing")
         return (None, False) if row is None else (row[0], True)
 
@@ -1056,10 +1057,9 @@ class EmbeddedIndex(VectorStore):
         else:
             for _ in int8:
                 pass
-            lists = np.concatenate([part[:, 0] for part in self._live_rows("lists", live)])
-            threshold = coarse.spill
-            spills = (np.concatenate([part[:, 0] for part in self._live_rows("spill", live)]) if threshold is not None
-                      else np.full(len(lists), -1, np.int32))
+            lists, spills = (self._list_column(name, 0, self._count) for name in ("lists", "spill"))
+            lists, threshold = lists[live], coarse.spill
+            spills = np.full(len(live), -1, np.int32) if spills is None else spills[live]
             choices = (float(np.mean(spills >= 0)),)
         probe, spilled = coarse.calibrate(truth.queries, np.stack([lists[truth.rows], spills[truth.rows]], -1),
                                           len(live), choices)
@@ -1306,18 +1306,18 @@ class EmbeddedIndex(VectorStore):
             items = int(self._live.sum())
             coarse = self._coarse
             nprobe, coarse_rescore = self._probe_setting() if coarse else (None, None)
-            retrain = self._retrain_due()
+            retrain, spilled = self._retrain_due(), self._spilled()
             return {**self.info(), "backend": "embedded", "path": str(self.path), "items": items,
                     "documents": docs, "vector_rows": self._count, "tombstones": self._count - items,
                     "generation": self._generation, "commit": self._commit,
                     "bytes_per_vector": {p: self._row_bytes(p) for p in self._precisions()},
-                    "search_structure_bytes_per_vector": self._structure_bytes(),
+                    "search_structure_bytes_per_vector": self._structure_bytes(spilled),
                     "first_stage": self.first_stage,
                     "first_stage_index": "IndexBinaryFlat" if coarse is None else "IndexBinaryIVF",
                     "lists": coarse.lists if coarse else None, "trained_rows": coarse.trained_rows if coarse else None,
                     "nprobe": nprobe, "coarse_rescore": coarse_rescore,
                     "probe_share": coarse.probe_setting.share if coarse and coarse.probe_setting else None,
-                    "spilled": self._spilled() if coarse else None,
+                    "spilled": spilled if coarse else None,
                     "retrain_due": retrain, "needs_compaction": retrain or self._calibration_due(), "disk_bytes": disk}
 
     @property
@@ -1346,14 +1346,14 @@ class EmbeddedIndex(VectorStore):
         return retrain_due(coarse.lists if coarse else 0, plan_lists(rows, self.first_stage),
                            coarse.trained_rows if coarse else None, self.dimensions)
 
-    def _structure_bytes(self) -> float:
+    def _structure_bytes(self, spilled: float) -> float:
         """In-memory bytes per vector of the search: codes and the 4-byte inverse norm kept for rescoring; an
-        inverted file adds faiss's 8-byte row id (code and id again for a spilled row) and the row's share of
-        the coarse quantizer (the centroids and their sign bits)."""
+        inverted file adds faiss's 8-byte row id (code and id again for the ``spilled`` share of rows) and the
+        row's share of the coarse quantizer (the centroids and their sign bits)."""
         code = self._row_bytes("binary") + 4
         if self._coarse is None:
             return code
-        entry = (self._row_bytes("binary") + 8) * (1 + self._spilled())
+        entry = (self._row_bytes("binary") + 8) * (1 + spilled)
         return round(4 + entry + self._coarse.nbytes / max(self._count, 1), 1)
 
     def close(self) -> None:
