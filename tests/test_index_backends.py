@@ -53,6 +53,8 @@ def test_backend_matches_embedded(tmp_path, location):
     emb = Index.create(str(tmp_path / "embedded"), "synthetic-model", DIM)
     for ix in (store, emb):  # switching backends is configuration: the same calls on both
         ix.add(ids=ids, vectors=x, texts=[f"t{i}" for i in range(1500)], metadata=meta)
+        if getattr(ix, "needs_compaction", False):
+            ix.compact()  # pgvector: builds its HNSW index over the loaded rows
     q = x[:40] + 0.02 * np.random.default_rng(1).standard_normal((40, DIM)).astype(np.float32)
     for kwargs in ({}, {"filter": {"color": "red"}}):
         a = store.search_many(q, 10, **kwargs)
@@ -87,6 +89,37 @@ def test_backend_matches_embedded(tmp_path, location):
     with pytest.raises(FileExistsError):
         Index.create(f"{location}#items", "synthetic-model", DIM)
     emb.close()
+
+
+def test_pgvector_bulk_load_then_hnsw(postgres):
+    """Rows go in by COPY and are searched exactly until compaction builds the HNSW index over all of them at
+    once (pgvector's fast path); rows added later join the index."""
+    x = clustered(3000, seed=3)
+    ix = Index.create(f"{postgres}#BulkLoad", "synthetic-model", DIM)  # mixed case: kept, as PostgreSQL quotes it
+    assert not ix.needs_compaction and ix.stats()["search_structure_bytes_per_vector"] == 0  # empty: nothing to do
+    for start in range(0, 3000, 1000):
+        ix.add(ids=[f"v{i}" for i in range(start, start + 1000)], vectors=x[start:start + 1000],
+               metadata=[{"part": start // 1000}] * 1000)
+    assert ix.needs_compaction and ix.stats()["first_stage"].startswith("exact")
+    q = x[:50] + 0.3 * np.random.default_rng(4).standard_normal((50, DIM)).astype(np.float32)
+    exact = ix.search_many(q, 10, rescore="none")  # Hamming order over every row
+    codes = np.packbits(x > 0, axis=1)
+    brute = np.unpackbits(np.packbits(q > 0, axis=1)[:, None] ^ codes[None], axis=2).sum(2)
+    for hits, d in zip(exact, brute):
+        assert sorted(int(h.id[1:]) for h in hits) == sorted(np.argsort(d, kind="stable")[:10]) or \
+            np.sort(d)[9] == np.sort(d)[10]  # the 10 nearest, unless the 10th distance ties the 11th
+    before = ix.search_many(q, 10)  # int8 rescoring of the exact Hamming candidates
+    assert ix.compact() == 0
+    assert not ix.needs_compaction and ix.stats()["first_stage"] == "hnsw"
+    assert ix.stats()["search_structure_bytes_per_vector"] > 0
+    after = ix.search_many(q, 10)  # the same through the graph
+    assert np.mean([len({h.id for h in a} & {h.id for h in b}) / 10 for a, b in zip(after, before)]) >= 0.95
+    assert all(h.metadata["part"] == 2 for h in ix.search(x[2500], 5, filter={"part": 2}))
+    ix.add(ids=["late"], vectors=x[7:8] * 1.01)  # joins the existing graph
+    assert {h.id for h in ix.search(x[7], 2)} == {"v7", "late"} and not ix.needs_compaction
+    ix.close()
+    with Index.open(f"{postgres}#BulkLoad") as again:
+        assert len(again) == 3001 and again.stats()["first_stage"] == "hnsw"
 
 
 def test_pgvector_documents(postgres, tiny_pplx):

@@ -136,8 +136,7 @@ def cmd_add(args: argparse.Namespace) -> int:
             bar.update(len(part))
     print(f"added {done} {'chunks' if args.documents else 'items'}; the index holds {len(index)}", file=sys.stderr)
     if getattr(index, "needs_compaction", False):
-        print("training the first stage for the index's new size and calibrating its probe (compaction)",
-              file=sys.stderr)
+        print("compacting: building the first stage the index's size calls for", file=sys.stderr)
         index.compact()
         from pplx_embed.index.embedded import PROBE_SHARE
 
