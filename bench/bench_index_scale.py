@@ -59,8 +59,8 @@ class PeakMemory:
         kb = {k: int(status[k].split()[0]) * 1024 for k in ("RssAnon", "RssFile", "RssShmem", "VmRSS")}
         servers = 0
         for proc in self._extra():
-            try:
-                servers += proc.memory_info().rss
+            try:  # proportional: memory two server processes share (PostgreSQL's buffers) counts once
+                servers += proc.memory_full_info().pss
             except self._psutil.Error:
                 pass
         return {"anon": kb["RssAnon"], "file": kb["RssFile"] + kb["RssShmem"], "total": kb["VmRSS"], "servers": servers}
@@ -82,12 +82,20 @@ class PeakMemory:
 
 
 def server_processes(marker: str):
-    """Processes whose command line mentions ``marker`` (a database server started for the index)."""
+    """Processes whose command line mentions ``marker`` (a database server started for the index) and their
+    children (PostgreSQL's backends and parallel workers)."""
     import psutil
 
     def found():
-        return [p for p in psutil.process_iter(["cmdline"]) if p.pid != os.getpid()
-                and marker in " ".join(p.info["cmdline"] or [])]
+        servers = [p for p in psutil.process_iter(["cmdline"]) if p.pid != os.getpid()
+                   and marker in " ".join(p.info["cmdline"] or [])]
+        children = []
+        for server in servers:
+            try:
+                children += server.children(recursive=True)
+            except psutil.Error:
+                pass
+        return list({p.pid: p for p in servers + children}.values())
     return found
 
 
@@ -276,7 +284,8 @@ def measure_one(args) -> None:
     out = {"name": args.name, "open_s": opened, "first_search_s": first_search,
            "resident_anon": after["anon"] - before["anon"], "resident_file": after["file"],
            "structure_bytes_per_vector": stats.get("search_structure_bytes_per_vector"),
-           "first_stage_index": stats.get("first_stage_index"), "lists": stats.get("lists"),
+           "first_stage_index": stats.get("first_stage_index") or stats.get("index_type") or stats.get("first_stage"),
+           "lists": stats.get("lists"),
            "spilled": stats.get("spilled"),
            "load_start": loadavg(), "runs": []}
     defaults = {"nprobe": getattr(ix, "nprobe", None), "coarse_rescore": getattr(ix, "coarse_rescore", None)}
@@ -445,7 +454,7 @@ def report(root: Path, out: str) -> None:
         *targets(records, measured), "",
         "## Build", "",
         ("| index | vectors | dims | ingest s | compact (train) s | open + first search s | peak RSS anon GiB | "
-         "peak RSS file-backed GiB | server RSS GiB | disk GiB | load (start → end) | code |"),
+         "peak RSS file-backed GiB | server PSS GiB | disk GiB | load (start → end) | code |"),
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     order = sorted(records.values(), key=lambda r: (r["system"] != "embedded", r["dimensions"] != 1024, r["n"],
