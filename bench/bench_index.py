@@ -186,7 +186,7 @@ def main() -> None:
         ix = Index.create(location, "synthetic", args.dim, **options)
         for start, x in data.chunks():
             ix.add(ids=[f"v{i}" for i in range(start, start + len(x))], vectors=x)
-        if getattr(ix, "needs_compaction", False):
+        if ix.needs_compaction:
             ix.compact()  # trains the embedded inverted file / builds pgvector's HNSW index over the loaded rows
         return ix
 

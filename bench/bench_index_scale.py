@@ -180,7 +180,7 @@ def build(args) -> None:
             record.update({k: earlier[k] for k in ("ingest_s", "resumed_from") if k in earlier},
                           ingest_commit=earlier.get("ingest_commit", earlier["commit"]))
         start = time.perf_counter()
-        if getattr(ix, "needs_compaction", False):
+        if ix.needs_compaction:
             ix.compact()  # trains the first stage the index's size calls for (pgvector: builds its HNSW index)
         ix.close()
         record["compact_s"] = time.perf_counter() - start

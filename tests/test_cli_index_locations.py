@@ -58,3 +58,7 @@ def test_index_commands_on_every_location(location, tmp_path, tiny_pplx_dir, cap
     assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
     code, out, _ = run(capsys, "index", "stats", location)
     assert json.loads(out)["items"] == 3
+    # delete --compact on every backend (the databases reclaim deleted rows themselves: 0 compacted here)
+    code, out, err = run(capsys, "index", "delete", location, "a", "--compact")
+    assert code == 0 and json.loads(out)["deleted"] == 1, err
+    assert json.loads(out)["compacted_rows"] == (1 if location == str(tmp_path / "kb") else 0)

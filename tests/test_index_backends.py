@@ -53,7 +53,7 @@ def test_backend_matches_embedded(tmp_path, location):
     emb = Index.create(str(tmp_path / "embedded"), "synthetic-model", DIM)
     for ix in (store, emb):  # switching backends is configuration: the same calls on both
         ix.add(ids=ids, vectors=x, texts=[f"t{i}" for i in range(1500)], metadata=meta)
-        if getattr(ix, "needs_compaction", False):
+        if ix.needs_compaction:
             ix.compact()  # pgvector: builds its HNSW index over the loaded rows
     q = x[:40] + 0.02 * np.random.default_rng(1).standard_normal((40, DIM)).astype(np.float32)
     for kwargs in ({}, {"filter": {"color": "red"}}):

@@ -82,16 +82,16 @@ def decode(item: dict, fmt: str) -> np.ndarray:
 
 # one engine configuration in the replicas and in this process: `auto` decides per CPU allotment (a replica's one
 # CPU against this process's two), and on a CPU with native bf16 two decisions need not give the same bytes
-PINNED = ["--backend", "openvino", "--dtype", "float32"]
+ENGINE = {"backend": "openvino", "dtype": "float32"}
+PINNED = [arg for key, value in ENGINE.items() for arg in (f"--{key}", value)]  # the same as serve flags
 
 
 @pytest.fixture(scope="module")
 def pinned(tiny_pplx_dir):
-    """The two served models in the replicas' engine configuration (``PINNED``)."""
+    """The two served models in the replicas' engine configuration (``ENGINE``)."""
     from pplx_embed import Embedder
 
-    return {name: Embedder(model, backend="openvino", dtype="float32")
-            for name, model in (("minilm", "minilm"), ("tiny", str(tiny_pplx_dir)))}
+    return {name: Embedder(model, **ENGINE) for name, model in (("minilm", "minilm"), ("tiny", str(tiny_pplx_dir)))}
 
 
 KEY = {"Authorization": "Bearer sk-replicas"}  # the cluster's server takes this key (the local one is open)

@@ -135,7 +135,7 @@ def cmd_add(args: argparse.Namespace) -> int:
                               truncation=args.truncation)
             bar.update(len(part))
     print(f"added {done} {'chunks' if args.documents else 'items'}; the index holds {len(index)}", file=sys.stderr)
-    if getattr(index, "needs_compaction", False):
+    if index.needs_compaction:
         print("compacting: building the first stage the index's size calls for", file=sys.stderr)
         index.compact()
         from pplx_embed.index.embedded import PROBE_SHARE

@@ -297,7 +297,7 @@ def ingest_parts(output: str, location: str, *, id_field: str = "id", text_field
                 store.upsert_codes(ids, _matrix(table, "int8", np.int8), binary, texts=texts, metadata=metadata,
                                    model=meta.get("model"))
             rows += n
-        if getattr(store, "needs_compaction", False):
+        if store.needs_compaction:
             store.compact()  # the first stage the index's new size calls for
         return {"index": str(location), "indexed_rows": rows, "items": len(store)}
     finally:

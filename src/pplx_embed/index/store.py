@@ -563,6 +563,16 @@ class VectorStore(ABC):
         """Verify the stored index (a database backend's integrity is the database's own)."""
         return {"ok": True, "items": len(self), "verified_by": "the database"}
 
+    @property
+    def needs_compaction(self) -> bool:
+        """Whether :meth:`compact` has a first stage to build or train (the CLI and batch jobs compact then)."""
+        return False
+
+    def compact(self) -> int:
+        """Build the first stage the stored rows call for and drop deleted rows; returns the rows dropped (a
+        database reclaims deleted rows itself: 0)."""
+        return 0
+
     @abstractmethod
     def stats(self) -> dict[str, Any]: ...
 
