@@ -418,8 +418,10 @@ def targets(records: dict, measured: dict) -> list[str]:
             m = measured[name]
             lines += [row(f"{name}: search structures ≤ 2 GB resident", f"{m['resident_anon'] / 1e9:.2f} GB",
                           m["resident_anon"] <= 2e9),
-                      row(f"{name}: recall@10 ≥ 0.95", f"{run['recall_float']:.3f} (vs exact float; "
-                          f"{run['recall_int8']:.3f} vs exact int8)", run["recall_float"] >= 0.95),
+                      row(f"{name}: recall@10 ≥ 0.95 against exact search over the stored (int8) codes",
+                          f"{run['recall_int8']:.3f}", run["recall_int8"] >= 0.95),
+                      row(f"{name}: the same against exact float search (int8 rescoring caps it near 0.96)",
+                          f"{run['recall_float']:.3f}", run["recall_float"] >= 0.95),
                       row(f"{name}: single-query p99 ≤ 5 ms", f"{run['p99_ms']:.2f} ms (CPU time "
                           f"{run['cpu_p99_ms']:.2f} ms)", run["p99_ms"] <= 5),
                       row(f"{name}: ≥ 1,000 QPS batched", f"{run['qps']:,.0f}", run["qps"] >= 1000)]

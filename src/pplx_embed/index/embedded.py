@@ -36,11 +36,11 @@ its ``nprobe`` nearest lists, found by cosine to every centroid or by Hamming di
 bits first, then cosine. Which of the two first stages, and how many lists, follows the index's size
 (:func:`plan_lists`); :meth:`EmbeddedIndex.compact` trains the coarse stage (centroids, committed in
 ``index.sqlite`` with their hash, per generation) when the size calls for another one, writes every row's list
-in ``vectors.<gen>.lists`` and calibrates the probe on the index's own rows (the cheapest ``nprobe`` and way
-of finding lists that keeps :data:`PROBE_SHARE` of sample rows' true top 10 in the lists probed, if one is no
-costlier than the default; committed with the coarse stage). Where no probe as cheap reaches that share, the
-partition spills: the :data:`SPILL_ROWS` rows whose second-nearest centroid is most nearly as close as the
-nearest are listed in both (``vectors.<gen>.spill``; a query keeps each row once). Rows added later are
+in ``vectors.<gen>.lists`` and calibrates the probe on the index's own rows: of the ``nprobe``, ways of finding
+lists and spilled shares whose modelled time fits :data:`PROBE_BUDGET_US`, the cheapest that keeps
+:data:`PROBE_SHARE` of sample rows' true top 10 in the lists probed, else the one keeping the most (committed
+with the coarse stage). A spilling partition lists the share of rows whose second-nearest centroid is most
+nearly as close as the nearest in both (``vectors.<gen>.spill``; a query keeps each row once). Rows added later are
 assigned to their lists (and spilled by the stored threshold) as they are written. The faiss structures are
 built in memory on the first search (a writer that only adds never builds them). Rescoring gathers the
 candidates' int8 codes for several queries at once and takes their dot products with one int8 matrix product.
@@ -93,21 +93,29 @@ BLOCK = 128  # rows per hashed block
 IVF_MIN_ROWS = 10_000  # first_stage="ivf": an inverted file from this size (k-means needs rows)
 AUTO_IVF_ROWS = 50_000  # first_stage="auto": an inverted file from this size, an exact scan below (docs/index.md)
 # how a query finds its lists (_Coarse.probe): 0 = cosine to every centroid; k > 0 = Hamming to the centroids' sign
-# bits, then cosine over k x nprobe. Compaction calibrates both on the index's own rows (_Coarse.calibrate), never
-# costlier than these defaults, which also serve a stage trained by an earlier version until its next compaction
+# bits, then cosine over k x nprobe. Compaction calibrates both on the index's own rows (_Coarse.calibrate); these
+# defaults serve a stage trained by an earlier version until its next compaction
 COARSE_RESCORE = 0
 NPROBE = 32
 # k-means sample: rows per centroid, within a float32 budget. 40 rows per list left most of the n/100 groups of the
 # 10M benchmark unseen (2.5 sampled rows per group): their rows scattered over lists, recall@10 0.765 (docs/index.md)
 TRAIN_PER_LIST = 128
 TRAIN_BYTES = 3 << 30
-# the calibration (docs/index.md, "The probe"): exact top 10 of PROBE_QUERIES sample rows among all rows, and the
-# cheapest probe (bytes a query reads) whose lists hold PROBE_SHARE of them, if one costs no more than the default
+# the calibration (docs/index.md, "The probe"): exact top 10 of PROBE_QUERIES sample rows among all rows; of the
+# probes whose modelled time (probe_cost) fits PROBE_BUDGET_US, the cheapest whose lists hold PROBE_SHARE of them,
+# else the one holding the most. PROBE_RULE numbers this rule: a stage calibrated by an earlier one is due again
 PROBE_QUERIES = 1000
 PROBE_SHARE = 0.99
-PROBE_NPROBES = (8, 16, 32, 64, 128)
-PROBE_RESCORES = (0, 4, 8)
-SPILL_ROWS = 0.2  # a spilling partition also lists this share of rows, the most ambiguous, in their second list
+PROBE_NPROBES = (8, 16, 24, 32, 48, 64, 96, 128)
+PROBE_RESCORES = (0, 4, 8, 16)
+PROBE_BUDGET_US = 1750  # a little above 32 lists by cosine, 20% spilled, at 10M x 1024: 1,656 µs
+PROBE_RULE = 2
+# per-query costs of the first stage, µs on one core of a Xeon (AVX-512), measured at 10M rows (docs/index.md)
+US_PER_CODE_KB = 0.144  # scanning the probed lists' binary codes
+US_PER_CENTROID_KB = 0.0445  # cosine to every centroid (float16 copies)
+US_PER_SIGN_KB = 0.075  # Hamming to the centroids' sign bits
+US_PER_REFINED = 0.4  # each centroid the sign bits pass on to cosine
+SPILL_SHARES = (0.2, 0.4)  # a spilling partition also lists this share of rows, the most ambiguous, in a second list
 _READ_BYTES = 32 << 20  # bytes per read of a whole-file pass (verify, index, copy, assign)
 _SQL_VARS = 900  # stay below SQLite's bound-parameter limit
 _PARALLEL_QUERIES = 16  # from this many queries on, faiss searches with its thread pool
@@ -116,6 +124,7 @@ COARSE = ("CREATE TABLE IF NOT EXISTS coarse (generation INTEGER PRIMARY KEY, li
           "trained_rows INTEGER NOT NULL, quantizer BLOB NOT NULL, hash INTEGER NOT NULL)")
 PROBE = ("CREATE TABLE IF NOT EXISTS probe (generation INTEGER PRIMARY KEY, nprobe INTEGER NOT NULL, "
          "coarse_rescore INTEGER NOT NULL, share REAL NOT NULL, hash INTEGER NOT NULL)")
+PROBE_RULE_TABLE = "CREATE TABLE IF NOT EXISTS probe_rule (generation INTEGER PRIMARY KEY, rule INTEGER NOT NULL)"
 SPILL = "CREATE TABLE IF NOT EXISTS spill (generation INTEGER PRIMARY KEY, threshold REAL, hash INTEGER NOT NULL)"
 ITEMS = ("CREATE TABLE {name} (row INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, text TEXT, "
          "metadata TEXT NOT NULL DEFAULT '{{}}', doc_id TEXT, position INTEGER, crc INTEGER NOT NULL)")
@@ -127,6 +136,7 @@ CREATE TABLE blocks (generation INTEGER, precision TEXT, block INTEGER, hash INT
                      PRIMARY KEY (generation, precision, block));
 {COARSE};
 {PROBE};
+{PROBE_RULE_TABLE};
 {SPILL};
 """
 
@@ -215,14 +225,27 @@ def retrain_due(trained: int, wanted: int, trained_rows: int | None = None, dime
     return not wanted / 2 < trained < 2 * wanted or undersampled
 
 
+def probe_cost(lists: int, dims: int, rows: int, nprobe: int, rescore: int, spilled: float) -> float:
+    """Modelled time (µs, one core) of a query's first stage over ``rows`` rows in ``lists`` lists of ``dims``
+    dimensions: finding ``nprobe`` lists (cosine to every float16 centroid, or Hamming to their sign bits, then
+    cosine over ``rescore × nprobe``), then scanning their codes (``spilled``: the share of rows listed twice)."""
+    if rescore:
+        coarse = US_PER_SIGN_KB * lists * dims / 8 / 1024 + US_PER_REFINED * rescore * min(nprobe, lists)
+    else:
+        coarse = US_PER_CENTROID_KB * lists * dims * 2 / 1024
+    return coarse + US_PER_CODE_KB * min(nprobe, lists) * rows * (1 + spilled) / lists * dims / 8 / 1024
+
+
 @dataclass(frozen=True)
 class Probe:
     """How a query visits an inverted file: ``nprobe`` lists, found by ``coarse_rescore`` (:meth:`_Coarse.probe`);
-    ``share``: of the calibration rows' true top 10, the share inside the lists so probed."""
+    ``share``: of the calibration rows' true top 10, the share inside the lists so probed; ``rule``: the
+    :data:`PROBE_RULE` that chose it (1: before rules were numbered)."""
 
     nprobe: int
     coarse_rescore: int
     share: float
+    rule: int = PROBE_RULE
 
     def digest(self) -> int:
         return _hash(np.array([self.nprobe, self.coarse_rescore, self.share], dtype=np.float64))
@@ -231,9 +254,9 @@ class Probe:
 class _Coarse:
     """A generation's trained coarse stage: the list centroids in faiss ``IndexRefineFlat(IndexLSH)`` (the
     centroids' sign bits in front of the float centroids), as stored (serialized, hashed) in the ``coarse`` table;
-    the probe calibrated for it (``probe`` table; ``None`` for a stage an earlier version trained) and whether
-    its partition spills (``spill`` table: the ``threshold``, ``None`` = no spilling; ``spill_decided`` false
-    for a stage an earlier version trained).
+    the probe calibrated for it (``probe`` and ``probe_rule`` tables; ``None`` for a stage an earlier version
+    trained) and whether its partition spills (``spill`` table: the ``threshold``, ``None`` = no spilling;
+    ``spill_decided`` false for a stage an earlier version trained).
 
     A query finds its lists either exactly (cosine to every centroid, one matrix-vector product) or the way
     the index finds rows: Hamming distance between its sign bits and the centroids', then the best
@@ -290,35 +313,27 @@ class _Coarse:
         lists, ratios = self.nearest(int8)
         return lists[:, 0], spill_lists(lists[:, 1], ratios, self.spill)
 
-    def calibrate(self, queries: np.ndarray, true_lists: np.ndarray, rows: int,
-                  spills: tuple[float, ...]) -> tuple[Probe, float]:
-        """The probe for an index of ``rows`` rows, and the share of rows it spills (one of ``spills``; 0: the
-        spill lists are not used). ``true_lists``: the lists of the ``queries``' true top 10 ([queries, 10, 2]:
-        each row's list and spill list, -1 = none).
+    def calibrate(self, queries: np.ndarray, true_lists: dict[float, np.ndarray], rows: int) -> tuple[Probe, float]:
+        """The probe for an index of ``rows`` rows, and the share of rows it spills (a key of ``true_lists``;
+        0: the spill lists are not used). ``true_lists[spilled]``: the lists of the ``queries``' true top 10
+        with that share of rows spilled ([queries, 10, 2]: each row's list and spill list, -1 = none).
 
-        Of :data:`PROBE_NPROBES` × :data:`PROBE_RESCORES` × ``spills``, among those reading no more bytes per
-        query (centroids, then codes) than the default (:data:`NPROBE` lists by cosine) with the same spill,
-        the one reading the fewest whose lists hold :data:`PROBE_SHARE` of the true top 10; where none does,
-        the default with the most spilled rows."""
-        dims, nprobes = self.exact.d, sorted({min(n, self.lists) for n in PROBE_NPROBES})
-        probed = {(nprobe, rescore): self.probe(queries, nprobe, rescore)
-                  for rescore in PROBE_RESCORES for nprobe in nprobes}  # the default (NPROBE, 0) among them
-
-        def option(nprobe: int, rescore: int, spilled: float) -> tuple[float, float, int, int, float]:
-            found = probed[nprobe, rescore]
-            inside = [np.isin(t[:, 0], f) | (spilled > 0) & np.isin(t[:, 1], f) for t, f in zip(true_lists, found)]
-            centroids = rescore * nprobe * dims * 4 + self.lists * dims / 8 if rescore else self.lists * dims * 4
-            codes = nprobe * rows * (1 + spilled) / self.lists * dims / 8
-            return centroids + codes, float(np.mean(inside)), nprobe, rescore, spilled
-
-        options = []
-        for spilled in spills:
-            budget = option(min(NPROBE, self.lists), COARSE_RESCORE, spilled)[0]
-            options += [o for rescore in PROBE_RESCORES for nprobe in nprobes
-                        if (o := option(nprobe, rescore, spilled))[0] <= budget]
-        default = option(min(NPROBE, self.lists), COARSE_RESCORE, max(spills))
-        _, share, nprobe, rescore, spilled = min((o for o in options if o[1] >= PROBE_SHARE),
-                                                 key=lambda o: (o[0], -o[1]), default=default)
+        Of :data:`PROBE_NPROBES` × :data:`PROBE_RESCORES` × the spill shares, among those whose modelled time
+        (:func:`probe_cost`) fits :data:`PROBE_BUDGET_US` (or the cheapest, where none does): the cheapest whose
+        lists hold :data:`PROBE_SHARE` of the true top 10, else the one holding the most."""
+        nprobes = sorted({min(n, self.lists) for n in PROBE_NPROBES})
+        options = []  # (share, cost, nprobe, rescore, spilled)
+        for rescore in PROBE_RESCORES:
+            for nprobe in nprobes:
+                found = self.probe(queries, nprobe, rescore)
+                for spilled, truth in true_lists.items():
+                    inside = [np.isin(t[:, 0], f) | np.isin(t[:, 1], f) for t, f in zip(truth, found)]  # -1: never
+                    cost = probe_cost(self.lists, self.exact.d, rows, nprobe, rescore, spilled)
+                    options.append((float(np.mean(inside)), cost, nprobe, rescore, spilled))
+        affordable = [o for o in options if o[1] <= PROBE_BUDGET_US] or [min(options, key=lambda o: o[1])]
+        enough = [o for o in affordable if o[0] >= PROBE_SHARE]
+        share, _, nprobe, rescore, spilled = (min(enough, key=lambda o: (o[1], -o[0])) if enough
+                                              else max(affordable, key=lambda o: (o[0], -o[1])))
         return Probe(nprobe, rescore, round(share, 4)), spilled
 
 
@@ -326,7 +341,7 @@ def spill_lists(second: np.ndarray, ratios: np.ndarray, threshold: float | None)
     """The spill lists of rows whose second-nearest lists are ``second`` at cosine ``ratios`` of their nearest:
     the second list where the ratio reaches ``threshold``, else -1 (all -1 without a threshold)."""
     if threshold is None:
-        return np.full(len(second), -1, dtype=np.int32)
+        return np.full(second.shape, -1, dtype=np.int32)
     return np.where(ratios >= threshold, second, -1).astype(np.int32)
 
 
@@ -586,7 +601,8 @@ class EmbeddedIndex(VectorStore):
         row = self._generation_row("probe", "nprobe, coarse_rescore, share, hash", generation)
         if row is None:
             return None
-        probe = Probe(*row[:3])
+        rule = self._generation_row("probe_rule", "rule", generation)
+        probe = Probe(*row[:3], rule=1 if rule is None else rule[0])
         if probe.digest() != row[3]:
             raise self._damaged("the calibrated probe does not match its checksum")
         return probe
@@ -988,7 +1004,7 @@ class EmbeddedIndex(VectorStore):
                     else:
                         hashes += self._write_file(precision, new, self._live_rows(precision, live))
                 if coarse is not None:
-                    probe, spill = self._partition(coarse, live, retrain or not coarse.spill_decided, new, hashes)
+                    probe, spill = self._partition(coarse, live, retrain or self._calibration_due(), new, hashes)
                 with self._transaction() as conn:
                     if dropped:
                         conn.execute(ITEMS.format(name="items_new"))
@@ -1006,6 +1022,8 @@ class EmbeddedIndex(VectorStore):
                     conn.execute("DELETE FROM coarse WHERE generation = ?", (old,))
                     conn.execute(PROBE)
                     conn.execute("DELETE FROM probe WHERE generation = ?", (old,))
+                    conn.execute(PROBE_RULE_TABLE)
+                    conn.execute("DELETE FROM probe_rule WHERE generation = ?", (old,))
                     conn.execute(SPILL)
                     conn.execute("DELETE FROM spill WHERE generation = ?", (old,))
                     if coarse is not None:
@@ -1014,6 +1032,7 @@ class EmbeddedIndex(VectorStore):
                                      (new, coarse.lists, coarse.trained_rows, blob.tobytes(), _hash(blob)))
                         conn.execute("INSERT INTO probe VALUES (?, ?, ?, ?, ?)",
                                      (new, probe.nprobe, probe.coarse_rescore, probe.share, probe.digest()))
+                        conn.execute("INSERT INTO probe_rule VALUES (?, ?)", (new, probe.rule))
                         conn.execute("INSERT INTO spill VALUES (?, ?, ?)", (new, spill, spill_digest(spill)))
                     manifest = {**dict(conn.execute("SELECT key, value FROM manifest")), "format": FORMAT}
                     for key, value in (("count", len(live)), ("generation", new), ("commit", self._commit + 1),
@@ -1039,10 +1058,10 @@ class EmbeddedIndex(VectorStore):
         to ``hashes``, and calibrate the probe; → (probe, spill threshold).
 
         The true top 10 of :data:`PROBE_QUERIES` sample rows are found in one pass over the int8 codes. With
-        ``assign`` (a new stage, or one trained before spilling), that pass also finds each row's two nearest
-        lists, and the calibration decides whether the partition spills the :data:`SPILL_ROWS` most ambiguous
-        rows (by the second list's cosine over the first's); otherwise the stored lists are copied and the
-        stage keeps its decision."""
+        ``assign`` (a new stage, or one calibrated by an earlier rule), that pass also finds each row's two
+        nearest lists, and the calibration decides whether the partition spills, and which of
+        :data:`SPILL_SHARES` of the rows (the most ambiguous: by the second list's cosine over the first's);
+        otherwise the stored lists are copied and the stage keeps its decision."""
         truth = _TrueNeighbours(*self._sample(live, min(PROBE_QUERIES, len(live)), seed=1))
         int8 = (truth.see(rows) for rows in self._live_rows("int8", live))
         if assign:
@@ -1051,18 +1070,22 @@ class EmbeddedIndex(VectorStore):
             for rows in int8:
                 pairs[done : done + len(rows)], ratios[done : done + len(rows)] = coarse.nearest(rows)
                 done += len(rows)
-            threshold = float(np.quantile(ratios, 1 - SPILL_ROWS))
-            lists, spills = pairs[:, 0], spill_lists(pairs[:, 1], ratios, threshold)
-            choices = (0.0, float(np.mean(spills >= 0)))
+            thresholds = {0.0: None, **{share: float(np.quantile(ratios, 1 - share)) for share in SPILL_SHARES}}
+            lists = pairs[:, 0]
+            true_lists = {share: np.stack([lists[truth.rows], spill_lists(pairs[truth.rows, 1], ratios[truth.rows],
+                                                                          threshold)], -1)
+                          for share, threshold in thresholds.items()}
+            probe, spilled = coarse.calibrate(truth.queries, true_lists, len(live))
+            threshold = thresholds[spilled]
+            spills = spill_lists(pairs[:, 1], ratios, threshold)
         else:
             for _ in int8:
                 pass
             lists, spills = (self._list_column(name, 0, self._count) for name in ("lists", "spill"))
             lists, threshold = lists[live], coarse.spill
             spills = np.full(len(live), -1, np.int32) if spills is None else spills[live]
-            choices = (float(np.mean(spills >= 0)),)
-        probe, spilled = coarse.calibrate(truth.queries, np.stack([lists[truth.rows], spills[truth.rows]], -1),
-                                          len(live), choices)
+            probe, spilled = coarse.calibrate(truth.queries, {float(np.mean(spills >= 0)): np.stack(
+                [lists[truth.rows], spills[truth.rows]], -1)}, len(live))
         hashes += self._write_file("lists", new, [lists[:, None]])
         if spilled:
             hashes += self._write_file("spill", new, [spills[:, None]])
@@ -1332,9 +1355,10 @@ class EmbeddedIndex(VectorStore):
         return self._retrain_due() or self._calibration_due()
 
     def _calibration_due(self) -> bool:
-        """A trained stage without a calibrated probe or spill decision (an earlier version trained it)."""
-        coarse = self._coarse
-        return coarse is not None and (coarse.probe_setting is None or not coarse.spill_decided)
+        """A trained stage without a calibrated probe or spill decision (an earlier version trained it), or one
+        calibrated by an earlier :data:`PROBE_RULE`."""
+        coarse, probe = self._coarse, self._coarse and self._coarse.probe_setting
+        return coarse is not None and (probe is None or probe.rule < PROBE_RULE or not coarse.spill_decided)
 
     def _spilled(self) -> float:
         """The share of rows also in their second list."""
