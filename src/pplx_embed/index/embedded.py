@@ -982,8 +982,8 @@ class EmbeddedIndex(VectorStore):
             live = np.flatnonzero(self._live)
             dropped = self._count - len(live)
             wanted = plan_lists(len(live), self.first_stage)
-            retrain = self._retrain_due(len(live))
-            if dropped == 0 and not retrain and not self._calibration_due():
+            retrain, recalibrate = self._retrain_due(len(live)), self._calibration_due()
+            if dropped == 0 and not retrain and not recalibrate:
                 return 0
             old, new = self._generation, self._generation + 1
             for stale in [*self.path.glob("vectors.*"), self.path / "ivf.npz"]:  # a killed compaction's; format 2's
@@ -1004,7 +1004,7 @@ class EmbeddedIndex(VectorStore):
                     else:
                         hashes += self._write_file(precision, new, self._live_rows(precision, live))
                 if coarse is not None:
-                    probe, spill = self._partition(coarse, live, retrain or self._calibration_due(), new, hashes)
+                    probe, spill = self._partition(coarse, live, retrain or recalibrate, new, hashes)
                 with self._transaction() as conn:
                     if dropped:
                         conn.execute(ITEMS.format(name="items_new"))

@@ -89,6 +89,7 @@ class PgVectorStore(VectorStore):
         self._conn = conn
         self.table = table
         self._t = sql.Identifier(table)
+        self._hnsw_name = f"{table}_hnsw"  # the HNSW index compaction builds
         self.ef_search = 100  # HNSW candidate list, raised to the number of candidates wanted
         self.hnsw = facts["hnsw"]  # the index's build parameters: m, ef_construction
         self._remote_facts(facts)
@@ -182,7 +183,7 @@ class PgVectorStore(VectorStore):
 
     def _hnsw_bytes(self) -> int | None:
         return self._conn.execute("SELECT pg_relation_size(to_regclass(%s))",
-                                  (_quoted(f"{self.table}_hnsw"),)).fetchone()[0]
+                                  (_quoted(self._hnsw_name),)).fetchone()[0]
 
     def compact(self) -> int:
         """Build the HNSW index over the stored rows if it is missing (pgvector builds one over loaded rows much
@@ -198,7 +199,7 @@ class PgVectorStore(VectorStore):
             self._conn.execute(f"SET LOCAL maintenance_work_mem = '{megabytes}MB'")
             self._conn.execute(sql.SQL("CREATE INDEX IF NOT EXISTS {i} ON {t} USING hnsw (bits bit_hamming_ops) "
                                        "WITH (m = {m}, ef_construction = {ef})").format(
-                i=sql.Identifier(f"{self.table}_hnsw"), t=self._t, m=sql.Literal(m), ef=sql.Literal(ef)))
+                i=sql.Identifier(self._hnsw_name), t=self._t, m=sql.Literal(m), ef=sql.Literal(ef)))
         return 0
 
     def _remove(self, column: str, values: list[str]) -> int:
